@@ -1,0 +1,344 @@
+"""Processes for the benchmark: the upstream nginx, the proxies under test, wrk, and RSS sampling.
+
+Every process is started in its own session (process group) and pinned with `taskset`; `Procs.close()` kills the
+groups, so nothing outlives the run. All sockets are on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+UPSTREAM_CPU = "0"
+PROXY_CPU = "1"
+SMALL, MEDIUM, LARGE = 256, 1024 * 1024, 64 * 1024 * 1024
+FILES = {"256b": SMALL, "1m": MEDIUM, "64m": LARGE}
+PROXIES = ("direct", "nginx", "fastgate", "aiohttp", "fastapi-proxy-lib", "httpx-seed")
+OPTIONAL_PROXIES = ("fastgate-w2",)
+
+
+class Unavailable(Exception):
+    """The proxy cannot be run here (e.g. its command is not installed)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def raise_fd_limit() -> int:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc/PID/task/TID/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in children.read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Sum of VmRSS over a process tree (shared pages count once per process, so nginx's master+worker overcount)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            pass
+    return total
+
+
+@dataclass
+class Procs:
+    """Owns every child process of the run and kills their process groups on close()."""
+
+    logdir: Path
+    running: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], cpus: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.logdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            ["taskset", "-c", cpus, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+        log.close()
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+                # The group leader is gone; make sure no worker of its group survives it.
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            break
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def close(self) -> None:
+        for proc in list(self.running):
+            self.stop(proc)
+
+    def log_tail(self, name: str, lines: int = 5) -> str:
+        path = self.logdir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                resp.read()
+                if resp.status == 200:
+                    return
+                last = f"status {resp.status}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise RuntimeError(f"not ready after {timeout:.0f}s: {last}")
+
+
+# --- nginx -------------------------------------------------------------------------------------------------------
+
+_NGINX_MAIN = """\
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 16384; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+{body}
+}}
+"""
+
+# The upload sink must read the whole body before it answers (an early 200 is not an upload, and it stalls wrk).
+# Static locations refuse POST, and `return` discards the body after answering, so /upload is proxied with
+# proxy_request_buffering on (the default): nginx reads the whole body (1 MiB in memory, the rest into a temp file
+# that is unlinked at once) and only then passes the request, without its body, to /ok on the same server.
+_UPSTREAM_BODY = """\
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=64;
+    upstream self_ok {{ server 127.0.0.1:{port}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {prefix}/www;
+        location = /upload {{
+            client_max_body_size 0;
+            client_body_buffer_size 1m;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header Transfer-Encoding "";
+            proxy_set_header Connection "";
+            proxy_http_version 1.1;
+            proxy_pass http://self_ok/ok;
+        }}
+        location = /ok {{ return 200 "ok\\n"; }}
+    }}
+"""
+
+_PROXY_BODY = """\
+    upstream backend {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            client_max_body_size 0;
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+"""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if found is None:
+        raise Unavailable("nginx is not installed (bench/run.sh installs it)")
+    return found
+
+
+def write_nginx_conf(prefix: Path, body: str) -> Path:
+    prefix.mkdir(parents=True, exist_ok=True)
+    prefix.chmod(0o755)  # the worker runs as nobody when we are root
+    conf = prefix / "nginx.conf"
+    conf.write_text(_NGINX_MAIN.format(prefix=prefix, body=body))
+    return conf
+
+
+def start_upstream(procs: Procs, root: Path) -> int:
+    prefix = root / "upstream"
+    www = prefix / "www"
+    www.mkdir(parents=True)
+    for name, size in FILES.items():
+        chunk = bytes(range(256)) * 4096
+        with (www / name).open("wb") as f:
+            for off in range(0, size, len(chunk)):
+                f.write(chunk[: min(len(chunk), size - off)])
+        (www / name).chmod(0o644)
+    www.chmod(0o755)
+    port = free_port()
+    conf = write_nginx_conf(prefix, _UPSTREAM_BODY.format(port=port, prefix=prefix))
+    proc = procs.start("upstream-nginx", [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
+                       UPSTREAM_CPU)
+    wait_ready(f"http://127.0.0.1:{port}/256b", proc)
+    return port
+
+
+# --- proxies under test ------------------------------------------------------------------------------------------
+
+
+def fastgate_prefix() -> list[str]:
+    override = os.environ.get("FASTGATE_CMD")
+    if override:
+        return shlex.split(override)
+    for candidate in (shutil.which("fastgate"), str(Path(sys.executable).parent / "fastgate")):
+        if candidate and Path(candidate).exists():
+            return [candidate]
+    raise Unavailable("`fastgate` is not on PATH (set FASTGATE_CMD to override)")
+
+
+def proxy_command(name: str, port: int, upstream: int, root: Path) -> tuple[list[str], str]:
+    """argv and the CPU list for one proxy under test."""
+    up = f"http://127.0.0.1:{upstream}"
+    py = sys.executable
+    if name == "nginx":
+        conf = write_nginx_conf(root / f"proxy-nginx-{port}", _PROXY_BODY.format(port=port, upstream=upstream))
+        return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], PROXY_CPU
+    if name in ("fastgate", "fastgate-w2"):
+        workers, cpus = ("1", PROXY_CPU) if name == "fastgate" else ("2", f"{UPSTREAM_CPU},{PROXY_CPU}")
+        argv = [*fastgate_prefix(), "proxy", "--from", f"127.0.0.1:{port}", "--to", up, "--workers", workers,
+                "--no-access-log", "--log-level", "warning"]
+        return argv, cpus
+    scripts = {"aiohttp": "aiohttp_proxy.py", "fastapi-proxy-lib": "fastapi_proxy_lib_app.py",
+               "httpx-seed": "httpx_seed_app.py"}
+    if name in scripts:
+        return [py, str(HERE / "proxies" / scripts[name]), "--port", str(port), "--upstream", up], PROXY_CPU
+    raise ValueError(f"unknown proxy {name!r}")
+
+
+# --- load --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    duration_s: float
+    requests: int
+    bytes: int
+    errors: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    peak_rss: int
+
+
+def run_wrk(url: str, connections: int, duration: float, timeout_s: float, body_bytes: int,
+            rss_pid: int | None) -> WrkResult:
+    """One bounded wrk run on the load CPU; samples the proxy tree's RSS every 50 ms meanwhile."""
+    argv = ["taskset", "-c", UPSTREAM_CPU, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+            f"--timeout={timeout_s:g}s", "-s", str(HERE / "wrk_report.lua"), url]
+    env = {**os.environ, "BENCH_BODY_BYTES": str(body_bytes)}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    deadline = time.monotonic() + duration + 60
+    peak = 0
+    try:
+        while proc.poll() is None:
+            if rss_pid is not None:
+                peak = max(peak, tree_rss_bytes(rss_pid))
+            if time.monotonic() > deadline:
+                raise RuntimeError("wrk did not stop in time")
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    line = next((ln for ln in out.decode().splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {err.decode().strip()[-300:]}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    return WrkResult(
+        duration_s=data["duration_us"] / 1e6,
+        requests=data["requests"],
+        bytes=data["bytes"],
+        errors={k: int(data[k]) for k in ("connect", "read", "write", "status", "timeout")},
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        peak_rss=peak,
+    )
+
+
+def tool_versions() -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "unavailable"
+        return (res.stdout + res.stderr).strip().splitlines()[0] if (res.stdout + res.stderr).strip() else "?"
+
+    versions = {"nginx": first_line(["nginx", "-v"]), "wrk": first_line(["wrk", "-v"]), "python": sys.version.split()[0]}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("fastgate", "uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "fastapi", "fastapi-proxy-lib"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions

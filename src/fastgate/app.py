@@ -1,0 +1,104 @@
+"""The gateway as an ASGI application.
+
+>>> gateway = Gateway(GatewayConfig.single("http://127.0.0.1:9000"))
+>>> uvicorn.run(gateway)  # or mount it, entering ``gateway.lifespan()`` in the host app's lifespan
+
+The upstream transports (and their pools) are created when the lifespan starts, inside the worker process that
+serves, and closed when it ends: never at import, never per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from ._types import Receive, Scope, Send
+from .config import GatewayConfig
+from .exceptions import RouteNotFound, UpstreamUnavailable
+from .observability.logging import error_logger
+from .proxy.errors import error_response
+from .proxy.headers import new_request_id
+from .proxy.http import ForwardOptions, forward_http, request_target
+from .routing import RouteTable
+from .upstream.transport import Transport, create_transport
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.routes = RouteTable(config.routes)
+        self.transports: dict[str, Transport] = {}
+        self._options: dict[str, ForwardOptions] = {}
+
+    def __repr__(self) -> str:
+        state = "running" if self._options else "stopped"
+        return f"<Gateway {state} upstreams={sorted(self.config.upstreams)}>"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[dict[str, Transport]]:
+        """Open one transport per upstream for as long as the context is entered; yields them by name."""
+        async with contextlib.AsyncExitStack() as stack:
+            server = self.config.server
+            for name, upstream in self.config.upstreams.items():
+                transport = await stack.enter_async_context(create_transport(name, upstream))
+                self.transports[name] = transport
+                self._options[name] = ForwardOptions(
+                    name=name,
+                    transport=transport,
+                    authority=upstream.authority,
+                    path_prefix=upstream.path_prefix,
+                    preserve_host=upstream.preserve_host,
+                    forwarded=upstream.forwarded,
+                    max_header_bytes=server.max_header_bytes,
+                    max_header_field_bytes=server.max_header_field_bytes,
+                )
+            try:
+                yield dict(self.transports)
+            finally:
+                self._options.clear()
+                self.transports.clear()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle_http(scope, receive, send)
+        elif kind == "websocket":
+            await self.handle_websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = request_target(scope)
+        route = self.routes.match(target)
+        if route is None:
+            await error_response(
+                send, RouteNotFound(f"no route for {target[:200].decode('latin-1')}"), new_request_id()
+            )
+            return
+        options = self._options.get(route.upstream)
+        if options is None:
+            error_logger.error("request before the gateway's lifespan started (mounted without entering it?)")
+            await error_response(send, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
+            return
+        await forward_http(scope, receive, send, options, route.upstream_target(target))
+
+    async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.close", "code": 1011, "reason": "websocket proxying is not enabled"})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            async with self.lifespan():
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()
+                assert message["type"] == "lifespan.shutdown"
+        except BaseException as exc:
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                raise
+            await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})

@@ -1,0 +1,160 @@
+"""The ``fastgate`` command. Exit codes: 0 fine, 2 bad usage or config, 3 the server could not start."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import LOG_LEVELS, GatewayConfig, build_config, load_config
+from .exceptions import ConfigError
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"server.port: --from needs HOST:PORT with a port from 0 to 65535, got {value!r}")
+    return host, int(port)
+
+
+def _fail(exc: ConfigError) -> None:
+    click.echo(f"config error: {exc.detail}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FASTGATE"})
+@click.version_option(__version__, prog_name="fastgate")
+def main() -> None:
+    """fastgate: an async HTTP reverse proxy and API gateway on Uvicorn."""
+
+
+def _server_options(fn: Any) -> Any:
+    options = [
+        click.option("--workers", type=int, default=None, help="Worker processes (Uvicorn's process manager)."),
+        click.option(
+            "--log-level",
+            type=click.Choice(LOG_LEVELS),
+            default=None,
+            help="Log level; trace shows upstream connection events.",
+        ),
+        click.option(
+            "--log-config",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Logging config: dictConfig JSON/YAML or ini file.",
+        ),
+        click.option("--access-log/--no-access-log", default=None, help="One access line per request (default on)."),
+        click.option(
+            "--graceful-timeout", type=float, default=None, help="Seconds in-flight requests get on shutdown."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _server_overrides(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@main.command()
+@click.option("--from", "listen", default="127.0.0.1:8080", show_default=True, help="Address to listen on, HOST:PORT.")
+@click.option("--to", "upstream", required=True, help="Upstream URL; a path prefix in it is honoured.")
+@click.option("--connect-timeout", type=float, default=5.0, show_default=True)
+@click.option("--read-timeout", type=float, default=60.0, show_default=True, help="Wait for the response headers.")
+@click.option("--write-timeout", type=float, default=60.0, show_default=True)
+@click.option(
+    "--pool-timeout", type=float, default=5.0, show_default=True, help="Wait for a free connection; then 503."
+)
+@click.option(
+    "--stream-idle-timeout", type=float, default=None, help="Max silence between body chunks (default: none)."
+)
+@click.option("--max-connections", type=int, default=512, show_default=True)
+@click.option("--max-keepalive-connections", type=int, default=128, show_default=True)
+@click.option("--keepalive-expiry", type=float, default=4.0, show_default=True)
+@click.option("--transport", type=click.Choice(["fastgate", "httpx"]), default="fastgate", show_default=True)
+@click.option("--preserve-host/--no-preserve-host", default=True, show_default=True, help="Forward the client's Host.")
+@click.option("--forwarded/--no-forwarded", default=False, show_default=True, help="Add an RFC 7239 Forwarded header.")
+@_server_options
+def proxy(listen: str, upstream: str, **options: Any) -> None:
+    """Forward every request on --from to the --to URL."""
+    try:
+        host, port = _parse_listen(listen)
+        server = {
+            "host": host,
+            "port": port,
+            **_server_overrides(
+                workers=options.pop("workers"),
+                log_level=options.pop("log_level"),
+                log_config=options.pop("log_config"),
+                access_log=options.pop("access_log"),
+                graceful_timeout=options.pop("graceful_timeout"),
+            ),
+        }
+        config = build_config(
+            {
+                "server": server,
+                "upstreams": {
+                    "default": {
+                        "url": upstream,
+                        "transport": options["transport"],
+                        "preserve_host": options["preserve_host"],
+                        "forwarded": options["forwarded"],
+                        "timeouts": {
+                            "connect": options["connect_timeout"],
+                            "read": options["read_timeout"],
+                            "write": options["write_timeout"],
+                            "pool": options["pool_timeout"],
+                            "stream_idle": options["stream_idle_timeout"],
+                        },
+                        "limits": {
+                            "max_connections": options["max_connections"],
+                            "max_keepalive_connections": options["max_keepalive_connections"],
+                            "keepalive_expiry": options["keepalive_expiry"],
+                        },
+                    }
+                },
+                "routes": [{"prefix": "/", "upstream": "default"}],
+            }
+        )
+    except ConfigError as exc:
+        _fail(exc)
+    _serve(config)
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@_server_options
+def run(config_file: str, **overrides: Any) -> None:
+    """Serve the gateway described by CONFIG_FILE (YAML or JSON)."""
+    try:
+        config = load_config(config_file)
+        server = {**config.server.model_dump(), **_server_overrides(**overrides)}
+        config = build_config({**config.model_dump(), "server": server})
+    except ConfigError as exc:
+        _fail(exc)
+    _serve(config)
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(dir_okay=False))
+def check(config_file: str) -> None:
+    """Validate CONFIG_FILE; exit 0 when it is good, 2 with the first problems when not."""
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        _fail(exc)
+    click.echo(f"{config_file}: ok ({len(config.upstreams)} upstreams, {len(config.routes)} routes)")
+
+
+def _serve(config: GatewayConfig) -> None:
+    from .server import run as run_server
+
+    run_server(config)

@@ -1,0 +1,1 @@
+"""The proxy side: header rules and the HTTP exchange."""

@@ -1,0 +1,176 @@
+"""Header rules for both directions, on raw ``(name, value)`` byte pairs. Pure functions, no I/O.
+
+Requests: hop-by-hop headers go (RFC 9110 §7.6.1: Connection and every header it names, Keep-Alive,
+Proxy-Connection, TE, Transfer-Encoding, Upgrade; and Trailer), X-Forwarded-For is appended to,
+X-Forwarded-Proto/-Host are set from what we saw, Via is added, and message framing is checked: a request that
+could be read two ways (Content-Length with Transfer-Encoding, an obfuscated Transfer-Encoding, a bad
+Content-Length) is refused with 400 before anything goes upstream (RFC 9112 §6.3, request smuggling).
+Responses: the same hop-by-hop rules; everything else, Set-Cookie repeats included, passes unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..exceptions import BadRequest, HeadersTooLarge
+from ..upstream.transport import CHUNKED
+
+HOP_BY_HOP_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade", b"trailer"}
+)
+VIA = b"1.1 fastgate"
+
+# What the request loop does with a header it must look at; every other header is copied as it is.
+_DROP, _CONNECTION, _LENGTH, _TE, _HOST, _XFF, _XF_OTHER, _VIA, _FORWARDED, _REQUEST_ID = range(10)
+_REQUEST_RULES = {
+    **dict.fromkeys(HOP_BY_HOP_HEADERS - {b"connection", b"transfer-encoding"}, _DROP),
+    b"expect": _DROP,  # the server in front of us already answered 100-continue when we read the body
+    b"connection": _CONNECTION,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"host": _HOST,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XF_OTHER,
+    b"x-forwarded-host": _XF_OTHER,
+    b"via": _VIA,
+    b"forwarded": _FORWARDED,
+    b"x-request-id": _REQUEST_ID,
+}
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """What the request rules produced: upstream headers, body framing and the request id."""
+
+    headers: list[tuple[bytes, bytes]]
+    body_length: int | None
+    request_id: bytes
+    host: bytes
+
+
+def new_request_id() -> bytes:
+    return os.urandom(8).hex().encode("ascii")
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def request_headers(
+    raw: list[tuple[bytes, bytes]],
+    *,
+    client: bytes,
+    scheme: bytes,
+    upstream_authority: bytes,
+    preserve_host: bool = True,
+    forwarded: bool = False,
+    max_bytes: int = 65536,
+    max_field_bytes: int = 32768,
+) -> RequestHead:
+    """Apply the request rules to the ASGI (lower-cased) header list ``raw``."""
+    out: list[tuple[bytes, bytes]] = []
+    rules = _REQUEST_RULES
+    total = 0
+    host = b""
+    request_id = b""
+    connection: set[bytes] | None = None
+    lengths: list[bytes] = []
+    encodings: list[bytes] = []
+    xff: list[bytes] = []
+    via: list[bytes] = []
+    forwarded_in: list[bytes] = []
+    for pair in raw:
+        name, value = pair
+        size = len(name) + len(value) + 4
+        if size > max_field_bytes:
+            raise HeadersTooLarge(f"header {name[:64].decode('latin-1')!r} is {size} bytes (limit {max_field_bytes})")
+        total += size
+        rule = rules.get(name)
+        if rule is None:
+            out.append(pair)
+        elif rule == _HOST:
+            if host:
+                raise BadRequest("more than one Host header")
+            host = value
+        elif rule == _REQUEST_ID:
+            request_id = value
+            out.append(pair)
+        elif rule == _CONNECTION:
+            connection = (connection or set()) | _connection_tokens(value)
+        elif rule == _LENGTH:
+            lengths.append(value)
+        elif rule == _TE:
+            encodings.append(value)
+        elif rule == _XFF:
+            xff.append(value)
+        elif rule == _VIA:
+            via.append(value)
+        elif rule == _FORWARDED:
+            forwarded_in.append(value)
+        # _DROP and _XF_OTHER: not forwarded (X-Forwarded-Proto/-Host are ours to set)
+    if total > max_bytes:
+        raise HeadersTooLarge(f"request headers are {total} bytes (limit {max_bytes})")
+
+    body_length = _body_length(lengths, encodings)
+    if connection:
+        out = [pair for pair in out if pair[0] not in connection]
+        if b"x-request-id" in connection:
+            request_id = b""
+    if not request_id:
+        request_id = new_request_id()
+        out.append((b"x-request-id", request_id))
+
+    out.insert(0, (b"host", host if preserve_host and host else upstream_authority))
+    out.append((b"x-forwarded-for", b", ".join([*xff, client]) if xff else client))
+    out.append((b"x-forwarded-proto", scheme))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    if forwarded:
+        node = b'"[' + client + b']"' if b":" in client else client
+        element = b"for=" + node + b";proto=" + scheme + (b";host=" + _quote(host) if host else b"")
+        out.append((b"forwarded", b", ".join([*forwarded_in, element])))
+    elif forwarded_in:
+        out.append((b"forwarded", b", ".join(forwarded_in)))
+    out.append((b"via", b", ".join([*via, VIA]) if via else VIA))
+    return RequestHead(out, body_length, request_id, host)
+
+
+def _quote(value: bytes) -> bytes:
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def _body_length(lengths: list[bytes], encodings: list[bytes]) -> int | None:
+    if encodings:
+        if lengths:
+            raise BadRequest("both Content-Length and Transfer-Encoding are present")
+        if len(encodings) != 1 or encodings[0].strip(b" \t").lower() != b"chunked":
+            raise BadRequest("unsupported Transfer-Encoding (only a single 'chunked' is accepted)")
+        return CHUNKED
+    if lengths:
+        values = {v.strip(b" \t") for v in lengths}
+        if len(values) != 1:
+            raise BadRequest("conflicting Content-Length headers")
+        value = values.pop()
+        if not value.isdigit() or len(value) > 18:
+            raise BadRequest(f"invalid Content-Length {value[:32]!r}")
+        return int(value)
+    return None
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Apply the response rules to the upstream's headers (names in any case)."""
+    out: list[tuple[bytes, bytes]] = []
+    connection: set[bytes] | None = None
+    hop = HOP_BY_HOP_HEADERS
+    for pair in raw:
+        name = pair[0].lower()
+        if name in hop:
+            if name == b"connection":
+                connection = (connection or set()) | _connection_tokens(pair[1])
+            continue
+        out.append((name, pair[1]))
+    if connection:
+        out = [pair for pair in out if pair[0] not in connection]
+    out.append((b"via", VIA))
+    return out

@@ -1,0 +1,239 @@
+"""One HTTP exchange through the gateway.
+
+How this works
+--------------
+1. The request head is checked and rewritten (``headers.request_headers``); bad input is answered 400/431 here
+   and never reaches the upstream.
+2. The transport sends the head and streams the body from ``receive()`` as it arrives, then waits for the
+   response head. Errors up to here become a JSON 502/503/504 (``errors.error_response``).
+3. The response head goes to the client, then body pieces as the upstream produces them. Backpressure is
+   natural: ``send`` waits while the client is slow, and while we wait nobody reads the upstream socket.
+4. The upstream response is closed in ``finally`` under a shielded scope, whatever happened: back to the pool
+   when it was read to its end, dropped otherwise.
+
+Client disconnects cancel the exchange at once. Under fastgate's own server protocol the server calls us back
+when the connection drops (``ServerHooks.on_disconnect``), so an exchange costs no extra task. Under any other
+ASGI server a watcher task reads ``receive()`` for ``http.disconnect`` once the request body has been read
+(``receive`` has one reader at a time). Either way the exchange's cancel scope is cancelled, the upstream
+connection is aborted in the ``finally``, and the upstream sees it close. Sends after a disconnect are
+tolerated in both ASGI flavours: spec 2.3 servers ignore them, 2.4 servers raise ``OSError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .._protocol import ServerHooks
+from .._types import Receive, Scope, Send
+from ..exceptions import ClientDisconnected, FastgateError, UpstreamError
+from ..observability.logging import access_logger, error_logger
+from ..upstream.transport import Transport, UpstreamRequest
+from .errors import error_response
+from .headers import request_headers, response_headers
+
+
+@dataclass(slots=True)
+class ForwardOptions:
+    """How requests are forwarded to one upstream."""
+
+    name: str
+    transport: Transport
+    authority: bytes
+    path_prefix: bytes = b""
+    preserve_host: bool = True
+    forwarded: bool = False
+    max_header_bytes: int = 65536
+    max_header_field_bytes: int = 32768
+
+
+class _DisconnectScope:
+    """A cancel scope that the client's disconnect cancels (see the module docstring)."""
+
+    __slots__ = ("cancel_scope", "disconnected", "_hooks", "_receive", "_task_group")
+
+    def __init__(self, hooks: ServerHooks | None, receive: Receive) -> None:
+        self._hooks = hooks
+        self._receive = receive
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.disconnected = False
+        self.cancel_scope: anyio.CancelScope
+
+    def _on_disconnect(self) -> None:
+        self.disconnected = True
+        self.cancel_scope.cancel()
+
+    async def __aenter__(self) -> _DisconnectScope:
+        if self._hooks is not None:
+            self.cancel_scope = anyio.CancelScope()
+            self.cancel_scope.__enter__()
+            self._hooks.on_disconnect = self._on_disconnect
+            if self._hooks.disconnected:
+                self._on_disconnect()
+        else:
+            self._task_group = anyio.create_task_group()
+            await self._task_group.__aenter__()
+            self.cancel_scope = self._task_group.cancel_scope
+        return self
+
+    def watch(self) -> None:
+        """The request body has been read: from now on only a disconnect can arrive on ``receive``."""
+        if self._task_group is not None:
+            self._task_group.start_soon(self._watch)
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._on_disconnect()
+                return
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self._hooks is not None:
+            self._hooks.on_disconnect = None
+            return self.cancel_scope.__exit__(exc_type, exc, tb)
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+
+async def _request_body(receive: Receive, scope: _DisconnectScope) -> AsyncGenerator[bytes]:
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.disconnected = True
+            raise ClientDisconnected("client disconnected during the request body")
+        more = message.get("more_body", False)
+        if not more:
+            scope.watch()
+        yield message.get("body", b"")
+
+
+def _client_address(scope: Scope) -> bytes:
+    client = scope.get("client")
+    return client[0].encode("latin-1") if client else b"unknown"
+
+
+def request_target(scope: Scope) -> bytes:
+    """The request target as the client sent it, when the server tells us; else rebuilt from the scope."""
+    hooks = scope.get("extensions", {}).get("fastgate.server")
+    if hooks is not None and hooks.raw_target.startswith(b"/"):
+        target: bytes = hooks.raw_target
+        return target
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query: bytes = scope.get("query_string", b"")
+    return raw_path + b"?" + query if query else raw_path
+
+
+async def forward_http(scope: Scope, receive: Receive, send: Send, options: ForwardOptions, target: bytes) -> None:
+    """Forward one HTTP request to ``options``'s upstream at ``target`` and relay its response."""
+    started_at = perf_counter()
+    hooks: Any = scope.get("extensions", {}).get("fastgate.server")
+    status = 0
+    sent = 0
+    request_id = b"-"
+    outcome = ""
+    try:
+        try:
+            head = request_headers(
+                scope["headers"],
+                client=_client_address(scope),
+                scheme=scope.get("scheme", "http").encode("ascii"),
+                upstream_authority=options.authority,
+                preserve_host=options.preserve_host,
+                forwarded=options.forwarded,
+                max_bytes=options.max_header_bytes,
+                max_field_bytes=options.max_header_field_bytes,
+            )
+        except FastgateError as exc:
+            status = exc.status_code
+            outcome = f"{exc.code}: {exc.detail}"
+            await error_response(send, exc, request_id)
+            return
+        request_id = head.request_id
+        request = UpstreamRequest(
+            scope["method"].encode("ascii"), options.path_prefix + target, head.headers, head.body_length
+        )
+        async with _DisconnectScope(hooks, receive) as disconnect:
+            body = _request_body(receive, disconnect) if head.body_length else None
+            if body is None:
+                disconnect.watch()
+            try:
+                response = await options.transport.send(request, body)
+            except ClientDisconnected:
+                outcome = "client disconnected"
+                return
+            except FastgateError as exc:
+                status = exc.status_code
+                outcome = f"{exc.code}: {exc.detail}"
+                error_logger.warning(
+                    "%s %s -> %d %s: %s (upstream %s, request_id %s)",
+                    scope["method"],
+                    target.decode("latin-1"),
+                    status,
+                    exc.code,
+                    exc.detail,
+                    options.name,
+                    request_id.decode("latin-1"),
+                )
+                if not disconnect.disconnected:
+                    await error_response(send, exc, request_id)
+                return
+            finally:
+                if body is not None:
+                    await body.aclose()
+            try:
+                status = response.status
+                await send(
+                    {"type": "http.response.start", "status": status, "headers": response_headers(response.headers)}
+                )
+                while chunk := await response.read():
+                    sent += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except UpstreamError as exc:
+                outcome = f"{exc.code} after the response started: {exc.detail}"
+                error_logger.warning(
+                    "%s %s: upstream %s broke off the response after %d bytes: %s (request_id %s)",
+                    scope["method"],
+                    target.decode("latin-1"),
+                    options.name,
+                    sent,
+                    exc.detail,
+                    request_id.decode("latin-1"),
+                )
+                if hooks is not None:
+                    hooks.abort()
+            except OSError:
+                disconnect.disconnected = True  # ASGI spec 2.4 servers raise on send after a disconnect
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+        if disconnect.disconnected:
+            outcome = "client disconnected"
+    finally:
+        if access_logger.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            access_logger.info(
+                '%s - "%s %s HTTP/%s" %d %d %.1fms upstream=%s request_id=%s%s',
+                f"{client[0]}:{client[1]}" if client else "-",
+                scope["method"],
+                target.decode("latin-1"),
+                scope.get("http_version", "1.1"),
+                status if not outcome.startswith("client") else 499,
+                sent,
+                (perf_counter() - started_at) * 1000,
+                options.name,
+                request_id.decode("latin-1"),
+                f" ({outcome})" if outcome else "",
+            )

@@ -1,0 +1,55 @@
+"""Serve a gateway with Uvicorn: one process, or ``--workers N`` under Uvicorn's own process manager.
+
+Each worker builds its :class:`Gateway` from the config passed in the environment (``FASTGATE_CONFIG_JSON``),
+so every worker owns its pools, opened in its own lifespan. Uvicorn replaces a worker that dies and drains
+in-flight requests on SIGTERM within ``server.graceful_timeout``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import uvicorn
+
+from ._protocol import FastgateHttpProtocol
+from .app import Gateway
+from .config import GatewayConfig
+from .observability.logging import LOGGING_CONFIG, access_logger, apply_log_level
+
+CONFIG_ENV = "FASTGATE_CONFIG_JSON"
+
+
+def create_app() -> Gateway:
+    """Uvicorn's app factory, run in each worker process."""
+    config = GatewayConfig.model_validate_json(os.environ[CONFIG_ENV])
+    apply_log_level(config.server.log_level)
+    access_logger.disabled = not config.server.access_log
+    return Gateway(config)
+
+
+def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
+    server = config.server
+    return {
+        "host": server.host,
+        "port": server.port,
+        "workers": server.workers,
+        "http": FastgateHttpProtocol,
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "ws": "websockets-sansio",
+        "lifespan": "on",
+        "log_config": server.log_config or LOGGING_CONFIG,
+        "log_level": server.log_level,
+        "access_log": False,  # fastgate writes its own access line, with upstream, bytes and request id
+        "proxy_headers": False,  # we append the peer to X-Forwarded-For; never trust a client's copy of it
+        "server_header": False,  # Server and Date come from the upstream
+        "date_header": False,
+        "timeout_graceful_shutdown": server.graceful_timeout,
+    }
+
+
+def run(config: GatewayConfig) -> None:
+    """Serve until SIGINT/SIGTERM. Exits 3 when the server cannot start (port in use, say)."""
+    os.environ[CONFIG_ENV] = config.model_dump_json()
+    uvicorn.run("fastgate.server:create_app", factory=True, **uvicorn_options(config))

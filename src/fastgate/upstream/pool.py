@@ -1,0 +1,181 @@
+"""Keep-alive connections to one upstream.
+
+How this works
+--------------
+``acquire()`` hands out the most recently used idle connection (LIFO keeps the working set warm and lets
+the rest expire), or opens a new one while fewer than ``max_connections`` exist, or queues the caller until
+a connection is released or ``limits``'s pool timeout passes (then :class:`UpstreamUnavailable`, a 503).
+``release(conn)`` gives a reusable connection straight to the first waiter, else back to the idle stack
+(at most ``max_keepalive_connections``), and closes anything else.
+
+``sweep(now)`` runs periodically from the transport's background task: it fails busy connections whose
+deadline passed (read, write and idle-stream timeouts, so no request carries a timer of its own) and closes
+idle ones older than ``keepalive_expiry``, before the upstream's own idle timeout can race us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+
+from ..config import UpstreamConfig
+from ..exceptions import UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
+from ..observability.logging import TRACE, upstream_logger
+from .connection import Connection
+
+
+class ConnectionPool:
+    def __init__(self, name: str, config: UpstreamConfig) -> None:
+        self.name = name
+        self.host = config.host
+        self.port = config.port
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if config.scheme == "https" else None
+        self._idle: deque[Connection] = deque()
+        self._busy: set[Connection] = set()
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._closed = False
+        self._trace = upstream_logger.isEnabledFor(TRACE)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnectionPool {self.name} {self.host}:{self.port} busy={len(self._busy)} idle={len(self._idle)}"
+            f" connecting={self._connecting} waiting={len(self._waiters)}>"
+        )
+
+    @property
+    def size(self) -> int:
+        return len(self._busy) + len(self._idle) + self._connecting
+
+    async def acquire(self, *, fresh: bool = False) -> Connection:
+        if self._closed:
+            raise UpstreamUnavailable("gateway is shutting down", self.name)
+        idle = self._idle
+        if idle and not fresh:
+            expiry = self.limits.keepalive_expiry
+            now = asyncio.get_running_loop().time()
+            while idle:
+                conn = idle.pop()
+                if conn.closed or now - conn.idle_since >= expiry:
+                    self._discard(conn, "expired" if not conn.closed else "closed by upstream")
+                    continue
+                self._busy.add(conn)
+                if self._trace:
+                    upstream_logger.log(TRACE, "%s: reusing %r", self.name, conn)
+                return conn
+        if fresh and idle:
+            self._discard(idle.popleft(), "making room for a fresh connection")
+        if self.size < self.limits.max_connections:
+            return await self._connect()
+        return await self._wait_for_connection()
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        self._busy.discard(conn)
+        if reusable and not self._closed:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    self._busy.add(conn)
+                    waiter.set_result(conn)
+                    return
+            if len(self._idle) < self.limits.max_keepalive_connections:
+                conn.idle_since = asyncio.get_running_loop().time()
+                self._idle.append(conn)
+                return
+        self._discard(conn, "released" if reusable else "not reusable")
+        self._wake_one_waiter()
+
+    def sweep(self, now: float) -> None:
+        for conn in [c for c in self._busy if c.deadline and now >= c.deadline]:
+            conn.fail(UpstreamTimeout(f"no {conn.waiting_for} from upstream within {conn.armed_timeout:g}s", self.name))
+        expiry = self.limits.keepalive_expiry
+        idle = self._idle
+        while idle and (idle[0].closed or now - idle[0].idle_since >= expiry):
+            self._discard(idle.popleft(), "keep-alive expired")
+        if idle and any(c.closed for c in idle):
+            for conn in [c for c in idle if c.closed]:
+                idle.remove(conn)
+                self._discard(conn, "closed by upstream")
+
+    def aclose(self) -> None:
+        self._closed = True
+        for conn in list(self._idle) + list(self._busy):
+            self._discard(conn, "gateway shutdown")
+        self._idle.clear()
+        self._busy.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        self._connecting += 1
+        try:
+            try:
+                async with asyncio.timeout(self.timeouts.connect):
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(self.name, loop),
+                        self.host,
+                        self.port,
+                        ssl=self._ssl,
+                        server_hostname=self.host if self._ssl else None,
+                    )
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"connect to {self.host}:{self.port} took over {self.timeouts.connect:g}s", self.name
+                ) from None
+            except OSError as exc:
+                reason = exc.strerror or str(exc) or type(exc).__name__
+                raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {reason}", self.name) from exc
+        finally:
+            self._connecting -= 1
+        if self._trace:
+            upstream_logger.log(TRACE, "%s: connected %r", self.name, conn)
+        self._busy.add(conn)
+        return conn
+
+    async def _wait_for_connection(self) -> Connection:
+        waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.timeouts.pool):
+                conn = await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled() and (handed := waiter.result()) is not None:
+                return handed  # released to us just as the wait ran out: use it
+            raise UpstreamUnavailable(
+                f"connection pool exhausted: {self.limits.max_connections} connections busy for "
+                f"{self.timeouts.pool:g}s",
+                self.name,
+            ) from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        if conn is None:  # a slot was freed: open a connection of our own
+            if self._closed:
+                raise UpstreamUnavailable("gateway is shutting down", self.name)
+            return await self.acquire()
+        return conn
+
+    def _wake_one_waiter(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _discard(self, conn: Connection, why: str) -> None:
+        conn.close()
+        if self._trace:
+            upstream_logger.log(TRACE, "%s: closing %r (%s)", self.name, conn, why)
+
+
+def sweep_interval(config: UpstreamConfig) -> float:
+    """How often the sweeper runs: a tenth of the shortest timeout, between 5 ms and 0.5 s."""
+    t = config.timeouts
+    candidates = [v for v in (t.read, t.write, t.stream_idle, config.limits.keepalive_expiry) if v]
+    return min(0.5, max(0.005, min(candidates, default=5.0) / 10))

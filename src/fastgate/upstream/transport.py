@@ -1,0 +1,205 @@
+"""The seam between the proxy logic and the upstream client.
+
+A :class:`Transport` sends one :class:`UpstreamRequest` and returns an :class:`UpstreamResponse` whose body is
+read piece by piece. Two implementations exist: :class:`FastgateTransport` (the default: our HTTP/1.1 client on
+``asyncio`` protocols with httptools parsing, chosen by measurement, see PERFORMANCE-NOTES and the README) and
+``HttpxTransport`` (httpx's ``AsyncClient``, for users who want its ecosystem). Each translates its client's
+errors into :mod:`fastgate.exceptions` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+import anyio
+
+from ..config import UpstreamConfig
+from ..exceptions import UpstreamProtocolError
+from ..observability.logging import TRACE, upstream_logger
+from .connection import Connection
+from .pool import ConnectionPool, sweep_interval
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+CHUNKED = -1  # UpstreamRequest.body_length for a body of unknown length
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """A request ready to go upstream: ``headers`` are final (Host included, hop-by-hop removed).
+
+    ``body_length`` is the Content-Length to send, ``CHUNKED`` for a body of unknown length, or None when the
+    request has no body framing at all (a plain GET).
+    """
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body_length: int | None = None
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    async def read(self) -> bytes:
+        """The next piece of the body, ``b""`` at its end; raises an UpstreamError if it breaks."""
+        ...
+
+    async def aclose(self) -> None:
+        """Give the connection back (when the body was read to its end) or drop it."""
+        ...
+
+
+class Transport(Protocol):
+    async def __aenter__(self) -> Transport: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def send(self, request: UpstreamRequest, body: AsyncIterator[bytes] | None) -> UpstreamResponse: ...
+
+
+class FastgateResponse:
+    __slots__ = ("status", "headers", "_conn", "_pool", "_idle_timeout")
+
+    def __init__(self, pool: ConnectionPool, conn: Connection) -> None:
+        self.status = conn.status
+        self.headers = conn.headers
+        self._conn: Connection | None = conn
+        self._pool = pool
+        self._idle_timeout = pool.timeouts.stream_idle
+
+    async def read(self) -> bytes:
+        assert self._conn is not None, "response already closed"
+        return await self._conn.read(self._idle_timeout)
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            reusable = conn.finish()
+            if not reusable:
+                conn.close(abort=not conn.complete)
+            self._pool.release(conn, reusable)
+
+    def __repr__(self) -> str:
+        return f"<FastgateResponse {self.status} {self._conn!r}>"
+
+
+class FastgateTransport:
+    """Our own keep-alive HTTP/1.1 client for one upstream.
+
+    >>> async with FastgateTransport("api", UpstreamConfig(url="http://127.0.0.1:9000")) as transport:
+    ...     response = await transport.send(UpstreamRequest(b"GET", b"/", [(b"host", b"api")]), None)
+    """
+
+    def __init__(self, name: str, config: UpstreamConfig) -> None:
+        self.name = name
+        self.config = config
+        self.pool = ConnectionPool(name, config)
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return f"<FastgateTransport {self.pool!r}>"
+
+    async def __aenter__(self) -> FastgateTransport:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._sweeper, name=f"fastgate sweeper {self.name}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.pool.aclose()
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+            self._task_group = None
+
+    async def _sweeper(self) -> None:
+        interval = sweep_interval(self.config)
+        loop = asyncio.get_running_loop()
+        while True:
+            await anyio.sleep(interval)
+            self.pool.sweep(loop.time())
+
+    async def send(self, request: UpstreamRequest, body: AsyncIterator[bytes] | None) -> UpstreamResponse:
+        head = _request_head(request)
+        no_body = request.method == b"HEAD"
+        timeouts = self.config.timeouts
+        retried = False
+        while True:
+            conn = await self.pool.acquire(fresh=retried)
+            reused = conn.requests > 0
+            try:
+                conn.start(head, no_body=no_body)
+                if body is not None:
+                    await self._send_body(conn, request.body_length, body)
+                await conn.wait_head(timeouts.read)
+            except UpstreamProtocolError:
+                conn.finish()
+                conn.close(abort=True)
+                self.pool.release(conn, False)
+                # A kept-alive connection the upstream closed just as we used it (RFC 9112 §9.3.1): replay once
+                # on a fresh connection, when nothing can have been processed and nothing is lost by replaying.
+                if (
+                    reused
+                    and not retried
+                    and not conn.received_any
+                    and body is None
+                    and (request.method in IDEMPOTENT_METHODS)
+                ):
+                    retried = True
+                    if upstream_logger.isEnabledFor(TRACE):
+                        upstream_logger.log(TRACE, "%s: stale keep-alive connection, retrying once", self.name)
+                    continue
+                raise
+            except BaseException:
+                conn.finish()
+                conn.close(abort=True)
+                self.pool.release(conn, False)
+                raise
+            return FastgateResponse(self.pool, conn)
+
+    async def _send_body(self, conn: Connection, length: int | None, body: AsyncIterator[bytes]) -> None:
+        write_timeout = self.config.timeouts.write
+        chunked = length == CHUNKED
+        async for chunk in body:
+            if conn.head_done:
+                break  # the upstream answered early (a 413, say): stop sending, relay its answer
+            if chunk:
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.drain(write_timeout)
+        else:
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+            return
+        conn.keep_alive = False
+
+
+def _request_head(request: UpstreamRequest) -> bytes:
+    parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+    for name, value in request.headers:
+        parts += (name, b": ", value, b"\r\n")
+    length = request.body_length
+    if length == CHUNKED:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif length is not None:
+        parts += (b"content-length: ", b"%d" % length, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def create_transport(name: str, config: UpstreamConfig) -> Transport:
+    """The transport named in ``config.transport``."""
+    if config.transport == "httpx":
+        from .httpx_transport import HttpxTransport
+
+        return HttpxTransport(name, config)
+    return FastgateTransport(name, config)
