@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from fastgate import Gateway, GatewayConfig
+from tests.servers import RunningServer, run_gateway, run_server
+from tests.upstream_app import Recorder, UpstreamApp
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return ("asyncio", {"use_uvloop": True})
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def upstream(recorder: Recorder) -> AsyncIterator[RunningServer]:
+    async with run_server(UpstreamApp(recorder)) as server:
+        yield server
+
+
+GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningServer]]
+
+
+@pytest.fixture
+def gateway_for() -> GatewayFactory:
+    """``async with gateway_for(url, timeouts=..., http=...) as gw``: a real gateway in front of ``url``."""
+
+    @contextlib.asynccontextmanager
+    async def factory(url: str, *, http: Any = None, **upstream: Any) -> AsyncIterator[RunningServer]:
+        gateway = Gateway(GatewayConfig.single(url, **upstream))
+        kwargs = {"http": http} if http is not None else {}
+        async with run_gateway(gateway, **kwargs) as server:
+            yield server
+
+    return factory
+
+
+@pytest.fixture
+async def gateway(upstream: RunningServer, gateway_for: GatewayFactory) -> AsyncIterator[RunningServer]:
+    async with gateway_for(upstream.url) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(gateway: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        yield client

@@ -1,0 +1,164 @@
+"""Real servers on 127.0.0.1 for tests: uvicorn on a socket we bind to port 0 (no port races)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+
+from fastgate._protocol import FastgateHttpProtocol
+from fastgate._types import ASGIApp
+
+
+def bind_socket(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class RunningServer:
+    host: str
+    port: int
+    server: uvicorn.Server
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def run_server(app: ASGIApp, *, http: Any = "httptools", **options: Any) -> AsyncIterator[RunningServer]:
+    """Serve ``app`` with uvicorn in the current event loop for the duration of the block."""
+    sock = bind_socket()
+    options.setdefault("log_level", "warning")
+    options.setdefault("lifespan", "auto")
+    config = uvicorn.Config(app, http=http, **options)
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(10):
+            while not server.started:
+                await anyio.sleep(0.005)
+        try:
+            yield RunningServer("127.0.0.1", sock.getsockname()[1], server)
+        finally:
+            server.should_exit = True
+            server.force_exit = True
+    sock.close()
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(
+    app: ASGIApp, *, http: Any = FastgateHttpProtocol, **options: Any
+) -> AsyncIterator[RunningServer]:
+    """Serve a gateway the way ``fastgate.server`` does (no proxy headers, fastgate's own protocol)."""
+    options.setdefault("lifespan", "on")
+    options.setdefault("proxy_headers", False)
+    options.setdefault("server_header", False)
+    options.setdefault("date_header", False)
+    options.setdefault("access_log", False)
+    async with run_server(app, http=http, **options) as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class GatewayProcess:
+    """``fastgate proxy`` running as a real subprocess; its stdout+stderr go to ``log_path``."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_bytes(self, include_children: bool = True) -> int:
+        pids = [self.process.pid]
+        if include_children:
+            pids += _children(self.process.pid)
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            found.append(int(child))
+            found += _children(int(child))
+    return found
+
+
+def wait_for_port(port: int, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def fastgate_process(
+    args: list[str], log_path: Path, *, port: int | None = None, wait: bool = True
+) -> Iterator[GatewayProcess]:
+    """Start ``python -m fastgate proxy --from 127.0.0.1:PORT ARGS...`` and stop it (SIGTERM) afterwards."""
+    port = port or free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastgate", "proxy", "--from", f"127.0.0.1:{port}", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    running = GatewayProcess(process, port, log_path)
+    try:
+        if wait:
+            wait_for_port(port, process=process)
+        yield running
+    finally:
+        running.stop()
