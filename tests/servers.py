@@ -57,8 +57,10 @@ async def run_server(app: ASGIApp, *, http: Any = "httptools", **options: Any) -
         try:
             yield RunningServer("127.0.0.1", sock.getsockname()[1], server)
         finally:
-            server.should_exit = True
-            server.force_exit = True
+            # Shut down directly rather than waiting for uvicorn's 0.1 s main-loop tick to notice should_exit.
+            with anyio.CancelScope(shield=True), anyio.fail_after(10):
+                await server.shutdown()
+            tg.cancel_scope.cancel()
     sock.close()
 
 

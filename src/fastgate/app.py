@@ -90,15 +90,16 @@ class Gateway:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
+        started = False
         try:
             async with self.lifespan():
                 await send({"type": "lifespan.startup.complete"})
+                started = True
                 message = await receive()
                 assert message["type"] == "lifespan.shutdown"
-        except BaseException as exc:
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                raise
-            await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+        except Exception as exc:
+            await send(
+                {"type": "lifespan.shutdown.failed" if started else "lifespan.startup.failed", "message": str(exc)}
+            )
             raise
         await send({"type": "lifespan.shutdown.complete"})
