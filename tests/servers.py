@@ -52,7 +52,7 @@ async def run_server(app: ASGIApp, *, http: Any = "httptools", **options: Any) -
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
         with anyio.fail_after(10):
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                 await anyio.sleep(0.005)
         try:
             yield RunningServer("127.0.0.1", sock.getsockname()[1], server)

@@ -148,7 +148,8 @@ async def test_empty_bodies_stay_empty(gateway: RunningServer, recorder: Recorde
 async def test_expect_100_continue_works(gateway: RunningServer, recorder: Recorder) -> None:
     async with await anyio.connect_tcp("127.0.0.1", gateway.port) as stream:
         await stream.send(
-            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
         )
         with anyio.fail_after(5):
             interim = await stream.receive()

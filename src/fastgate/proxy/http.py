@@ -22,9 +22,9 @@ tolerated in both ASGI flavours: spec 2.3 servers ignore them, 2.4 servers raise
 from __future__ import annotations
 
 import logging
-from time import perf_counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from time import perf_counter
 from types import TracebackType
 from typing import Any
 
