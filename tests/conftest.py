@@ -40,6 +40,7 @@ def gateway_for() -> GatewayFactory:
         gateway = Gateway(GatewayConfig.single(url, **upstream))
         kwargs = {"http": http} if http is not None else {}
         async with run_gateway(gateway, **kwargs) as server:
+            server.app = gateway
             yield server
 
     return factory

@@ -35,6 +35,7 @@ class RunningServer:
     host: str
     port: int
     server: uvicorn.Server
+    app: Any = None
 
     @property
     def url(self) -> str:
@@ -55,7 +56,7 @@ async def run_server(app: ASGIApp, *, http: Any = "httptools", **options: Any) -
             while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                 await anyio.sleep(0.005)
         try:
-            yield RunningServer("127.0.0.1", sock.getsockname()[1], server)
+            yield RunningServer("127.0.0.1", sock.getsockname()[1], server, app)
         finally:
             # Shut down directly rather than waiting for uvicorn's 0.1 s main-loop tick to notice should_exit.
             with anyio.CancelScope(shield=True), anyio.fail_after(10):

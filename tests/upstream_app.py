@@ -76,7 +76,7 @@ class UpstreamApp:
         if path == "/echo":
             await _respond(send, 200, json.dumps(record).encode(), [(b"content-type", b"application/json")])
         elif path == "/stream":
-            await _stream(send, int(query.get("n", "3")), float(query.get("delay", "0.2")))
+            await self._stream(receive, send, int(query.get("n", "3")), float(query.get("delay", "0.2")))
         elif path == "/sse":
             await send(
                 {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
@@ -118,6 +118,24 @@ class UpstreamApp:
                 return
         await _respond(send, 200, b"slow done")
 
+    async def _stream(self, receive: Any, send: Any, n: int, delay: float) -> None:
+        """Stream while watching for the client (the gateway) going away."""
+
+        async def watch() -> None:
+            if (await receive())["type"] == "http.disconnect":
+                self.recorder.disconnected["/stream"] = time.monotonic()
+                self.recorder.disconnect_event.set()
+                tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            for i in range(n):
+                await send({"type": "http.response.body", "body": f"chunk {i}\n".encode(), "more_body": True})
+                await anyio.sleep(delay)
+            await send({"type": "http.response.body", "body": b""})
+            tg.cancel_scope.cancel()
+
     async def _upload(self, receive: Any, send: Any, record: dict[str, Any]) -> None:
         digest = hashlib.sha256()
         size = 0
@@ -156,14 +174,6 @@ async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[byte
         headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _stream(send: Any, n: int, delay: float) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    for i in range(n):
-        await send({"type": "http.response.body", "body": f"chunk {i}\n".encode(), "more_body": True})
-        await anyio.sleep(delay)
-    await send({"type": "http.response.body", "body": b""})
 
 
 async def _big(send: Any, size: int) -> None:
