@@ -1,0 +1,250 @@
+"""The ``fastgate`` command, run for real as a subprocess where it matters (issue 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from fastgate.cli import main
+from tests.servers import RunningServer, _children, fastgate_process, free_port, wait_for_port
+
+pytestmark = pytest.mark.anyio
+
+
+def test_proxy_requires_to() -> None:
+    result = CliRunner().invoke(main, ["proxy", "--from", "127.0.0.1:0"])
+    assert result.exit_code == 2
+    assert "--to" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--to", "ftp://127.0.0.1:9"], "config error: upstreams.default.url: must be an http:// or https:// URL"),
+        (["--to", "http://127.0.0.1:9", "--from", "127.0.0.1:99999"], "config error: server.port"),
+        (["--to", "http://127.0.0.1:9", "--max-connections", "0"], "upstreams.default.limits.max_connections"),
+        (["--to", "http://127.0.0.1:9", "--read-timeout", "-1"], "upstreams.default.timeouts.read"),
+    ],
+)
+def test_bad_config_gets_one_clear_message_and_exit_2(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["proxy", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_validates_a_config_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("upstreams:\n  api: {url: 'http://127.0.0.1:9000'}\nroutes:\n  - {prefix: /api, upstream: api}\n")
+    result = CliRunner().invoke(main, ["check", str(good)])
+    assert result.exit_code == 0, result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstreams:\n  api: {url: 'http://127.0.0.1:9000'}\nroutes:\n  - {prefix: /api, upstream: nope}\n")
+    result = CliRunner().invoke(main, ["check", str(bad)])
+    assert result.exit_code == 2
+    assert "routes[0].upstream: unknown upstream 'nope'" in result.output
+
+
+def test_python_dash_m_fastgate_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "fastgate", "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert "fastgate" in result.stdout
+
+
+def test_port_in_use_exits_3(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "fastgate", "proxy", "--from", f"127.0.0.1:{port}", "--to", "http://127.0.0.1:9"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 3
+    assert "address already in use" in result.stderr.lower()
+
+
+async def test_access_log_line_has_method_path_status_bytes_duration_upstream_and_request_id(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    with fastgate_process(["--to", upstream.url], tmp_path / "log") as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            response = await client.get("/big?size=1234", headers={"x-request-id": "rid-42"})
+        assert response.status_code == 200
+        await anyio.sleep(0.2)
+        lines = [line for line in gw.log().splitlines() if "rid-42" in line]
+    assert len(lines) == 1
+    line = lines[0]
+    assert '"GET /big?size=1234 HTTP/1.1" 200 1234 ' in line
+    assert "ms upstream=default request_id=rid-42" in line
+
+
+async def test_no_access_log(upstream: RunningServer, tmp_path: Path) -> None:
+    with fastgate_process(["--to", upstream.url, "--no-access-log"], tmp_path / "log") as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            assert (await client.get("/", headers={"x-request-id": "rid-43"})).status_code == 200
+        await anyio.sleep(0.2)
+        assert "rid-43" not in gw.log()
+
+
+async def test_log_level_trace_shows_upstream_connect_reuse_and_close(upstream: RunningServer, tmp_path: Path) -> None:
+    args = ["--to", upstream.url, "--log-level", "trace", "--keepalive-expiry", "0.3"]
+    with fastgate_process(args, tmp_path / "log") as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            for _ in range(2):
+                assert (await client.get("/")).status_code == 200
+        await anyio.sleep(0.8)
+        log = gw.log()
+    assert "fastgate.upstream: default: connected" in log
+    assert "fastgate.upstream: default: reusing" in log
+    assert "fastgate.upstream: default: closing" in log
+
+
+LOG_DICT = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "CUSTOM %(name)s %(message)s"}},
+    "handlers": {"file": {"class": "logging.FileHandler", "filename": "__FILE__", "formatter": "plain"}},
+    "loggers": {"fastgate": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+}
+
+LOG_INI = """\
+[loggers]
+keys=root,fastgate
+
+[handlers]
+keys=file
+
+[formatters]
+keys=plain
+
+[logger_root]
+level=WARNING
+handlers=
+
+[logger_fastgate]
+level=INFO
+handlers=file
+qualname=fastgate
+propagate=0
+
+[handler_file]
+class=FileHandler
+formatter=plain
+args=('__FILE__',)
+
+[formatter_plain]
+format=CUSTOM %(name)s %(message)s
+"""
+
+
+@pytest.mark.parametrize("form", ["json", "yaml", "ini"])
+async def test_log_config_accepts_json_yaml_and_ini(upstream: RunningServer, tmp_path: Path, form: str) -> None:
+    import yaml
+
+    out = tmp_path / "fastgate.log"
+    config = tmp_path / f"logging.{form}"
+    text = {
+        "json": json.dumps(LOG_DICT),
+        "yaml": yaml.safe_dump(LOG_DICT),
+        "ini": LOG_INI,
+    }[form].replace("__FILE__", str(out))
+    config.write_text(text)
+    with fastgate_process(["--to", upstream.url, "--log-config", str(config)], tmp_path / "stdout") as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            assert (await client.get("/", headers={"x-request-id": f"rid-{form}"})).status_code == 200
+        await anyio.sleep(0.2)
+    assert "CUSTOM fastgate.access 127.0.0.1" in out.read_text()
+    assert f"request_id=rid-{form}" in out.read_text()
+
+
+async def test_workers_run_under_uvicorns_process_manager_and_a_killed_worker_is_replaced(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    with fastgate_process(["--to", upstream.url, "--workers", "2"], tmp_path / "log") as gw:
+        with anyio.fail_after(20):
+            while len(workers := _children(gw.process.pid)) < 2:
+                await anyio.sleep(0.1)
+        # (coverage may add no process; uvicorn's spawn context adds a resource tracker on some setups)
+        workers = [
+            pid for pid in workers if "fastgate" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") or True
+        ]
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            assert (await client.get("/")).status_code == 200
+        victim = workers[-1]
+        os.kill(victim, signal.SIGKILL)
+        with anyio.fail_after(20):
+            while True:
+                current = _children(gw.process.pid)
+                if victim not in current and len(current) >= len(workers):
+                    break
+                await anyio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            for _ in range(10):
+                assert (await client.get("/")).status_code == 200
+
+
+async def test_sigterm_drains_in_flight_requests_and_refuses_new_connections(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    with fastgate_process(["--to", upstream.url, "--graceful-timeout", "10"], tmp_path / "log") as gw:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client, anyio.create_task_group() as tg:
+            results: list[int] = []
+
+            async def slow() -> None:
+                results.append((await client.get("/slow?delay=1")).status_code)
+
+            tg.start_soon(slow)
+            await anyio.sleep(0.3)
+            gw.process.send_signal(signal.SIGTERM)
+            await anyio.sleep(0.2)
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+        assert results == [200]
+        # uvicorn re-raises the captured SIGTERM once shutdown is complete
+        assert gw.process.wait(10) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in gw.log()
+    assert "Traceback" not in gw.log()
+
+
+def test_startup_does_not_open_pools_at_import() -> None:
+    # Importing the package and building a gateway opens nothing: pools belong to the lifespan.
+    code = (
+        "import fastgate, gc, asyncio; g = fastgate.Gateway(fastgate.GatewayConfig.single('http://127.0.0.1:9'));"
+        "print(len(g.transports))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "0"
+
+
+async def test_gateway_process_serves_example_upstream(tmp_path: Path) -> None:
+    port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "examples/upstream.py", "--port", str(port)], cwd=Path(__file__).parent.parent
+    )
+    try:
+        wait_for_port(port, process=upstream)
+        with fastgate_process(["--to", f"http://127.0.0.1:{port}"], tmp_path / "log") as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as client:
+                response = await client.post("/echo", content=b"hi")
+                assert response.json()["body"] == "hi"
+                started = time.monotonic()
+                async with client.stream("GET", "/stream") as stream:
+                    first = await stream.aiter_raw().__anext__()
+                assert first.startswith(b"data: event 0") and time.monotonic() - started < 0.5
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
