@@ -194,13 +194,20 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
                     await body.aclose()
             try:
                 status = response.status
-                await send(
-                    {"type": "http.response.start", "status": status, "headers": response_headers(response.headers)}
-                )
-                while chunk := await response.read():
-                    sent += len(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                start = {"type": "http.response.start", "status": status, "headers": response_headers(response.headers)}
+                # A body that is already here goes out with the head: under fastgate's protocol, in one write.
+                data, done = response.read_buffered()
+                if data or done:
+                    start["fastgate.defer"] = True
+                await send(start)
+                if data or done:
+                    sent += len(data)
+                    await send({"type": "http.response.body", "body": data, "more_body": not done})
+                if not done:
+                    while chunk := await response.read():
+                        sent += len(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
             except UpstreamError as exc:
                 outcome = f"{exc.code} after the response started: {exc.detail}"
                 error_logger.warning(

@@ -131,6 +131,18 @@ class Connection(asyncio.Protocol):
                 self._arm(idle_timeout, "response body data")
             await self._wait()
 
+    def read_buffered(self) -> tuple[bytes, bool]:
+        """What the body has buffered right now, without waiting, and whether that is all of it."""
+        chunks = self._chunks
+        if not chunks:
+            return b"", self.complete and self._exc is None
+        if self._reading_paused:
+            return b"", False  # a big body in flight: let read() take it and resume the socket
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return data, self.complete and self._exc is None
+
     def finish(self) -> bool:
         """End the exchange; True when the connection may serve another request."""
         self._in_exchange = False

@@ -62,6 +62,9 @@ class HttpxResponse:
         except httpx.HTTPError as exc:
             raise _translate(exc, self._upstream) from exc
 
+    def read_buffered(self) -> tuple[bytes, bool]:
+        return b"", False
+
     async def aclose(self) -> None:
         await self._response.aclose()
 

@@ -50,6 +50,10 @@ class UpstreamResponse(Protocol):
         """The next piece of the body, ``b""`` at its end; raises an UpstreamError if it breaks."""
         ...
 
+    def read_buffered(self) -> tuple[bytes, bool]:
+        """Body bytes already received (maybe ``b""``) without waiting, and whether they end the body."""
+        ...
+
     async def aclose(self) -> None:
         """Give the connection back (when the body was read to its end) or drop it."""
         ...
@@ -78,6 +82,10 @@ class FastgateResponse:
     async def read(self) -> bytes:
         assert self._conn is not None, "response already closed"
         return await self._conn.read(self._idle_timeout)
+
+    def read_buffered(self) -> tuple[bytes, bool]:
+        assert self._conn is not None, "response already closed"
+        return self._conn.read_buffered()
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
