@@ -83,19 +83,22 @@ class Procs:
 
     logdir: Path
     running: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: dict[int, Path] = field(default_factory=dict)
+    started: int = 0
 
-    def start(self, name: str, argv: list[str], cpus: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.logdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            ["taskset", "-c", cpus, *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-        log.close()
+    def start(self, name: str, argv: list[str], cpus: str) -> subprocess.Popen[bytes]:
+        self.started += 1
+        path = self.logdir / f"{self.started:03d}-{name}.log"
+        with path.open("wb") as log:
+            proc = subprocess.Popen(
+                ["taskset", "-c", cpus, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.running.append(proc)
+        self.logs[proc.pid] = path
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
@@ -120,9 +123,9 @@ class Procs:
         for proc in list(self.running):
             self.stop(proc)
 
-    def log_tail(self, name: str, lines: int = 5) -> str:
-        path = self.logdir / f"{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
+    def log_tail(self, proc: subprocess.Popen[bytes] | None, lines: int = 3) -> str:
+        path = self.logs.get(proc.pid) if proc is not None else None
+        text = path.read_text(errors="replace") if path is not None and path.exists() else ""
         return " | ".join(text.strip().splitlines()[-lines:])
 
 
@@ -204,6 +207,9 @@ _PROXY_BODY = """\
             proxy_set_header Connection "";
             proxy_buffering off;
             proxy_request_buffering off;
+            proxy_buffer_size {buffer};
+            proxy_buffers 4 {buffer};
+            proxy_busy_buffers_size {busy};
         }}
     }}
 """
@@ -225,6 +231,7 @@ def write_nginx_conf(prefix: Path, body: str) -> Path:
 
 
 def start_upstream(procs: Procs, root: Path) -> int:
+    root.chmod(0o755)  # mkdtemp makes it 0700; nginx workers run as nobody when we are root
     prefix = root / "upstream"
     www = prefix / "www"
     www.mkdir(parents=True)
@@ -237,8 +244,9 @@ def start_upstream(procs: Procs, root: Path) -> int:
     www.chmod(0o755)
     port = free_port()
     conf = write_nginx_conf(prefix, _UPSTREAM_BODY.format(port=port, prefix=prefix))
-    proc = procs.start("upstream-nginx", [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
-                       UPSTREAM_CPU)
+    proc = procs.start(
+        "upstream-nginx", [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", "stderr"], UPSTREAM_CPU
+    )
     wait_ready(f"http://127.0.0.1:{port}/256b", proc)
     return port
 
@@ -249,27 +257,49 @@ def start_upstream(procs: Procs, root: Path) -> int:
 def fastgate_prefix() -> list[str]:
     override = os.environ.get("FASTGATE_CMD")
     if override:
-        return shlex.split(override)
+        argv = shlex.split(override)
+        if not argv or shutil.which(argv[0]) is None:
+            raise Unavailable(f"FASTGATE_CMD={override!r}: {argv[0] if argv else '(empty)'} not found")
+        return argv
     for candidate in (shutil.which("fastgate"), str(Path(sys.executable).parent / "fastgate")):
         if candidate and Path(candidate).exists():
             return [candidate]
     raise Unavailable("`fastgate` is not on PATH (set FASTGATE_CMD to override)")
 
 
-def proxy_command(name: str, port: int, upstream: int, root: Path) -> tuple[list[str], str]:
+def proxy_command(name: str, port: int, upstream: int, root: Path, nginx_buffer_kib: int) -> tuple[list[str], str]:
     """argv and the CPU list for one proxy under test."""
     up = f"http://127.0.0.1:{upstream}"
     py = sys.executable
     if name == "nginx":
-        conf = write_nginx_conf(root / f"proxy-nginx-{port}", _PROXY_BODY.format(port=port, upstream=upstream))
+        conf = write_nginx_conf(
+            root / f"proxy-nginx-{port}",
+            _PROXY_BODY.format(
+                port=port, upstream=upstream, buffer=f"{nginx_buffer_kib}k", busy=f"{2 * nginx_buffer_kib}k"
+            ),
+        )
         return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], PROXY_CPU
     if name in ("fastgate", "fastgate-w2"):
         workers, cpus = ("1", PROXY_CPU) if name == "fastgate" else ("2", f"{UPSTREAM_CPU},{PROXY_CPU}")
-        argv = [*fastgate_prefix(), "proxy", "--from", f"127.0.0.1:{port}", "--to", up, "--workers", workers,
-                "--no-access-log", "--log-level", "warning"]
+        argv = [
+            *fastgate_prefix(),
+            "proxy",
+            "--from",
+            f"127.0.0.1:{port}",
+            "--to",
+            up,
+            "--workers",
+            workers,
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         return argv, cpus
-    scripts = {"aiohttp": "aiohttp_proxy.py", "fastapi-proxy-lib": "fastapi_proxy_lib_app.py",
-               "httpx-seed": "httpx_seed_app.py"}
+    scripts = {
+        "aiohttp": "aiohttp_proxy.py",
+        "fastapi-proxy-lib": "fastapi_proxy_lib_app.py",
+        "httpx-seed": "httpx_seed_app.py",
+    }
     if name in scripts:
         return [py, str(HERE / "proxies" / scripts[name]), "--port", str(port), "--upstream", up], PROXY_CPU
     raise ValueError(f"unknown proxy {name!r}")
@@ -286,15 +316,29 @@ class WrkResult:
     errors: dict[str, int]
     p50_ms: float
     p99_ms: float
+    in_flight_at_end: int | None  # sent but unanswered when wrk stopped, whatever their age (None for uploads)
     peak_rss: int
 
 
-def run_wrk(url: str, connections: int, duration: float, timeout_s: float, body_bytes: int,
-            rss_pid: int | None) -> WrkResult:
+def run_wrk(
+    url: str, connections: int, duration: float, timeout_s: float, body_bytes: int, rss_pid: int | None
+) -> WrkResult:
     """One bounded wrk run on the load CPU; samples the proxy tree's RSS every 50 ms meanwhile."""
-    argv = ["taskset", "-c", UPSTREAM_CPU, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
-            f"--timeout={timeout_s:g}s", "-s", str(HERE / "wrk_report.lua"), url]
-    env = {**os.environ, "BENCH_BODY_BYTES": str(body_bytes)}
+    argv = [
+        "taskset",
+        "-c",
+        UPSTREAM_CPU,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        f"--timeout={timeout_s:g}s",
+        "-s",
+        str(HERE / "wrk_report.lua"),
+        url,
+    ]
+    stale_after = 0 if body_bytes else timeout_s  # the request hook would copy a large body once per request
+    env = {**os.environ, "BENCH_BODY_BYTES": str(body_bytes), "BENCH_STALE_AFTER_S": f"{stale_after:g}"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     deadline = time.monotonic() + duration + 60
     peak = 0
@@ -318,9 +362,10 @@ def run_wrk(url: str, connections: int, duration: float, timeout_s: float, body_
         duration_s=data["duration_us"] / 1e6,
         requests=data["requests"],
         bytes=data["bytes"],
-        errors={k: int(data[k]) for k in ("connect", "read", "write", "status", "timeout")},
+        errors={k: int(data[k]) for k in ("connect", "read", "write", "status", "timeout", "unanswered")},
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
+        in_flight_at_end=data["sent"] - data["requests"] if stale_after else None,
         peak_rss=peak,
     )
 
@@ -333,7 +378,11 @@ def tool_versions() -> dict[str, str]:
             return "unavailable"
         return (res.stdout + res.stderr).strip().splitlines()[0] if (res.stdout + res.stderr).strip() else "?"
 
-    versions = {"nginx": first_line(["nginx", "-v"]), "wrk": first_line(["wrk", "-v"]), "python": sys.version.split()[0]}
+    versions = {
+        "nginx": first_line(["nginx", "-v"]),
+        "wrk": first_line(["wrk", "-v"]),
+        "python": sys.version.split()[0],
+    }
     from importlib.metadata import PackageNotFoundError, version
 
     for pkg in ("fastgate", "uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "fastapi", "fastapi-proxy-lib"):

@@ -26,6 +26,7 @@ class Run:
     bytes: int = 0
     duration_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    in_flight_at_end: int | None = None
     idle_rss_mb: float | None = None
     peak_rss_mb: float | None = None
 
@@ -68,7 +69,7 @@ def summarize(runs: list[Run], scenarios: list[str], proxies: list[str]) -> list
             peaks = [r.peak_rss_mb for r in good if r.peak_rss_mb is not None]
             idles = [r.idle_rss_mb for r in good if r.idle_rss_mb is not None]
             errs = [float(sum(r.errors.values())) for r in good]
-            touts = [float(r.errors.get("timeout", 0)) for r in good]
+            touts = [float(r.errors.get("timeout", 0) + r.errors.get("unanswered", 0)) for r in good]
             out.append(
                 Summary(
                     scenario=sc,
@@ -80,7 +81,7 @@ def summarize(runs: list[Run], scenarios: list[str], proxies: list[str]) -> list
                     value=_median([r.value for r in good]),
                     vs_nginx=_median(ratios("nginx")),
                     vs_direct=_median(ratios("direct")),
-                    p99_ms=_median([r.p99_ms for r in good]),
+                    p99_ms=_median([r.p99_ms for r in good if r.requests]),
                     errors=None if not errs else round(statistics.median(errs)),
                     timeouts=None if not touts else round(statistics.median(touts)),
                     idle_rss_mb=_median(idles),
@@ -149,20 +150,26 @@ def write_chart(path: Path, summaries: list[Summary], titles: dict[str, str], pr
     fig, ax = plt.subplots(figsize=(10, 4.8), dpi=80)
     width = 0.8 / max(1, len(shown))
     for i, px in enumerate(shown):
-        xs, ys = [], []
+        xs, ys, zeros = [], [], []
         for j, sc in enumerate(scenarios):
             s = by_key.get((sc, px))
+            x = j + (i - (len(shown) - 1) / 2) * width
             if s is not None and s.vs_nginx:
-                xs.append(j + (i - (len(shown) - 1) / 2) * width)
+                xs.append(x)
                 ys.append(s.vs_nginx)
+            elif s is not None and s.vs_nginx == 0:
+                zeros.append(x)
         bars = ax.bar(xs, ys, width, label=px)
         ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=6, rotation=90, padding=2)
+        for x in zeros:  # a log axis cannot show 0
+            ax.annotate("0", (x, 0.02), xycoords=("data", "axes fraction"), ha="center", fontsize=6)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
     ax.set_ylabel("throughput ÷ nginx (same round, median)")
     ax.set_xticks(range(len(scenarios)), [f"{sc}\n{titles[sc]}" for sc in scenarios], fontsize=7)
     ax.set_title("Reverse proxies on one pinned core, relative to nginx (log scale; dashed line = nginx)", fontsize=9)
-    ax.legend(fontsize=7, ncols=min(5, max(1, len(shown))), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    if shown:
+        ax.legend(fontsize=7, ncols=min(6, len(shown)), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

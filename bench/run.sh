@@ -37,7 +37,8 @@ PYEOF
         return 0
     fi
     echo "bench: installing Python packages into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
-    "$PY" -m pip install -q matplotlib aiohttp fastapi-proxy-lib 'httpx<1' fastapi 'uvicorn[standard]'
+    "$PY" -m pip install -q matplotlib aiohttp fastapi-proxy-lib 'httpx<1' fastapi 'uvicorn[standard]' \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
 if [ "${BENCH_SKIP_INSTALL:-0}" != "1" ]; then

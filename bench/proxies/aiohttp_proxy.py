@@ -1,6 +1,6 @@
 """A minimal hand-written aiohttp reverse proxy: aiohttp's server, one shared ClientSession, bodies streamed both ways.
 
-    python bench/proxies/aiohttp_proxy.py --port 8001 --upstream http://127.0.0.1:8000
+python bench/proxies/aiohttp_proxy.py --port 8001 --upstream http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
-     "upgrade", "host"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
 )
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
@@ -49,7 +58,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 async def serve(port: int, upstream: str) -> None:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(None)) as s:
+    async with aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(None)
+    ) as s:
         app = web.Application()
         app[SESSION] = s
         app[UPSTREAM] = upstream

@@ -1,6 +1,6 @@
 """fastapi-proxy-lib's ReverseHttpProxy as its docs show it, under Uvicorn (httptools, uvloop, no access log).
 
-    python bench/proxies/fastapi_proxy_lib_app.py --port 8002 --upstream http://127.0.0.1:8000
+python bench/proxies/fastapi_proxy_lib_app.py --port 8002 --upstream http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -17,8 +17,16 @@ def main() -> None:
     parser.add_argument("--upstream", required=True)
     args = parser.parse_args()
     app = reverse_http_app(base_url=args.upstream.rstrip("/") + "/")
-    uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", access_log=False,
-                log_level="warning", proxy_headers=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":
