@@ -35,7 +35,12 @@ class RouteTable:
             reverse=True,
         )
 
+        # one catch-all route (``fastgate proxy``): no matching at all on the hot path
+        self.catch_all = self.routes[0] if len(self.routes) == 1 and self.routes[0].prefix == b"/" else None
+
     def match(self, target: bytes) -> Route | None:
+        if self.catch_all is not None:
+            return self.catch_all
         for route in self.routes:
             if route.matches(target):
                 return route

@@ -10,6 +10,7 @@ Responses: the same hop-by-hop rules; everything else, Set-Cookie repeats includ
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -49,8 +50,13 @@ class RequestHead:
     host: bytes
 
 
+_ID_PREFIX = os.urandom(4).hex().encode("ascii")
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> bytes:
-    return os.urandom(8).hex().encode("ascii")
+    """A process-unique request id: 8 random hex digits fixed per process, then a counter (16 digits in all)."""
+    return b"%s%08x" % (_ID_PREFIX, next(_id_counter) & 0xFFFFFFFF)
 
 
 def _connection_tokens(value: bytes) -> set[bytes]:

@@ -47,6 +47,8 @@ def _translate(exc: httpx.HTTPError, upstream: str) -> UpstreamError:
 
 
 class HttpxResponse:
+    aclose_waits = True
+
     def __init__(self, response: httpx.Response, upstream: str) -> None:
         self._response = response
         self._upstream = upstream

@@ -45,6 +45,8 @@ class UpstreamRequest:
 class UpstreamResponse(Protocol):
     status: int
     headers: list[tuple[bytes, bytes]]
+    aclose_waits: bool
+    """True when ``aclose()`` may suspend, so callers must shield it from cancellation."""
 
     async def read(self) -> bytes:
         """The next piece of the body, ``b""`` at its end; raises an UpstreamError if it breaks."""
@@ -71,6 +73,7 @@ class Transport(Protocol):
 
 class FastgateResponse:
     __slots__ = ("status", "headers", "_conn", "_pool", "_idle_timeout")
+    aclose_waits = False
 
     def __init__(self, pool: ConnectionPool, conn: Connection) -> None:
         self.status = conn.status
