@@ -248,3 +248,28 @@ async def test_gateway_process_serves_example_upstream(tmp_path: Path) -> None:
     finally:
         upstream.terminate()
         upstream.wait(10)
+
+
+async def test_run_serves_routes_from_a_config_file(upstream: RunningServer, recorder: object, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"server: {{port: {port}, access_log: false}}\n"
+        f"upstreams:\n  api: {{url: '{upstream.url}'}}\n"
+        "routes:\n  - {prefix: /api, upstream: api, strip_prefix: true}\n"
+    )
+    log = (tmp_path / "log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "fastgate", "run", str(config)], stdout=log, stderr=log)
+    try:
+        wait_for_port(port, process=process)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            response = await client.get("/api/echo?x=1")
+            assert response.status_code == 200
+            assert response.json()["raw_path"] == "/echo"
+            missing = await client.get("/other")
+            assert missing.status_code == 404
+            assert missing.json()["error"] == "route_not_found"
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
