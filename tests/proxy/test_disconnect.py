@@ -84,7 +84,9 @@ async def test_client_disconnect_cancels_upstream_request_while_waiting_for_head
     closed_at = await _abort_after(served.port, b"GET /slow?delay=5 HTTP/1.1\r\nHost: x\r\n\r\n", ready)
     with anyio.fail_after(2):
         await recorder.disconnect_event.wait()
-    assert recorder.disconnected["/slow"] - closed_at < 0.1
+    latency = recorder.disconnected["/slow"] - closed_at
+    print(f"cancel latency while waiting for headers: {latency * 1000:.1f} ms")
+    assert latency < 0.1
     await _pool_settles(served)
 
 
@@ -100,7 +102,9 @@ async def test_client_disconnect_cancels_upstream_request_while_streaming_the_bo
     closed_at = await _abort_after(served.port, b"GET /stream?n=200&delay=0.02 HTTP/1.1\r\nHost: x\r\n\r\n", ready)
     with anyio.fail_after(2):
         await recorder.disconnect_event.wait()
-    assert recorder.disconnected["/stream"] - closed_at < 0.1
+    latency = recorder.disconnected["/stream"] - closed_at
+    print(f"cancel latency while streaming: {latency * 1000:.1f} ms")
+    assert latency < 0.1
     await _pool_settles(served)
 
 
