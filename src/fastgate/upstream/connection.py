@@ -112,16 +112,17 @@ class Connection(asyncio.Protocol):
         self.deadline = 0.0
 
     async def read(self, idle_timeout: float | None) -> bytes:
-        """Next piece of the response body (all that is buffered), or ``b""`` at its end."""
+        """Next piece of the response body, or ``b""`` at its end."""
         while True:
             chunks = self._chunks
             if chunks:
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._buffered = 0
-                if self._reading_paused and self.transport is not None and not self.closed:
+                # One piece at a time, as the socket delivered it: joining would copy every byte once more.
+                data = chunks.popleft()
+                self._buffered -= len(data)
+                if self._reading_paused and self._buffered <= LOW_WATER and self.transport is not None:
                     self._reading_paused = False
-                    self.transport.resume_reading()
+                    if not self.closed:
+                        self.transport.resume_reading()
                 return data
             if self._exc is not None:
                 raise self._exc
