@@ -79,6 +79,13 @@ async def run_gateway(
         yield server
 
 
+async def wait_until(predicate: Any, limit: float = 5.0, interval: float = 0.01) -> None:
+    """Poll ``predicate()`` until it is true (state that offers no event to wait on), at most ``limit`` seconds."""
+    with anyio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
+            await anyio.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from fastgate.cli import main
-from tests.servers import RunningServer, _children, fastgate_process, free_port, wait_for_port
+from tests.servers import RunningServer, _children, fastgate_process, free_port, wait_for_port, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -171,27 +171,27 @@ async def test_log_config_accepts_json_yaml_and_ini(upstream: RunningServer, tmp
     assert f"request_id=rid-{form}" in out.read_text()
 
 
+def _workers(pid: int) -> list[int]:
+    """Uvicorn's worker processes (spawned children), not multiprocessing's resource tracker."""
+    return [c for c in _children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
 async def test_workers_run_under_uvicorns_process_manager_and_a_killed_worker_is_replaced(
     upstream: RunningServer, tmp_path: Path
 ) -> None:
     with fastgate_process(["--to", upstream.url, "--workers", "2"], tmp_path / "log") as gw:
-        with anyio.fail_after(20):
-            while len(workers := _children(gw.process.pid)) < 2:
-                await anyio.sleep(0.1)
-        # (coverage may add no process; uvicorn's spawn context adds a resource tracker on some setups)
-        workers = [
-            pid for pid in workers if "fastgate" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") or True
-        ]
+        await wait_until(lambda: len(_workers(gw.process.pid)) == 2, limit=20, interval=0.1)
+        workers = _workers(gw.process.pid)
         async with httpx.AsyncClient(base_url=gw.url) as client:
             assert (await client.get("/")).status_code == 200
         victim = workers[-1]
         os.kill(victim, signal.SIGKILL)
-        with anyio.fail_after(20):
-            while True:
-                current = _children(gw.process.pid)
-                if victim not in current and len(current) >= len(workers):
-                    break
-                await anyio.sleep(0.1)
+
+        def replaced() -> bool:
+            current = _workers(gw.process.pid)
+            return victim not in current and len(current) == 2
+
+        await wait_until(replaced, limit=20, interval=0.1)
         async with httpx.AsyncClient(base_url=gw.url) as client:
             for _ in range(10):
                 assert (await client.get("/")).status_code == 200

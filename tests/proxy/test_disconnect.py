@@ -16,7 +16,7 @@ import pytest
 from fastgate import Gateway, GatewayConfig
 from fastgate._protocol import FastgateHttpProtocol
 from fastgate._types import ASGIApp, Message, Receive, Scope, Send
-from tests.servers import RunningServer, run_gateway
+from tests.servers import RunningServer, run_gateway, wait_until
 from tests.upstream_app import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -113,9 +113,7 @@ async def test_client_disconnect_during_upload_cancels_upstream_request(
 ) -> None:
     async def ready(stream: Any) -> None:
         await stream.send(b"5\r\nhello\r\n")
-        with anyio.fail_after(5):
-            while recorder.first_body_byte_at is None:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: recorder.first_body_byte_at is not None)
 
     request = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     closed_at = await _abort_after(served.port, request, ready)
@@ -128,9 +126,7 @@ async def test_client_disconnect_during_upload_cancels_upstream_request(
 async def _pool_settles(served: RunningServer) -> None:
     """The aborted exchange's upstream response was closed: nothing is left busy in the pool."""
     pool = served.app.transports["default"].pool
-    with anyio.fail_after(2):
-        while "busy=0" not in repr(pool):
-            await anyio.sleep(0.01)
+    await wait_until(lambda: "busy=0" in repr(pool), limit=2)
 
 
 async def test_upstream_response_is_closed_on_success_and_connection_reused(

@@ -77,8 +77,7 @@ async def test_256mb_download_keeps_rss_growth_under_50mb(upstream: RunningServe
                             break
             done.set()
     growth = peak - baseline
-    print(
-        f"256 MiB download: baseline RSS {baseline / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB, growth {growth / 2**20:.1f} MiB"
-    )
+    mib = 2**20
+    print(f"256 MiB download: RSS baseline {baseline / mib:.1f} MiB, peak {peak / mib:.1f}, growth {growth / mib:.1f}")
     assert received > size
     assert growth < 50 * 1024 * 1024
