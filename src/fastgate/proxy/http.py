@@ -22,6 +22,7 @@ tolerated in both ASGI flavours: spec 2.3 servers ignore them, 2.4 servers raise
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ class _HookScope:
     def watch(self) -> None:
         pass
 
+    def finish(self) -> None:
+        pass
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
@@ -96,36 +100,53 @@ class _HookScope:
 
 
 class _WatcherScope:
-    """Disconnect handling under any ASGI server: a task reads ``receive()`` for ``http.disconnect``.
+    """Disconnect handling under any ASGI server: a watcher task reads ``receive()`` for ``http.disconnect``.
 
-    ``receive`` has one reader at a time, so the watcher starts (``watch``) only once the request body is read.
+    ``receive`` has one reader at a time, so the watcher starts (``watch``) only once the request body is read. On a
+    disconnect it cancels the exchange's task the way ``_HookScope`` does. The watcher is owned by this scope: it is
+    cancelled and awaited when the block ends, so it never outlives the exchange. (A plain task rather than an
+    anyio task group: the group cost about 100 µs a request, the task a tenth of that.) Once the exchange has sent
+    its last byte (``finish``), a ``http.disconnect`` is only the server saying the response is complete.
     """
 
-    __slots__ = ("disconnected", "_receive", "_task_group")
+    __slots__ = ("disconnected", "_receive", "_task", "_watcher", "_cancelled", "_finished")
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        self._task_group = anyio.create_task_group()
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Task[None] | None = None
+        self._cancelled = False
+        self._finished = False
         self.disconnected = False
 
     async def __aenter__(self) -> _WatcherScope:
-        await self._task_group.__aenter__()
         return self
 
     def watch(self) -> None:
-        self._task_group.start_soon(self._watch)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def finish(self) -> None:
+        self._finished = True
 
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
-        self.disconnected = True
-        self._task_group.cancel_scope.cancel()
+        if not self._finished and self._task is not None:
+            self.disconnected = self._cancelled = True
+            self._task.cancel()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        self._finished = True
+        watcher = self._watcher
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if self._cancelled and self._task is not None:
+            return self._task.uncancel() == 0 and exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+        return False
 
 
 _DisconnectScope = _HookScope | _WatcherScope
@@ -233,6 +254,7 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
                         sent += len(chunk)
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
+                disconnect.finish()
             except UpstreamError as exc:
                 outcome = f"{exc.code} after the response started: {exc.detail}"
                 error_logger.warning(
