@@ -19,6 +19,7 @@ from .observability.logging import error_logger
 from .proxy.errors import error_response
 from .proxy.headers import new_request_id
 from .proxy.http import ForwardOptions, forward_http, request_target
+from .proxy.websocket import WebSocketForwardOptions, forward_websocket, refuse_websocket
 from .routing import RouteTable
 from .upstream.transport import Transport, create_transport
 
@@ -29,6 +30,10 @@ class Gateway:
         self.routes = RouteTable(config.routes)
         self.transports: dict[str, Transport] = {}
         self._options: dict[str, ForwardOptions] = {}
+        self._websocket_options = {
+            name: WebSocketForwardOptions.from_config(name, upstream, config.server)
+            for name, upstream in config.upstreams.items()
+        }
 
     def __repr__(self) -> str:
         state = "running" if self._options else "stopped"
@@ -83,9 +88,15 @@ class Gateway:
         await forward_http(scope, receive, send, options, route.upstream_target(target))
 
     async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] == "websocket.connect":
-            await send({"type": "websocket.close", "code": 1011, "reason": "websocket proxying is not enabled"})
+        target = request_target(scope)
+        route = self.routes.match(target)
+        if route is None:
+            if (await receive())["type"] == "websocket.connect":
+                exc = RouteNotFound(f"no route for {target[:200].decode('latin-1')}")
+                await refuse_websocket(scope, send, exc, new_request_id())
+            return
+        options = self._websocket_options[route.upstream]
+        await forward_websocket(scope, receive, send, options, route.upstream_target(target))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()

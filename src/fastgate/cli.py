@@ -80,6 +80,14 @@ def _server_overrides(**values: Any) -> dict[str, Any]:
 @click.option("--transport", type=click.Choice(["fastgate", "httpx"]), default="fastgate", show_default=True)
 @click.option("--preserve-host/--no-preserve-host", default=True, show_default=True, help="Forward the client's Host.")
 @click.option("--forwarded/--no-forwarded", default=False, show_default=True, help="Add an RFC 7239 Forwarded header.")
+@click.option(
+    "--ws-ping-interval", type=float, default=20.0, show_default=True, help="WebSocket pings to the upstream; 0: none."
+)
+@click.option("--ws-ping-timeout", type=float, default=20.0, show_default=True, help="Wait for a pong; 0: forever.")
+@click.option("--ws-idle-timeout", type=float, default=None, help="Close WebSockets silent this long (default: never).")
+@click.option("--ws-close-timeout", type=float, default=5.0, show_default=True, help="Wait for the upstream's close.")
+@click.option("--ws-max-message-size", type=int, default=16 * 1024 * 1024, show_default=True, help="Larger: 1009.")
+@click.option("--ws-allowed-origin", multiple=True, help="Admit only this browser Origin (repeatable; default: any).")
 @_server_options
 def proxy(listen: str, upstream: str, **options: Any) -> None:
     """Forward every request on --from to the --to URL."""
@@ -116,6 +124,14 @@ def proxy(listen: str, upstream: str, **options: Any) -> None:
                             "max_connections": options["max_connections"],
                             "max_keepalive_connections": options["max_keepalive_connections"],
                             "keepalive_expiry": options["keepalive_expiry"],
+                        },
+                        "websocket": {
+                            "ping_interval": options["ws_ping_interval"] or None,
+                            "ping_timeout": options["ws_ping_timeout"] or None,
+                            "idle_timeout": options["ws_idle_timeout"],
+                            "close_timeout": options["ws_close_timeout"],
+                            "max_message_size": options["ws_max_message_size"],
+                            "allowed_origins": options["ws_allowed_origin"] or None,
                         },
                     }
                 },

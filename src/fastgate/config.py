@@ -56,6 +56,40 @@ class PoolLimits(_Model):
     keepalive_expiry: float = Field(4.0, ge=0)
 
 
+class WebSocketOptions(_Model):
+    """How WebSocket sessions to one upstream are kept alive, bounded and admitted.
+
+    >>> WebSocketOptions(idle_timeout=300, allowed_origins=["https://app.example"]).allowed_origins
+    ('https://app.example',)
+
+    ``ping_interval``/``ping_timeout`` drive keep-alive pings on the upstream hop (``None`` turns them off; the
+    client hop is pinged by Uvicorn). ``idle_timeout`` closes both sides with 1001 after that long without a
+    message either way (off by default). ``close_timeout`` is how long the upstream gets to answer our close
+    frame (or to drop the connection after a ping went unanswered) before its socket is aborted. A message
+    above ``max_message_size`` bytes closes the session with 1009. ``allowed_origins`` (exact
+    ``scheme://host[:port]`` values) refuses other browser origins with 1008; ``None`` admits every origin,
+    and a handshake without an Origin header (not a browser) is always admitted.
+    """
+
+    ping_interval: float | None = Field(20.0, gt=0)
+    ping_timeout: float | None = Field(20.0, gt=0)
+    idle_timeout: float | None = Field(None, gt=0)
+    close_timeout: float = Field(5.0, gt=0)
+    max_message_size: int = Field(16 * 1024 * 1024, ge=1)
+    allowed_origins: tuple[str, ...] | None = None
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        for origin in value:
+            parts = urlsplit(origin)
+            if not parts.scheme or not parts.netloc or parts.path or parts.query or parts.fragment:
+                raise ValueError(f"must be origins like 'https://app.example:8443', got {origin!r}")
+        return tuple(origin.lower() for origin in value)
+
+
 class UpstreamConfig(_Model):
     """One upstream service: where it is and how we talk to it.
 
@@ -68,6 +102,7 @@ class UpstreamConfig(_Model):
     transport: Literal["fastgate", "httpx"] = "fastgate"
     preserve_host: bool = True
     forwarded: bool = False
+    websocket: WebSocketOptions = WebSocketOptions()
 
     @field_validator("url")
     @classmethod

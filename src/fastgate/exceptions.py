@@ -12,9 +12,11 @@
         UpstreamProtocolError     502 (malformed or truncated response, connection dropped)
         UpstreamUnavailable       503 (pool exhausted past its wait)
         UpstreamTimeout           504 (connect, read, write)
+        UpstreamRefused           the upstream's own non-101 answer to a WebSocket handshake, relayed as it is
 
 Each HTTP-facing class has a ``status_code`` and a stable ``code`` for the JSON error body
-``{"error": code, "detail": text, "request_id": id}``.
+``{"error": code, "detail": text, "request_id": id}``, and a ``close_code`` for a WebSocket that is already
+open: 1008 policy (client errors), 1011 internal, 1013 try again later (unavailable, timeout), 1014 bad gateway.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 class FastgateError(Exception):
     status_code: int = 500
     code: str = "internal_error"
+    close_code: int = 1011
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail)
@@ -38,6 +41,7 @@ class ConfigError(FastgateError):
 class ClientError(FastgateError):
     status_code = 400
     code = "bad_request"
+    close_code = 1008
 
 
 class BadRequest(ClientError):
@@ -64,6 +68,7 @@ class ClientDisconnected(FastgateError):
 class UpstreamError(FastgateError):
     status_code = 502
     code = "upstream_error"
+    close_code = 1014
 
     def __init__(self, detail: str = "", upstream: str = "") -> None:
         super().__init__(detail)
@@ -83,8 +88,33 @@ class UpstreamProtocolError(UpstreamError):
 class UpstreamUnavailable(UpstreamError):
     status_code = 503
     code = "upstream_unavailable"
+    close_code = 1013
 
 
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
+    close_code = 1013
+
+
+class UpstreamRefused(UpstreamError):
+    """The upstream answered a WebSocket handshake with ``status_code`` instead of 101.
+
+    >>> exc = UpstreamRefused("401 from upstream", "api", status=401, headers=[], body=b"login first")
+    >>> exc.status_code, exc.body
+    (401, b'login first')
+
+    The client gets the same status, headers and body (see ``proxy/websocket.py``); under a server without the
+    ASGI denial-response extension, a close with ``close_code``: 1008 for a 4xx, 1014 otherwise.
+    """
+
+    code = "upstream_refused"
+
+    def __init__(
+        self, detail: str, upstream: str, *, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        super().__init__(detail, upstream)
+        self.status_code = status
+        self.close_code = 1008 if 400 <= status < 500 else 1014
+        self.headers = headers
+        self.body = body

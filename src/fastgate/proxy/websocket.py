@@ -1,0 +1,417 @@
+"""One WebSocket session through the gateway.
+
+How this works
+--------------
+1. ``websocket.connect`` arrives. Checks that need no upstream come first: the allowed origins (a refusal is a
+   policy close, 1008) and the request-head rules of ``proxy/headers.py`` (400/431, as for HTTP).
+2. The upstream is dialed **before** the client is accepted (``upstream/websocket.py``), offering the client's
+   subprotocols and its application headers (cookies, auth, custom headers, the query string), never its
+   Sec-WebSocket-Key/-Version/-Extensions. When no WebSocket opens, the client gets an HTTP answer through the
+   ASGI denial-response extension (``websocket.http.response``): the upstream's own refusal unchanged (status,
+   headers, body), or fastgate's JSON 502/504. Without that extension the client is accepted and closed at once
+   with the error's close code, since a bare ``websocket.close`` before accept reaches it as a 403.
+3. The client is accepted with the subprotocol the upstream chose and the upstream's application headers.
+4. Two pumps run in one task group: client -> upstream in a child task, upstream -> client in this task. Each
+   waits on one side only, so backpressure is natural: while a pump waits to send, nobody reads the side it
+   came from (Uvicorn pauses reading while a message waits; websockets' client after 16 frames). The first pump
+   to see its side end records how the session ends (``_Ending``) and cancels the group. An idle watcher joins
+   them when ``idle_timeout`` is set.
+5. Each side still open then gets the close the other side sent, code and reason unchanged, except the codes
+   that may not be sent on the wire (RFC 6455 §7.4.1): ``1005`` (an empty close frame) becomes 1000, an upstream
+   that dropped without a close frame (``1006``) gives the client 1011, one that broke the protocol 1014, and a
+   client that dropped its connection gives the upstream 1001. A policy failure (Starlette's
+   ``WebSocketException``: a message above ``max_message_size`` 1009, a forbidden origin 1008) closes the client
+   with its code and the upstream with 1001; a fastgate error closes the client with its ``close_code``.
+6. ``finally``: the upstream socket is closed (after at most ``close_timeout`` of closing handshake) or aborted,
+   whatever happened, so no task or socket outlives the session.
+
+Pings are per hop: Uvicorn pings the client (``ws_ping_interval``), websockets pings the upstream
+(``WebSocketOptions.ping_interval``), and neither hop's pings or pongs are relayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from time import perf_counter
+
+import anyio
+from starlette.exceptions import WebSocketException
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from .._types import Headers, Message, Receive, Scope, Send
+from ..config import ServerConfig, UpstreamConfig
+from ..exceptions import FastgateError, UpstreamError, UpstreamRefused
+from ..observability.logging import access_logger, error_logger
+from ..upstream.websocket import WebSocketTarget, dial
+from .errors import error_response
+from .headers import request_headers, response_headers
+
+DENIAL_EXTENSION = "websocket.http.response"
+# Handshake headers that belong to one hop: each side has its own key, version, extensions and subprotocol.
+HANDSHAKE_HEADERS = frozenset(
+    {
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"sec-websocket-accept",
+    }
+)
+# Close codes an endpoint may send (RFC 6455 §7.4.1-2); 3000-4999 are the registered and private ranges.
+WIRE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_TO_CLIENT = {1005: 1000, 1006: 1011, 1015: 1014}
+_TO_UPSTREAM = {1005: 1000, 1006: 1001, 1015: 1001}
+MAX_REASON_BYTES = 123  # RFC 6455 §5.5: a control frame carries at most 125 bytes, two of them the code
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketForwardOptions:
+    """How WebSocket sessions are forwarded to one upstream; built once per upstream from the config.
+
+    >>> options = WebSocketForwardOptions.from_config("api", UpstreamConfig(url="http://127.0.0.1:9000"))
+    >>> await forward_websocket(scope, receive, send, options, b"/ws?room=1")
+    """
+
+    target: WebSocketTarget
+    authority: bytes
+    path_prefix: bytes = b""
+    preserve_host: bool = True
+    forwarded: bool = False
+    max_header_bytes: int = 65536
+    max_header_field_bytes: int = 32768
+    idle_timeout: float | None = None
+    max_message_size: int = 16 * 1024 * 1024
+    allowed_origins: frozenset[str] | None = None
+
+    @classmethod
+    def from_config(
+        cls, name: str, upstream: UpstreamConfig, server: ServerConfig | None = None
+    ) -> WebSocketForwardOptions:
+        server = server or ServerConfig()
+        ws = upstream.websocket
+        target = WebSocketTarget(
+            name,
+            upstream.host,
+            upstream.port,
+            secure=upstream.scheme == "https",
+            connect_timeout=upstream.timeouts.connect,
+            ping_interval=ws.ping_interval,
+            ping_timeout=ws.ping_timeout,
+            close_timeout=ws.close_timeout,
+            max_message_size=ws.max_message_size,
+        )
+        return cls(
+            target=target,
+            authority=upstream.authority,
+            path_prefix=upstream.path_prefix,
+            preserve_host=upstream.preserve_host,
+            forwarded=upstream.forwarded,
+            max_header_bytes=server.max_header_bytes,
+            max_header_field_bytes=server.max_header_field_bytes,
+            idle_timeout=ws.idle_timeout,
+            max_message_size=ws.max_message_size,
+            allowed_origins=frozenset(ws.allowed_origins) if ws.allowed_origins is not None else None,
+        )
+
+
+def close_for(exc: BaseException) -> tuple[int, str]:
+    """The close code and reason an open session ends with when ``exc`` ends it (fastgate's exception handler).
+
+    >>> close_for(WebSocketException(1009, "too big")), close_for(UpstreamUnavailable("circuit open"))
+    ((1009, 'too big'), (1013, 'upstream_unavailable'))
+    """
+    if isinstance(exc, WebSocketException):
+        return exc.code, exc.reason
+    if isinstance(exc, FastgateError):
+        return exc.close_code, exc.code
+    return 1011, "internal_error"
+
+
+def client_close_code(code: int) -> int:
+    """The code the client is sent when the upstream's side ended with ``code`` (reserved codes mapped).
+
+    >>> client_close_code(4001), client_close_code(1005), client_close_code(1006)
+    (4001, 1000, 1011)
+    """
+    code = _TO_CLIENT.get(code, code)
+    return code if code in WIRE_CLOSE_CODES or 3000 <= code < 5000 else 1014
+
+
+def upstream_close_code(code: int) -> int:
+    """The code the upstream is sent when the client's side ended with ``code`` (reserved codes mapped).
+
+    >>> upstream_close_code(4001), upstream_close_code(1005), upstream_close_code(1006)
+    (4001, 1000, 1001)
+    """
+    code = _TO_UPSTREAM.get(code, code)
+    return code if code in WIRE_CLOSE_CODES or 3000 <= code < 5000 else 1001
+
+
+def origin_allowed(headers: Headers, allowed: frozenset[str] | None) -> bool:
+    """Whether the handshake's Origin may open a session; one without Origin (not a browser) always may.
+
+    >>> origin_allowed([(b"origin", b"https://App.example")], frozenset({"https://app.example"}))
+    True
+    """
+    if allowed is None:
+        return True
+    for name, value in headers:
+        if name == b"origin":
+            return value.decode("latin-1").lower() in allowed
+    return True
+
+
+def _clip(reason: str) -> str:
+    data = reason.encode()
+    return reason if len(data) <= MAX_REASON_BYTES else data[:MAX_REASON_BYTES].decode(errors="ignore")
+
+
+@dataclass(slots=True)
+class _Ending:
+    """How a session ends: the close each side still open gets (None: that side is gone), and why."""
+
+    client: tuple[int, str] | None
+    upstream: tuple[int, str] | None
+    note: str
+
+
+def _upstream_ended(exc: ConnectionClosed) -> _Ending:
+    rcvd, sent = exc.rcvd, exc.sent
+    if rcvd is not None and (sent is None or exc.rcvd_then_sent):
+        return _Ending((client_close_code(rcvd.code), rcvd.reason), None, f"upstream closed with {rcvd.code}")
+    if sent is not None:  # we failed the upstream connection: a message too big, a protocol error, no pong
+        if sent.code == 1009:
+            return _Ending((1009, "upstream message too big"), None, f"upstream: {sent.reason}")
+        if sent.code == 1011:
+            return _Ending((1011, sent.reason), None, f"upstream: {sent.reason}")
+        return _Ending((1014, "upstream protocol error"), None, f"upstream protocol error: {sent.reason}")
+    return _Ending((1011, "upstream went away"), None, "upstream dropped the connection without a close frame")
+
+
+async def forward_websocket(
+    scope: Scope, receive: Receive, send: Send, options: WebSocketForwardOptions, target: bytes
+) -> None:
+    """Forward one WebSocket session to ``options``'s upstream at ``target`` (path and query) and relay it.
+
+    >>> options = WebSocketForwardOptions.from_config("chat", UpstreamConfig(url="http://127.0.0.1:9000"))
+    >>> await forward_websocket(scope, receive, send, options, b"/chat?room=1")  # returns when the session ends
+    """
+    started_at = perf_counter()
+    status = 0
+    request_id = b"-"
+    note = ""
+    try:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            if not origin_allowed(scope["headers"], options.allowed_origins):
+                raise WebSocketException(1008, "origin not allowed")
+            scheme = b"https" if scope.get("scheme") == "wss" else b"http"
+            client = scope.get("client")
+            head = request_headers(
+                scope["headers"],
+                client=client[0].encode("latin-1") if client else b"unknown",
+                scheme=scheme,
+                upstream_authority=options.authority,
+                preserve_host=options.preserve_host,
+                forwarded=options.forwarded,
+                max_bytes=options.max_header_bytes,
+                max_field_bytes=options.max_header_field_bytes,
+            )
+            request_id = head.request_id
+            upstream = await dial(
+                options.target,
+                (options.path_prefix + target).decode("latin-1"),
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers if k not in HANDSHAKE_HEADERS],
+                scope.get("subprotocols") or (),
+            )
+        except (FastgateError, WebSocketException) as exc:
+            status, note = await refuse_websocket(scope, send, exc, request_id)
+            if isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamRefused):
+                error_logger.warning(
+                    "WebSocket %s -> %d %s: %s (upstream %s, request_id %s)",
+                    target.decode("latin-1"),
+                    status,
+                    exc.code,
+                    exc.detail,
+                    options.target.name,
+                    request_id.decode("latin-1"),
+                )
+            return
+        try:
+            status = 101
+            note = await _Session(receive, send, upstream, options).run()
+        finally:
+            upstream.transport.abort()  # a no-op after a completed closing handshake
+    finally:
+        if access_logger.isEnabledFor(logging.INFO):
+            peer = scope.get("client")
+            access_logger.info(
+                '%s - "WebSocket %s" %d %.1fms upstream=%s request_id=%s%s',
+                f"{peer[0]}:{peer[1]}" if peer else "-",
+                target.decode("latin-1"),
+                status,
+                (perf_counter() - started_at) * 1000,
+                options.target.name,
+                request_id.decode("latin-1"),
+                f" ({note})" if note else "",
+            )
+
+
+async def refuse_websocket(
+    scope: Scope, send: Send, exc: FastgateError | WebSocketException, request_id: bytes
+) -> tuple[int, str]:
+    """Answer a handshake that will not be proxied; returns the status (101 when closed after accept) and why.
+
+    >>> await refuse_websocket(scope, send, RouteNotFound("no route for /x"), new_request_id())
+    (404, 'route_not_found: no route for /x')
+
+    A fastgate error becomes an HTTP answer through the denial-response extension: the upstream's own refusal
+    unchanged, or the usual JSON error. A policy refusal (``WebSocketException``), or any error when the server
+    lacks the extension, accepts and closes at once, so the client sees the close code rather than a bare 403.
+    """
+    try:
+        if isinstance(exc, FastgateError) and DENIAL_EXTENSION in scope.get("extensions", {}):
+            if isinstance(exc, UpstreamRefused):
+                headers = response_headers(exc.headers)
+                await send({"type": "websocket.http.response.start", "status": exc.status_code, "headers": headers})
+                await send({"type": "websocket.http.response.body", "body": exc.body})
+            else:
+                await error_response(_denial(send), exc, request_id)
+            return exc.status_code, f"{exc.code}: {exc.detail}"
+        code, reason = close_for(exc)
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": _clip(reason)})
+        return 101, f"closed with {code}: {reason}"
+    except OSError:  # the client went away meanwhile (ASGI 2.4 servers raise on send after a disconnect)
+        return 499, "client disconnected"
+
+
+def _denial(send: Send) -> Send:
+    async def send_denial(message: Message) -> None:
+        message["type"] = "websocket." + message["type"]  # http.response.* -> websocket.http.response.*
+        await send(message)
+
+    return send_denial
+
+
+def _accept_headers(raw: Iterable[tuple[str, str]]) -> Headers:
+    headers = response_headers([(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw])
+    return [pair for pair in headers if pair[0] not in HANDSHAKE_HEADERS and pair[0] != b"content-length"]
+
+
+class _Session:
+    """An accepted client and an open upstream, relayed until one side ends (see the module docstring)."""
+
+    __slots__ = ("ending", "group", "last_activity", "options", "receive", "send", "upstream")
+
+    def __init__(self, receive: Receive, send: Send, upstream: ClientConnection, options: WebSocketForwardOptions):
+        self.receive = receive
+        self.send = send
+        self.upstream = upstream
+        self.options = options
+        self.ending: _Ending | None = None
+        self.group = anyio.CancelScope()
+        self.last_activity = 0.0
+
+    def _end(self, ending: _Ending) -> None:
+        if self.ending is None:
+            self.ending = ending
+        self.group.cancel()
+
+    async def run(self) -> str:
+        upstream = self.upstream
+        assert upstream.response is not None
+        accept: Message = {
+            "type": "websocket.accept",
+            "headers": _accept_headers(upstream.response.headers.raw_items()),
+        }
+        if upstream.subprotocol:
+            accept["subprotocol"] = upstream.subprotocol
+        try:
+            await self.send(accept)
+        except OSError:
+            self.ending = _Ending(None, (1001, "client went away"), "client disconnected before the accept")
+        else:
+            self.last_activity = anyio.current_time()
+            async with anyio.create_task_group() as group:
+                self.group = group.cancel_scope
+                group.start_soon(self._client_to_upstream)
+                if self.options.idle_timeout is not None:
+                    group.start_soon(self._watch_idle, self.options.idle_timeout)
+                await self._upstream_to_client()
+        ending = self.ending or _Ending((1011, "internal_error"), (1001, "gateway error"), "relay ended")
+        with anyio.CancelScope(shield=True):
+            if ending.client is not None:
+                code, reason = ending.client
+                with contextlib.suppress(OSError):
+                    await self.send({"type": "websocket.close", "code": code, "reason": _clip(reason)})
+            if ending.upstream is not None:
+                code, reason = ending.upstream
+                await upstream.close(code, _clip(reason))  # waits for the upstream's answer, close_timeout at most
+        return ending.note
+
+    async def _client_to_upstream(self) -> None:
+        receive = self.receive
+        upstream = self.upstream
+        limit = self.options.max_message_size
+        idle = self.options.idle_timeout is not None
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    text = message.get("text")
+                    data: bytes = text.encode() if text is not None else (message.get("bytes") or b"")
+                    if len(data) > limit:
+                        raise WebSocketException(1009, f"message of {len(data)} bytes is above the {limit} limit")
+                    if idle:
+                        self.last_activity = anyio.current_time()
+                    await upstream.send(data, text=text is not None)
+                elif kind == "websocket.disconnect":
+                    code: int = message.get("code", 1005)
+                    if code == 1005 and "reason" not in message:
+                        code = 1006  # how Uvicorn reports a dropped connection, as opposed to an empty close frame
+                    reason = message.get("reason") or ("client went away" if code == 1006 else "")
+                    self._end(_Ending(None, (upstream_close_code(code), reason), f"client closed with {code}"))
+                    return
+        except WebSocketException as exc:
+            self._end(_Ending((exc.code, exc.reason), (1001, "client broke policy"), f"{exc.code}: {exc.reason}"))
+        except ConnectionClosed as exc:  # the upstream ended while we sent to it
+            self._end(_upstream_ended(exc))
+        except Exception as exc:
+            error_logger.exception("WebSocket relay to upstream %s failed", self.options.target.name)
+            code, reason = close_for(exc)
+            self._end(_Ending((code, reason), (1001, "gateway error"), f"relay error: {exc!r}"))
+
+    async def _upstream_to_client(self) -> None:
+        upstream = self.upstream
+        send = self.send
+        idle = self.options.idle_timeout is not None
+        try:
+            while True:
+                data = await upstream.recv()
+                if idle:
+                    self.last_activity = anyio.current_time()
+                if isinstance(data, str):
+                    await send({"type": "websocket.send", "text": data})
+                else:
+                    await send({"type": "websocket.send", "bytes": data})
+        except ConnectionClosed as exc:
+            self._end(_upstream_ended(exc))
+        except OSError:  # the client's connection is gone (ASGI 2.4 servers raise on send after a disconnect)
+            self._end(_Ending(None, (1001, "client went away"), "client disconnected"))
+        except Exception as exc:
+            error_logger.exception("WebSocket relay from upstream %s failed", self.options.target.name)
+            code, reason = close_for(exc)
+            self._end(_Ending((code, reason), (1001, "gateway error"), f"relay error: {exc!r}"))
+
+    async def _watch_idle(self, idle: float) -> None:
+        # The deadline moves with every message: one sleep per idle period instead of a timer per message.
+        while (remaining := self.last_activity + idle - anyio.current_time()) > 0:  # noqa: ASYNC110
+            await anyio.sleep(remaining)
+        self._end(_Ending((1001, "idle timeout"), (1001, "idle timeout"), f"idle for {idle}s"))

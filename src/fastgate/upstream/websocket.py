@@ -1,0 +1,165 @@
+"""Dialing an upstream WebSocket: the opening handshake, on the ``websockets`` library's asyncio client.
+
+This is the one place where that client's errors become fastgate's, as ``upstream/transport.py`` is for HTTP:
+refused or unreachable -> :class:`UpstreamConnectError` (502); no answer within the connect timeout ->
+:class:`UpstreamTimeout` (504); a malformed or non-WebSocket answer -> :class:`UpstreamProtocolError` (502); any
+status other than 101 -> :class:`UpstreamRefused`, carrying the upstream's status, headers and body so the client
+gets exactly that answer.
+
+The handshake request is ours: the path as the client sent it, Host and the application headers as
+``proxy/headers.py`` rewrote them. ``websockets`` adds only Upgrade, Connection, Sec-WebSocket-Key/-Version and,
+when the client offered subprotocols, Sec-WebSocket-Protocol. It sends no Sec-WebSocket-Extensions: compression
+is negotiated per hop, and the upstream hop has none (a compressed frame cannot be relayed as it is anyway, since
+ASGI hands over whole messages). Redirects are not followed and no proxy from the environment is used: a 3xx is
+the upstream's answer and goes back to the client like any refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.http11 import Request
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from ..exceptions import (
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamRefused,
+    UpstreamTimeout,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketTarget:
+    """Where one upstream's WebSockets are dialed, and the limits of that hop.
+
+    >>> WebSocketTarget("api", "127.0.0.1", 9000, connect_timeout=2.0, ping_interval=None)
+    WebSocketTarget(name='api', host='127.0.0.1', port=9000, secure=False, connect_timeout=2.0, ...)
+    """
+
+    name: str
+    host: str
+    port: int
+    secure: bool = False
+    connect_timeout: float | None = 5.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    close_timeout: float = 5.0
+    max_message_size: int | None = 16 * 1024 * 1024
+
+
+class _HandshakeProtocol(ClientProtocol):
+    """``websockets``' client protocol, sending our request line and headers instead of its own."""
+
+    def __init__(self, target: WebSocketTarget, path: str, headers: Sequence[tuple[str, str]], **kwargs: Any) -> None:
+        scheme = "wss" if target.secure else "ws"
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        super().__init__(parse_uri(f"{scheme}://{host}:{target.port}/"), **kwargs)
+        self._path = path
+        self._headers = headers
+
+    def connect(self) -> Request:
+        generated = super().connect()  # Host (replaced by ours), Upgrade, Connection, Sec-WebSocket-*
+        headers = Headers()
+        for name, value in self._headers:
+            headers[name] = value
+        for name, value in generated.headers.raw_items():
+            if name != "Host":
+                headers[name] = value
+        return Request(self._path, headers)
+
+
+class _UpstreamConnection(ClientConnection):
+    """websockets' client connection, with its close timeout enforced while nothing is being sent.
+
+    websockets enforces ``close_timeout`` only while one of our sends waits. An upstream that sent a close frame,
+    or that we failed for a protocol error, but keeps its TCP connection open would otherwise hold ``recv()``
+    (and the client's session) until the next keep-alive ping: it is aborted at the close deadline instead.
+    """
+
+    _close_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._close_timer is None and self.close_deadline is not None:
+            self._close_timer = self.loop.call_at(self.close_deadline, self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        super().connection_lost(exc)
+
+
+async def dial(
+    target: WebSocketTarget, path: str, headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]
+) -> ClientConnection:
+    """Open a WebSocket to ``target`` at ``path`` (with its query) and complete the opening handshake.
+
+    >>> upstream = await dial(WebSocketTarget("chat", "127.0.0.1", 9000), "/chat", [("host", "chat")], ["v2"])
+    >>> upstream.subprotocol  # what the upstream chose; its handshake response is ``upstream.response``
+
+    ``headers`` are sent as they are, Host included. Raises an :class:`UpstreamError` subclass when no
+    WebSocket could be opened, :class:`UpstreamRefused` when the upstream answered with another status.
+    """
+    loop = asyncio.get_running_loop()
+    offered = [Subprotocol(name) for name in subprotocols] or None
+
+    def factory() -> ClientConnection:
+        protocol = _HandshakeProtocol(target, path, headers, subprotocols=offered, max_size=target.max_message_size)
+        return _UpstreamConnection(
+            protocol,
+            ping_interval=target.ping_interval,
+            ping_timeout=target.ping_timeout,
+            close_timeout=target.close_timeout,
+        )
+
+    where = f"{target.host}:{target.port}"
+    connection: ClientConnection | None = None
+    try:
+        with anyio.fail_after(target.connect_timeout):
+            context = ssl.create_default_context() if target.secure else None
+            _, connection = await loop.create_connection(
+                factory, target.host, target.port, ssl=context, server_hostname=target.host if context else None
+            )
+            await connection.handshake(None, None)
+    except TimeoutError:
+        _abort(connection)
+        raise UpstreamTimeout(
+            f"no WebSocket handshake answer from {where} within {target.connect_timeout}s", target.name
+        ) from None
+    except InvalidStatus as exc:
+        _abort(connection)
+        response = exc.response
+        raise UpstreamRefused(
+            f"upstream refused the WebSocket handshake with {response.status_code}",
+            target.name,
+            status=response.status_code,
+            headers=[(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw_items()],
+            body=bytes(response.body),
+        ) from exc
+    except InvalidHandshake as exc:
+        _abort(connection)
+        raise UpstreamProtocolError(f"invalid WebSocket handshake answer from {where}: {exc}", target.name) from exc
+    except OSError as exc:
+        _abort(connection)
+        raise UpstreamConnectError(f"cannot connect to {where}: {exc.strerror or exc}", target.name) from exc
+    except BaseException:
+        _abort(connection)
+        raise
+    connection.start_keepalive()
+    return connection
+
+
+def _abort(connection: ClientConnection | None) -> None:
+    if connection is not None:
+        connection.transport.abort()
