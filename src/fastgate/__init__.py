@@ -1,7 +1,18 @@
 """fastgate: an async HTTP and WebSocket reverse proxy and API gateway for Python, on Uvicorn."""
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from .app import Gateway
-from .config import GatewayConfig, PoolLimits, RouteConfig, ServerConfig, Timeouts, UpstreamConfig, load_config
+from .config import (
+    GatewayConfig,
+    PoolLimits,
+    RouteConfig,
+    ServerConfig,
+    Timeouts,
+    UpstreamConfig,
+    WebSocketOptions,
+    load_config,
+)
 from .exceptions import (
     BadRequest,
     ClientDisconnected,
@@ -13,9 +24,39 @@ from .exceptions import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+
+if _TYPE_CHECKING:
+    from .integrations.cancel import cancel_on_disconnect
+    from .integrations.client import UpstreamClient
+    from .integrations.fastapi import ProxyApp, Upstreams, forward, forward_websocket, upstream_client
+
+# Library-use names load on first access: the standalone gateway never pays for httpx and Starlette's request
+# machinery (about 4 MB per worker).
+_LAZY = {
+    "ProxyApp": "fastapi",
+    "UpstreamClient": "client",
+    "Upstreams": "fastapi",
+    "cancel_on_disconnect": "cancel",
+    "forward": "fastapi",
+    "forward_websocket": "fastapi",
+    "upstream_client": "fastapi",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastgate' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".integrations.{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -29,16 +70,25 @@ __all__ = [
     "GatewayConfig",
     "HeadersTooLarge",
     "PoolLimits",
+    "ProxyApp",
     "RouteConfig",
     "RouteNotFound",
     "ServerConfig",
     "Timeouts",
+    "UpstreamClient",
     "UpstreamConfig",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
+    "UpstreamRefused",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "Upstreams",
+    "WebSocketOptions",
     "__version__",
+    "cancel_on_disconnect",
+    "forward",
+    "forward_websocket",
     "load_config",
+    "upstream_client",
 ]
