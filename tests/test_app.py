@@ -31,3 +31,31 @@ async def test_request_without_lifespan_gets_503_not_a_traceback(upstream: Runni
         response = await client.get("/echo")
     assert response.status_code == 503
     assert response.json()["detail"] == "gateway is not running"
+
+
+async def test_gateway_mounted_under_a_prefix_forwards_paths_inside_the_mount(
+    upstream: RunningServer, recorder: object
+) -> None:
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from tests.servers import run_server
+    from tests.upstream_app import Recorder
+
+    assert isinstance(recorder, Recorder)
+    gateway = Gateway(GatewayConfig.single(upstream.url))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with gateway.lifespan():  # Starlette sends no lifespan events to mounted apps
+            yield
+
+    host = Starlette(routes=[Mount("/api", app=gateway)], lifespan=lifespan)
+    async with run_server(host, proxy_headers=False) as server, httpx.AsyncClient(base_url=server.url) as client:
+        response = await client.get("/api/echo?a=%2F")
+    assert response.status_code == 200
+    assert recorder.last()["raw_path"] == "/echo"
+    assert recorder.last()["query_string"] == "a=%2F"

@@ -47,16 +47,7 @@ class Gateway:
             for name, upstream in self.config.upstreams.items():
                 transport = await stack.enter_async_context(create_transport(name, upstream))
                 self.transports[name] = transport
-                self._options[name] = ForwardOptions(
-                    name=name,
-                    transport=transport,
-                    authority=upstream.authority,
-                    path_prefix=upstream.path_prefix,
-                    preserve_host=upstream.preserve_host,
-                    forwarded=upstream.forwarded,
-                    max_header_bytes=server.max_header_bytes,
-                    max_header_field_bytes=server.max_header_field_bytes,
-                )
+                self._options[name] = ForwardOptions.from_config(name, transport, upstream, server)
             try:
                 yield dict(self.transports)
             finally:

@@ -14,8 +14,6 @@ fastgate's :class:`~fastgate.UpstreamError` subclasses (``UpstreamConnectError``
 from __future__ import annotations
 
 import functools
-import http.cookiejar
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -24,6 +22,7 @@ import httpx
 
 from ..config import UpstreamConfig
 from ..proxy.http import ForwardOptions
+from ..upstream.httpx_transport import NoCookieJar
 from ..upstream.transport import CHUNKED, Transport, UpstreamRequest, UpstreamResponse, create_transport
 from .sync import SyncUpstreamClient
 
@@ -32,16 +31,6 @@ if TYPE_CHECKING:
 
 # Framing is the transport's job (UpstreamRequest.body_length); Connection is per hop.
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
-
-
-class _NoCookies(http.cookiejar.CookieJar):
-    """A jar that stores nothing: a client shared by every user must not carry one user's cookies to another."""
-
-    def extract_cookies(self, response: http.client.HTTPResponse, request: urllib.request.Request) -> None:
-        return None
-
-    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
-        return None
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -123,21 +112,14 @@ class UpstreamClient(httpx.AsyncClient):
         super().__init__(
             base_url=config.url,
             transport=self._fastgate,
-            cookies=_NoCookies(),
+            cookies=NoCookieJar(),
             follow_redirects=False,
             trust_env=False,
             timeout=None,
         )
         self.name = name
         self.config = config
-        self.forward_options = ForwardOptions(
-            name=name,
-            transport=self._fastgate.transport,
-            authority=config.authority,
-            path_prefix=config.path_prefix,
-            preserve_host=config.preserve_host,
-            forwarded=config.forwarded,
-        )
+        self.forward_options = ForwardOptions.from_config(name, self._fastgate.transport, config)
         self.sync = SyncUpstreamClient(self)
 
     @functools.cached_property

@@ -131,28 +131,10 @@ def upstream_client(name: str) -> Callable[[HTTPConnection], Awaitable[UpstreamC
     return dependency
 
 
-def _route_target(scope: Scope) -> bytes:
-    """The request target as the app sees it: what the client sent, less the mount prefix (``root_path``)."""
-    target = request_target(scope)
-    root: str = scope.get("root_path", "")
-    if not root:
-        return target
-    for prefix in (root.encode("utf-8"), quote(root, safe=_PATH_SAFE).encode("ascii")):
-        if target.startswith(prefix) and target[len(prefix) : len(prefix) + 1] in (b"", b"/", b"?"):
-            rest = target[len(prefix) :]
-            return rest if rest.startswith(b"/") else b"/" + rest
-    # The target does not carry the prefix (a server's --root-path): rebuild it from the routed path.
-    path: str = scope["path"]
-    if path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
-        path = path[len(root) :] or "/"
-    query: bytes = scope.get("query_string", b"")
-    return quote(path, safe=_PATH_SAFE).encode("ascii") + (b"?" + query if query else b"")
-
-
 def _target(scope: Scope, path: str | None, query: str | None) -> bytes:
     """The upstream target for ``forward()`` / ``forward_websocket()``: ``path`` (decoded) or the routed one."""
     if path is None:
-        target = _route_target(scope)
+        target = request_target(scope)
         if query is not None:
             target = target.partition(b"?")[0] + (b"?" + query.encode("latin-1") if query else b"")
         return target
@@ -334,7 +316,7 @@ class _MountedHooks:
 def _strip_mount(scope: Scope) -> Scope:
     if not scope.get("root_path"):
         return scope
-    target = _route_target(scope)
+    target = request_target(scope)
     raw_path = target.partition(b"?")[0]
     inner = {**scope, "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "root_path": ""}
     hooks = scope.get("extensions", {}).get("fastgate.server")
@@ -386,6 +368,6 @@ class ProxyApp:
         else:
             client = target
         if kind == "http":
-            await _forward(client, scope, receive, send, _route_target(scope))
+            await _forward(client, scope, receive, send, request_target(scope))
         else:
-            await _forward_websocket(client, scope, receive, send, _route_target(scope))
+            await _forward_websocket(client, scope, receive, send, request_target(scope))

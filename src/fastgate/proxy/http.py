@@ -29,12 +29,14 @@ from dataclasses import dataclass
 from time import perf_counter
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import anyio.abc
 
 from .._protocol import ServerHooks
 from .._types import Receive, Scope, Send
+from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import ClientDisconnected, FastgateError, UpstreamError
 from ..observability.logging import access_logger, error_logger
 from ..upstream.transport import Transport, UpstreamRequest
@@ -54,6 +56,23 @@ class ForwardOptions:
     forwarded: bool = False
     max_header_bytes: int = 65536
     max_header_field_bytes: int = 32768
+
+    @classmethod
+    def from_config(
+        cls, name: str, transport: Transport, upstream: UpstreamConfig, server: ServerConfig | None = None
+    ) -> ForwardOptions:
+        """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits."""
+        server = server or ServerConfig()
+        return cls(
+            name=name,
+            transport=transport,
+            authority=upstream.authority,
+            path_prefix=upstream.path_prefix,
+            preserve_host=upstream.preserve_host,
+            forwarded=upstream.forwarded,
+            max_header_bytes=server.max_header_bytes,
+            max_header_field_bytes=server.max_header_field_bytes,
+        )
 
 
 class _HookScope:
@@ -170,15 +189,37 @@ def _client_address(scope: Scope) -> bytes:
     return client[0].encode("latin-1") if client else b"unknown"
 
 
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
 def request_target(scope: Scope) -> bytes:
-    """The request target as the client sent it, when the server tells us; else rebuilt from the scope."""
+    """The request target to forward: what the client sent, less the mount prefix (``root_path``) if any.
+
+    Under fastgate's server protocol the target is taken byte for byte from the request line (so ``/p?`` keeps
+    its ``?``); elsewhere it is rebuilt from ``raw_path`` and ``query_string``. When the app is mounted (Starlette's
+    ``app.mount("/api", gateway)`` sets ``root_path``), the prefix is taken off, so ``/api/x`` goes upstream as ``/x``.
+    """
     hooks = scope.get("extensions", {}).get("fastgate.server")
+    target: bytes
     if hooks is not None and hooks.raw_target.startswith(b"/"):
-        target: bytes = hooks.raw_target
+        target = hooks.raw_target
+    else:
+        raw_path: bytes = scope.get("raw_path") or quote(scope["path"], safe=_PATH_SAFE).encode("ascii")
+        query: bytes = scope.get("query_string", b"")
+        target = raw_path + b"?" + query if query else raw_path
+    root: str = scope.get("root_path", "")
+    if not root:
         return target
-    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-    query: bytes = scope.get("query_string", b"")
-    return raw_path + b"?" + query if query else raw_path
+    for prefix in (root.encode("utf-8"), quote(root, safe=_PATH_SAFE).encode("ascii")):
+        if target.startswith(prefix) and target[len(prefix) : len(prefix) + 1] in (b"", b"/", b"?"):
+            rest = target[len(prefix) :]
+            return rest if rest.startswith(b"/") else b"/" + rest
+    # The target does not carry the prefix (a server's --root-path): rebuild it from the routed path.
+    path: str = scope["path"]
+    if path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        path = path[len(root) :] or "/"
+    query = scope.get("query_string", b"")
+    return quote(path, safe=_PATH_SAFE).encode("ascii") + (b"?" + query if query else b"")
 
 
 async def forward_http(scope: Scope, receive: Receive, send: Send, options: ForwardOptions, target: bytes) -> None:

@@ -25,7 +25,7 @@ from ..exceptions import (
 from .transport import CHUNKED, UpstreamRequest, UpstreamResponse
 
 
-class _NoCookies(http.cookiejar.CookieJar):
+class NoCookieJar(http.cookiejar.CookieJar):
     """A jar that stores nothing, so a Set-Cookie from one client's response never reaches another client."""
 
     def extract_cookies(self, response: http.client.HTTPResponse, request: urllib.request.Request) -> None:
@@ -84,7 +84,7 @@ class HttpxTransport:
                 max_keepalive_connections=limits.max_keepalive_connections,
                 keepalive_expiry=limits.keepalive_expiry,
             ),
-            cookies=_NoCookies(),
+            cookies=NoCookieJar(),
             follow_redirects=False,
             trust_env=False,
         )
