@@ -16,6 +16,7 @@ pyproject pins uvicorn to one minor release; the HTTP/1.0 and disconnect tests f
 
 from __future__ import annotations
 
+import asyncio
 import http
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 
 class ServerHooks(Protocol):
+    loop: asyncio.AbstractEventLoop
     raw_target: bytes
     disconnected: bool
     on_disconnect: Callable[[], object] | None
@@ -53,6 +55,7 @@ class _Cycle(RequestResponseCycle):
     """
 
     raw_target = b""
+    loop: asyncio.AbstractEventLoop
     on_disconnect: Callable[[], object] | None = None
     _close_delimited = False
     _no_body = False
@@ -167,6 +170,7 @@ class FastgateHttpProtocol(HttpToolsProtocol):
             cycle.__class__ = _Cycle
             assert isinstance(cycle, _Cycle)
             cycle.raw_target = target
+            cycle.loop = self.loop
             self.scope["extensions"] = {"fastgate.server": cycle}  # type: ignore[dict-item]
 
     def connection_lost(self, exc: Exception | None) -> None:

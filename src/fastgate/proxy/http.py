@@ -87,7 +87,7 @@ class _HookScope:
 
     def __init__(self, hooks: ServerHooks) -> None:
         self._hooks = hooks
-        self._task = asyncio.current_task()
+        self._task = asyncio.current_task(hooks.loop)  # with the loop given, no get_running_loop() (a getpid())
         self._cancelled = False
         self.disconnected = False
 

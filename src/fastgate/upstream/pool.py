@@ -39,6 +39,8 @@ class ConnectionPool:
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._closed = False
         self._trace = upstream_logger.isEnabledFor(TRACE)
+        # The loop this pool lives on, cached: asyncio.get_running_loop() costs a getpid() system call each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return (
@@ -53,10 +55,11 @@ class ConnectionPool:
     async def acquire(self, *, fresh: bool = False) -> Connection:
         if self._closed:
             raise UpstreamUnavailable("gateway is shutting down", self.name)
+        loop = self._loop or self._bind_loop()
         idle = self._idle
         if idle and not fresh:
             expiry = self.limits.keepalive_expiry
-            now = asyncio.get_running_loop().time()
+            now = loop.time()
             while idle:
                 conn = idle.pop()
                 if conn.closed or now - conn.idle_since >= expiry:
@@ -82,7 +85,7 @@ class ConnectionPool:
                     waiter.set_result(conn)
                     return
             if len(self._idle) < self.limits.max_keepalive_connections:
-                conn.idle_since = asyncio.get_running_loop().time()
+                conn.idle_since = conn.loop.time()
                 self._idle.append(conn)
                 return
         self._discard(conn, "released" if reusable else "not reusable")
@@ -111,8 +114,12 @@ class ConnectionPool:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
     async def _connect(self) -> Connection:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind_loop()
         self._connecting += 1
         try:
             try:
