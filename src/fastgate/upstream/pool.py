@@ -112,15 +112,17 @@ class ConnectionPool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_exception(UpstreamUnavailable("gateway is shutting down", self.name))
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def _connect(self) -> Connection:
+    async def _connect(self, *, reserved: bool = False) -> Connection:
+        """Open a connection; ``reserved``: a released slot was already counted for us in ``_connecting``."""
         loop = self._loop or self._bind_loop()
-        self._connecting += 1
+        if not reserved:
+            self._connecting += 1
         try:
             try:
                 async with asyncio.timeout(self.timeouts.connect):
@@ -138,40 +140,57 @@ class ConnectionPool:
             except OSError as exc:
                 reason = exc.strerror or str(exc) or type(exc).__name__
                 raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {reason}", self.name) from exc
-        finally:
+        except BaseException:
             self._connecting -= 1
+            self._wake_one_waiter()  # the slot is free again (connect failed, or we were cancelled)
+            raise
+        self._connecting -= 1
         if self._trace:
             upstream_logger.log(TRACE, "%s: connected %r", self.name, conn)
         self._busy.add(conn)
         return conn
 
     async def _wait_for_connection(self) -> Connection:
-        waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+        """Queue until a connection (or a free slot) is handed to us, first come first served.
+
+        A freed slot is reserved for the waiter it is handed to (counted in ``_connecting``), so a request that
+        arrives meanwhile cannot take it and send the waiter to the back of the queue.
+        """
+        waiter: asyncio.Future[Connection | None] = (self._loop or self._bind_loop()).create_future()
         self._waiters.append(waiter)
         try:
             async with asyncio.timeout(self.timeouts.pool):
-                conn = await waiter
+                await waiter
         except TimeoutError:
-            if waiter.done() and not waiter.cancelled() and (handed := waiter.result()) is not None:
-                return handed  # released to us just as the wait ran out: use it
-            raise UpstreamUnavailable(
-                f"connection pool exhausted: {self.limits.max_connections} connections busy for "
-                f"{self.timeouts.pool:g}s",
-                self.name,
-            ) from None
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-        if conn is None:  # a slot was freed: open a connection of our own
-            if self._closed:
-                raise UpstreamUnavailable("gateway is shutting down", self.name)
-            return await self.acquire()
-        return conn
+            if waiter.cancelled():
+                raise UpstreamUnavailable(
+                    f"connection pool exhausted: {self.limits.max_connections} connections busy for "
+                    f"{self.timeouts.pool:g}s",
+                    self.name,
+                ) from None
+            # something was handed to us just as the wait ran out: use it
+        except BaseException:
+            # cancelled (the client left) after something was handed to us: pass it on
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._pass_on(waiter.result())
+            raise
+        handed = waiter.result()
+        if handed is None:
+            return await self._connect(reserved=True)
+        return handed
+
+    def _pass_on(self, handed: Connection | None) -> None:
+        if handed is None:
+            self._connecting -= 1
+            self._wake_one_waiter()
+        else:
+            self.release(handed, reusable=not handed.closed)
 
     def _wake_one_waiter(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self._connecting += 1  # the slot is the waiter's now
                 waiter.set_result(None)
                 return
 

@@ -1,0 +1,107 @@
+"""The connection pool against a real listening socket: limits, hand-over and fairness."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.abc
+import pytest
+
+from fastgate.config import UpstreamConfig
+from fastgate.exceptions import UpstreamUnavailable
+from fastgate.upstream.pool import ConnectionPool
+from tests.misbehaving import raw_upstream
+
+pytestmark = pytest.mark.anyio
+
+
+async def _idle(stream: anyio.abc.SocketStream, _: int) -> None:
+    await anyio.sleep(30)
+
+
+def _pool(url: str, **limits: object) -> ConnectionPool:
+    return ConnectionPool("test", UpstreamConfig(url=url, limits=limits, timeouts={"pool": 2}))
+
+
+async def test_released_connection_goes_to_the_first_waiter() -> None:
+    async with raw_upstream(_idle) as (url, connections):
+        pool = _pool(url, max_connections=1)
+        first = await pool.acquire()
+        got: list[object] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: _take(pool, got))
+            await anyio.sleep(0.05)
+            assert "waiting=1" in repr(pool)
+            pool.release(first, reusable=True)
+        assert got == [first]
+        pool.aclose()
+    assert connections == [1]
+
+
+async def test_freed_slot_is_reserved_for_the_waiter_not_a_newcomer() -> None:
+    async with raw_upstream(_idle) as (url, _):
+        pool = _pool(url, max_connections=1)
+        first = await pool.acquire()
+        order: list[str] = []
+
+        async def take(name: str) -> None:
+            conn = await pool.acquire()
+            order.append(name)
+            pool.release(conn, reusable=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, "waiter")
+            await anyio.sleep(0.05)
+            pool.release(first, reusable=False)  # closed: the slot, not the connection, is handed over
+            tg.start_soon(take, "newcomer")  # arrives before the waiter has run
+        assert order == ["waiter", "newcomer"]
+        assert pool.size == 1
+        pool.aclose()
+
+
+async def test_cancelled_waiter_passes_its_slot_on() -> None:
+    async with raw_upstream(_idle) as (url, _):
+        pool = _pool(url, max_connections=1)
+        first = await pool.acquire()
+        got: list[object] = []
+        async with anyio.create_task_group() as tg:
+            doomed = anyio.CancelScope()
+            tg.start_soon(_cancellable_take, pool, doomed)
+            await anyio.sleep(0.05)
+            tg.start_soon(_take, pool, got)
+            await anyio.sleep(0.05)
+            pool.release(first, reusable=False)
+            doomed.cancel()
+        assert len(got) == 1
+        assert pool.size == 1
+        pool.aclose()
+
+
+async def test_pool_timeout_gives_503_and_shutdown_fails_waiters() -> None:
+    async with raw_upstream(_idle) as (url, _):
+        pool = ConnectionPool("test", UpstreamConfig(url=url, limits={"max_connections": 1}, timeouts={"pool": 0.1}))
+        await pool.acquire()
+        with pytest.raises(UpstreamUnavailable, match="pool exhausted"):
+            await pool.acquire()
+        pool.timeouts = pool.timeouts.model_copy(update={"pool": 5})
+        errors: list[BaseException] = []
+
+        async def wait() -> None:
+            try:
+                await pool.acquire()
+            except UpstreamUnavailable as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(0.05)
+            pool.aclose()
+        assert [str(e) for e in errors] == ["gateway is shutting down"]
+
+
+async def _take(pool: ConnectionPool, got: list[object]) -> None:
+    got.append(await pool.acquire())
+
+
+async def _cancellable_take(pool: ConnectionPool, scope: anyio.CancelScope) -> None:
+    with scope:
+        await pool.acquire()
