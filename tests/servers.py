@@ -19,6 +19,7 @@ import uvicorn
 
 from fastgate._protocol import FastgateHttpProtocol
 from fastgate._types import ASGIApp
+from fastgate._ws_protocol import FastgateWebSocketProtocol
 
 
 def bind_socket(host: str = "127.0.0.1") -> socket.socket:
@@ -67,15 +68,16 @@ async def run_server(app: ASGIApp, *, http: Any = "httptools", **options: Any) -
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    app: ASGIApp, *, http: Any = FastgateHttpProtocol, **options: Any
+    app: ASGIApp, *, http: Any = FastgateHttpProtocol, ws: Any = FastgateWebSocketProtocol, **options: Any
 ) -> AsyncIterator[RunningServer]:
-    """Serve a gateway the way ``fastgate.server`` does (no proxy headers, fastgate's own protocol)."""
+    """Serve a gateway the way ``fastgate.server`` does (no proxy headers, fastgate's own protocols)."""
     options.setdefault("lifespan", "on")
     options.setdefault("proxy_headers", False)
     options.setdefault("server_header", False)
     options.setdefault("date_header", False)
     options.setdefault("access_log", False)
-    async with run_server(app, http=http, **options) as server:
+    options.setdefault("ws_per_message_deflate", False)  # ServerConfig's default, unlike Uvicorn's
+    async with run_server(app, http=http, ws=ws, **options) as server:
         yield server
 
 

@@ -52,14 +52,45 @@ def _server_options(fn: Any) -> Any:
         click.option(
             "--graceful-timeout", type=float, default=None, help="Seconds in-flight requests get on shutdown."
         ),
+        # The client hop of WebSocket sessions; proxy's --ws-ping-interval etc. are the upstream hop.
+        click.option(
+            "--ws-client-max-size",
+            type=int,
+            default=None,
+            help="Largest WebSocket message a client may send, bytes; larger: 1009 (default 16 MiB).",
+        ),
+        click.option(
+            "--ws-client-ping-interval",
+            type=float,
+            default=None,
+            help="Seconds between WebSocket pings to clients; 0: none (default 20).",
+        ),
+        click.option(
+            "--ws-client-ping-timeout",
+            type=float,
+            default=None,
+            help="Wait for a client's pong, then close with 1011; 0: forever (default 20).",
+        ),
+        click.option(
+            "--ws-per-message-deflate/--no-ws-per-message-deflate",
+            default=None,
+            help="Compress WebSocket messages to clients that offer it (default off).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
+CLIENT_PING_OPTIONS = ("ws_client_ping_interval", "ws_client_ping_timeout")
+
+
 def _server_overrides(**values: Any) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
+    overrides = {key: value for key, value in values.items() if value is not None}
+    for key in CLIENT_PING_OPTIONS:
+        if overrides.get(key) == 0:
+            overrides[key] = None  # 0 on the command line: no client pings / wait forever
+    return overrides
 
 
 @main.command()
@@ -102,6 +133,10 @@ def proxy(listen: str, upstream: str, **options: Any) -> None:
                 log_config=options.pop("log_config"),
                 access_log=options.pop("access_log"),
                 graceful_timeout=options.pop("graceful_timeout"),
+                ws_client_max_size=options.pop("ws_client_max_size"),
+                ws_client_ping_interval=options.pop("ws_client_ping_interval"),
+                ws_client_ping_timeout=options.pop("ws_client_ping_timeout"),
+                ws_per_message_deflate=options.pop("ws_per_message_deflate"),
             ),
         }
         config = build_config(

@@ -173,6 +173,11 @@ class ServerConfig(_Model):
     graceful_timeout: float = Field(30.0, ge=0)
     max_header_bytes: int = Field(65536, ge=1024)
     max_header_field_bytes: int = Field(32768, ge=256)
+    # The client hop of WebSocket sessions (Uvicorn's ws_* settings); the upstream hop is UpstreamConfig.websocket.
+    ws_client_max_size: int = Field(16 * 1024 * 1024, ge=1)
+    ws_client_ping_interval: float | None = Field(20.0, gt=0)
+    ws_client_ping_timeout: float | None = Field(20.0, gt=0)
+    ws_per_message_deflate: bool = False
 
 
 class GatewayConfig(_Model):

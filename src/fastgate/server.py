@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from ._protocol import FastgateHttpProtocol
+from ._ws_protocol import FastgateWebSocketProtocol
 from .app import Gateway
 from .config import GatewayConfig
 from .observability.logging import LOGGING_CONFIG, access_logger, apply_log_level
@@ -37,7 +38,12 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "workers": server.workers,
         "http": FastgateHttpProtocol,
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "ws": "websockets-sansio",
+        "ws": FastgateWebSocketProtocol,
+        # The client hop of WebSocket sessions; the upstream hop's pings and limits are per upstream.
+        "ws_max_size": server.ws_client_max_size,
+        "ws_ping_interval": server.ws_client_ping_interval,
+        "ws_ping_timeout": server.ws_client_ping_timeout,
+        "ws_per_message_deflate": server.ws_per_message_deflate,
         "lifespan": "on",
         "log_config": server.log_config or LOGGING_CONFIG,
         "log_level": server.log_level,

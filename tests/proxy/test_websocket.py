@@ -48,8 +48,8 @@ def ws_url(server: Any, path: str = "/ws/echo") -> str:
 
 @contextlib.asynccontextmanager
 async def ws_gateway(url: str, **upstream: Any) -> AsyncIterator[RunningServer]:
-    """A real gateway in front of ``url``, served as ``fastgate.server`` serves it (websockets-sansio)."""
-    async with run_gateway(Gateway(GatewayConfig.single(url, **upstream)), ws="websockets-sansio") as server:
+    """A real gateway in front of ``url``, served as ``fastgate.server`` serves it (fastgate's websockets-sansio)."""
+    async with run_gateway(Gateway(GatewayConfig.single(url, **upstream))) as server:
         yield server
 
 
@@ -245,7 +245,7 @@ async def test_websocket_without_a_route_is_refused_with_404(ws_upstream: Runnin
     config = build_config(
         {"upstreams": {"api": {"url": ws_upstream.url}}, "routes": [{"prefix": "/api", "upstream": "api"}]}
     )
-    async with run_gateway(Gateway(config), ws="websockets-sansio") as gateway:
+    async with run_gateway(Gateway(config)) as gateway:
         with pytest.raises(InvalidStatus) as info:
             async with client(ws_url(gateway, "/elsewhere")):
                 pass

@@ -63,15 +63,53 @@ async def test_cli_proxy_relays_websockets_on_any_path(
     assert '"WebSocket /some/deep/path?x=1&y=%2F" 101' in log
 
 
-async def test_500_concurrent_websockets_bounded_memory(
+async def test_client_message_above_ws_client_max_size_is_closed_1009_by_uvicorn(
     ws_upstream: RunningServer, ws_recorder: WebSocketRecorder, tmp_path: Path
 ) -> None:
+    args = ["--to", ws_upstream.url, "--ws-client-max-size", "1000"]  # the upstream hop's limit stays 16 MiB
+    with fastgate_process(args, tmp_path / "gateway.log") as gateway:
+        async with client(f"ws://127.0.0.1:{gateway.port}/ws/echo") as ws:
+            await ws.send(b"x" * 1000)
+            with anyio.fail_after(5):
+                assert await ws.recv() == b"x" * 1000
+                await ws.send(b"x" * 1001)
+                await ws.wait_closed()
+            assert ws.close_code == 1009
+            assert "exceeds limit of 1000 bytes" in (ws.close_reason or "")  # websockets' wording, so Uvicorn's
+        assert (await ws_recorder.wait_closed())[0] == 1009  # and the upstream is told why
+
+
+async def test_client_that_does_not_answer_pings_is_closed_1011_after_ws_client_ping_timeout(
+    ws_upstream: RunningServer, ws_recorder: WebSocketRecorder, tmp_path: Path
+) -> None:
+    args = ["--to", ws_upstream.url, "--ws-client-ping-interval", "0.2", "--ws-client-ping-timeout", "0.3"]
+    with fastgate_process(args, tmp_path / "gateway.log") as gateway:
+        async with client(f"ws://127.0.0.1:{gateway.port}/ws/echo") as ws:
+            await ws.send("hello")
+            with anyio.fail_after(5):
+                assert await ws.recv() == "hello"
+            ws.transport.pause_reading()  # the gateway's pings go unanswered
+            # The gateway gives up on the client after 0.2 + 0.3 s, and ends the upstream's session with it.
+            assert await ws_recorder.wait_closed() == (1001, "client went away")
+            ws.transport.resume_reading()
+            with anyio.fail_after(5):
+                await ws.wait_closed()
+            assert (ws.close_code, ws.close_reason) == (1011, "keepalive ping timeout")
+
+
+@pytest.mark.parametrize(("deflate", "limit_kib"), [(False, 64), (True, 128)], ids=["plain", "deflate"])
+async def test_500_concurrent_websockets_bounded_memory(
+    ws_upstream: RunningServer, ws_recorder: WebSocketRecorder, tmp_path: Path, deflate: bool, limit_kib: int
+) -> None:
     args = ["--to", ws_upstream.url, "--no-access-log", "--log-level", "warning"]
+    args += ["--ws-per-message-deflate"] if deflate else []
     with fastgate_process(args, tmp_path / "gateway.log") as gateway:
         url = f"ws://127.0.0.1:{gateway.port}/ws/echo"
         async with client(url) as ws:  # warm-up: imports and lazily built objects
             await ws.send("warm")
             await ws.recv()
+            assert ws.response is not None  # the client offers permessage-deflate; the gateway agrees only if asked
+            assert ("permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")) is deflate
         await anyio.sleep(0.2)
         rss_idle = gateway.rss_bytes()
 
@@ -103,5 +141,5 @@ async def test_500_concurrent_websockets_bounded_memory(
         assert gateway.process.poll() is None
     per_session = (rss_open - rss_idle) / SESSIONS
     print(f"\ngateway RSS idle {rss_idle / 2**20:.1f} MiB, {SESSIONS} open {rss_open / 2**20:.1f} MiB: ", end="")
-    print(f"{per_session / 1024:.1f} KiB per proxied WebSocket (client offered permessage-deflate)")
-    assert per_session < 128 * 1024
+    print(f"{per_session / 1024:.1f} KiB per proxied WebSocket (permessage-deflate {'on' if deflate else 'off'})")
+    assert per_session < limit_kib * 1024

@@ -3,6 +3,12 @@
 Loggers: ``fastgate.access`` (one line per request), ``fastgate.error`` (why a request failed),
 ``fastgate.upstream`` (connect/reuse/close events at TRACE). ``--log-config`` replaces the whole
 configuration with a dictConfig JSON/YAML file or an ini file, exactly as Uvicorn's ``log_config`` does.
+
+The default configuration hides the INFO lines that Uvicorn writes on ``uvicorn.error`` for every WebSocket
+session (``"WebSocket /path" [accepted]``, its denial status, and the websockets library's ``connection open``,
+``connection closed`` and ``connection rejected``, logged there too): fastgate's access line says all of it once,
+with the upstream, duration and request id (:class:`WebSocketNoiseFilter`). They show again at ``--log-level
+debug``, and a ``--log-config`` of your own sees them as Uvicorn writes them.
 """
 
 from __future__ import annotations
@@ -26,9 +32,38 @@ LOG_LEVELS = {
     "trace": TRACE,
 }
 
+# Uvicorn's and websockets' per-session WebSocket lines on uvicorn.error (their format strings, not the result).
+WEBSOCKET_SESSION_MESSAGES = frozenset(
+    {
+        '%s - "WebSocket %s" [accepted]',
+        '%s - "WebSocket %s" %d',
+        '%s - "WebSocket %s" 403',
+        "connection open",
+        "connection closed",
+        "connection rejected (%d %s)",
+        "HTTP response sent (%d %s)",
+    }
+)
+
+
+class WebSocketNoiseFilter(logging.Filter):
+    """Drops per-session WebSocket INFO lines that repeat fastgate's access line, unless the logger is at DEBUG.
+
+    >>> logging.getLogger("uvicorn.error").addFilter(WebSocketNoiseFilter())
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not isinstance(record.msg, str):
+            return True
+        if record.msg not in WEBSOCKET_SESSION_MESSAGES:
+            return True
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 LOGGING_CONFIG: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"websocket_noise": {"()": "fastgate.observability.logging.WebSocketNoiseFilter"}},
     "formatters": {
         "default": {
             "()": "uvicorn.logging.DefaultFormatter",
@@ -43,7 +78,7 @@ LOGGING_CONFIG: dict[str, Any] = {
     },
     "loggers": {
         "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
-        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.error": {"level": "INFO", "filters": ["websocket_noise"]},
         "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
         "fastgate": {"handlers": ["default"], "level": "INFO", "propagate": False},
         "fastgate.access": {"handlers": ["access"], "level": "INFO", "propagate": False},

@@ -25,7 +25,7 @@ How this works
 6. ``finally``: the upstream socket is closed (after at most ``close_timeout`` of closing handshake) or aborted,
    whatever happened, so no task or socket outlives the session.
 
-Pings are per hop: Uvicorn pings the client (``ws_ping_interval``), websockets pings the upstream
+Pings are per hop: Uvicorn pings the client (``ServerConfig.ws_client_ping_interval``), websockets pings the upstream
 (``WebSocketOptions.ping_interval``), and neither hop's pings or pongs are relayed.
 """
 
