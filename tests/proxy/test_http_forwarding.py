@@ -295,3 +295,16 @@ async def test_many_headers_over_the_total_limit_get_431(gateway: RunningServer,
     response = await raw_exchange(gateway.port, _get(b"/echo", *headers))
     assert response.status == 431
     assert recorder.requests == []
+
+
+async def test_request_with_a_non_websocket_upgrade_is_forwarded_without_upgrade(
+    gateway: RunningServer, recorder: Recorder
+) -> None:
+    # An h2c upgrade offer (curl --http2 on http://): forwarded as plain HTTP/1.1, the offer stripped.
+    response = await raw_exchange(
+        gateway.port,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    assert response.status == 200
+    assert recorder.header("upgrade") == [] and recorder.header("http2-settings") == []
