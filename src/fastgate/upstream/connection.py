@@ -29,8 +29,8 @@ import httptools
 
 from ..exceptions import UpstreamProtocolError
 
-HIGH_WATER = 128 * 1024
-LOW_WATER = 32 * 1024
+HIGH_WATER = 512 * 1024
+LOW_WATER = 128 * 1024
 
 
 class Connection(asyncio.Protocol):
