@@ -18,7 +18,7 @@ import anyio
 import uvicorn
 
 from fastgate._protocol import FastgateHttpProtocol
-from fastgate._types import ASGIApp
+from fastgate._types import ASGIApp, Message, Receive, Scope, Send
 from fastgate._ws_protocol import FastgateWebSocketProtocol
 
 
@@ -86,6 +86,33 @@ async def wait_until(predicate: Any, limit: float = 5.0, interval: float = 0.01)
     with anyio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
             await anyio.sleep(interval)
+
+
+class Spec24:
+    """Present ``app`` as running on an ASGI spec 2.4 server: ``send`` after a disconnect raises OSError."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["asgi"] = {**scope.get("asgi", {}), "spec_version": "2.4"}
+        gone = False
+
+        async def wrapped_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
+        async def wrapped_send(message: Message) -> None:
+            if gone:
+                raise OSError("client disconnected")
+            await send(message)
+
+        await self.app(scope, wrapped_receive, wrapped_send)
 
 
 def free_port() -> int:

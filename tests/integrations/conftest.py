@@ -22,37 +22,10 @@ import anyio
 import pytest
 
 from fastgate._protocol import FastgateHttpProtocol
-from fastgate._types import ASGIApp, Message, Receive, Scope, Send
-from tests.servers import RunningServer, run_server
+from fastgate._types import ASGIApp
+from tests.servers import RunningServer, Spec24, run_server
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-class Spec24:
-    """Present ``app`` as running on an ASGI spec 2.4 server: ``send`` after a disconnect raises OSError."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        scope["asgi"] = {**scope.get("asgi", {}), "spec_version": "2.4"}
-        gone = False
-
-        async def wrapped_receive() -> Message:
-            nonlocal gone
-            message = await receive()
-            gone = gone or message["type"] == "http.disconnect"
-            return message
-
-        async def wrapped_send(message: Message) -> None:
-            if gone:
-                raise OSError("client disconnected")
-            await send(message)
-
-        await self.app(scope, wrapped_receive, wrapped_send)
 
 
 SERVER_PATHS: dict[str, tuple[Any, bool]] = {

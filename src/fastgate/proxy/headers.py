@@ -14,6 +14,7 @@ import itertools
 import os
 from dataclasses import dataclass
 
+from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import BadRequest, HeadersTooLarge
 from ..upstream.transport import CHUNKED
 
@@ -38,6 +39,46 @@ _REQUEST_RULES = {
     b"forwarded": _FORWARDED,
     b"x-request-id": _REQUEST_ID,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    """How request heads to one upstream are rewritten (``request_headers``'s settings), built once from config.
+
+    >>> rules = HeaderRules.from_config(UpstreamConfig(url="http://127.0.0.1:9000/api"))
+    >>> head = rules.apply(scope["headers"], client=b"10.0.0.1", scheme=b"http")
+    """
+
+    authority: bytes
+    path_prefix: bytes = b""
+    preserve_host: bool = True
+    forwarded: bool = False
+    max_bytes: int = 65536
+    max_field_bytes: int = 32768
+
+    @classmethod
+    def from_config(cls, upstream: UpstreamConfig, server: ServerConfig | None = None) -> HeaderRules:
+        server = server or ServerConfig()
+        return cls(
+            authority=upstream.authority,
+            path_prefix=upstream.path_prefix,
+            preserve_host=upstream.preserve_host,
+            forwarded=upstream.forwarded,
+            max_bytes=server.max_header_bytes,
+            max_field_bytes=server.max_header_field_bytes,
+        )
+
+    def apply(self, raw: list[tuple[bytes, bytes]], *, client: bytes, scheme: bytes) -> RequestHead:
+        return request_headers(
+            raw,
+            client=client,
+            scheme=scheme,
+            upstream_authority=self.authority,
+            preserve_host=self.preserve_host,
+            forwarded=self.forwarded,
+            max_bytes=self.max_bytes,
+            max_field_bytes=self.max_field_bytes,
+        )
 
 
 @dataclass(slots=True)

@@ -41,38 +41,23 @@ from ..exceptions import ClientDisconnected, FastgateError, UpstreamError
 from ..observability.logging import access_logger, error_logger
 from ..upstream.transport import Transport, UpstreamRequest
 from .errors import error_response
-from .headers import request_headers, response_headers
+from .headers import HeaderRules, response_headers
 
 
 @dataclass(slots=True)
 class ForwardOptions:
-    """How requests are forwarded to one upstream."""
+    """How requests are forwarded to one upstream: its name, its transport and its header rules."""
 
     name: str
     transport: Transport
-    authority: bytes
-    path_prefix: bytes = b""
-    preserve_host: bool = True
-    forwarded: bool = False
-    max_header_bytes: int = 65536
-    max_header_field_bytes: int = 32768
+    rules: HeaderRules
 
     @classmethod
     def from_config(
         cls, name: str, transport: Transport, upstream: UpstreamConfig, server: ServerConfig | None = None
     ) -> ForwardOptions:
         """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits."""
-        server = server or ServerConfig()
-        return cls(
-            name=name,
-            transport=transport,
-            authority=upstream.authority,
-            path_prefix=upstream.path_prefix,
-            preserve_host=upstream.preserve_host,
-            forwarded=upstream.forwarded,
-            max_header_bytes=server.max_header_bytes,
-            max_header_field_bytes=server.max_header_field_bytes,
-        )
+        return cls(name, transport, HeaderRules.from_config(upstream, server))
 
 
 class _HookScope:
@@ -232,15 +217,8 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
     outcome = ""
     try:
         try:
-            head = request_headers(
-                scope["headers"],
-                client=_client_address(scope),
-                scheme=scope.get("scheme", "http").encode("ascii"),
-                upstream_authority=options.authority,
-                preserve_host=options.preserve_host,
-                forwarded=options.forwarded,
-                max_bytes=options.max_header_bytes,
-                max_field_bytes=options.max_header_field_bytes,
+            head = options.rules.apply(
+                scope["headers"], client=_client_address(scope), scheme=scope.get("scheme", "http").encode("ascii")
             )
         except FastgateError as exc:
             status = exc.status_code
@@ -249,7 +227,7 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
             return
         request_id = head.request_id
         request = UpstreamRequest(
-            scope["method"].encode("ascii"), options.path_prefix + target, head.headers, head.body_length
+            scope["method"].encode("ascii"), options.rules.path_prefix + target, head.headers, head.body_length
         )
         async with _HookScope(hooks) if hooks is not None else _WatcherScope(receive) as disconnect:
             body = _request_body(receive, disconnect) if head.body_length else None

@@ -48,7 +48,7 @@ from ..exceptions import FastgateError, UpstreamError, UpstreamRefused
 from ..observability.logging import access_logger, error_logger
 from ..upstream.websocket import WebSocketTarget, dial
 from .errors import error_response
-from .headers import request_headers, response_headers
+from .headers import HeaderRules, response_headers
 
 DENIAL_EXTENSION = "websocket.http.response"
 # Handshake headers that belong to one hop: each side has its own key, version, extensions and subprotocol.
@@ -77,12 +77,7 @@ class WebSocketForwardOptions:
     """
 
     target: WebSocketTarget
-    authority: bytes
-    path_prefix: bytes = b""
-    preserve_host: bool = True
-    forwarded: bool = False
-    max_header_bytes: int = 65536
-    max_header_field_bytes: int = 32768
+    rules: HeaderRules
     idle_timeout: float | None = None
     max_message_size: int = 16 * 1024 * 1024
     allowed_origins: frozenset[str] | None = None
@@ -91,7 +86,6 @@ class WebSocketForwardOptions:
     def from_config(
         cls, name: str, upstream: UpstreamConfig, server: ServerConfig | None = None
     ) -> WebSocketForwardOptions:
-        server = server or ServerConfig()
         ws = upstream.websocket
         target = WebSocketTarget(
             name,
@@ -106,12 +100,7 @@ class WebSocketForwardOptions:
         )
         return cls(
             target=target,
-            authority=upstream.authority,
-            path_prefix=upstream.path_prefix,
-            preserve_host=upstream.preserve_host,
-            forwarded=upstream.forwarded,
-            max_header_bytes=server.max_header_bytes,
-            max_header_field_bytes=server.max_header_field_bytes,
+            rules=HeaderRules.from_config(upstream, server),
             idle_timeout=ws.idle_timeout,
             max_message_size=ws.max_message_size,
             allowed_origins=frozenset(ws.allowed_origins) if ws.allowed_origins is not None else None,
@@ -212,20 +201,13 @@ async def forward_websocket(
                 raise WebSocketException(1008, "origin not allowed")
             scheme = b"https" if scope.get("scheme") == "wss" else b"http"
             client = scope.get("client")
-            head = request_headers(
-                scope["headers"],
-                client=client[0].encode("latin-1") if client else b"unknown",
-                scheme=scheme,
-                upstream_authority=options.authority,
-                preserve_host=options.preserve_host,
-                forwarded=options.forwarded,
-                max_bytes=options.max_header_bytes,
-                max_field_bytes=options.max_header_field_bytes,
+            head = options.rules.apply(
+                scope["headers"], client=client[0].encode("latin-1") if client else b"unknown", scheme=scheme
             )
             request_id = head.request_id
             upstream = await dial(
                 options.target,
-                (options.path_prefix + target).decode("latin-1"),
+                (options.rules.path_prefix + target).decode("latin-1"),
                 [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers if k not in HANDSHAKE_HEADERS],
                 scope.get("subprotocols") or (),
             )
