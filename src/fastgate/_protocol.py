@@ -22,6 +22,7 @@ import http
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -193,6 +194,38 @@ class FastgateHttpProtocol(HttpToolsProtocol):
             cycle.loop = self.loop
             cycle.chunks = []
             self.scope["extensions"] = {"fastgate.server": cycle}  # type: ignore[dict-item]
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._decline_upgrade()
+
+    def _decline_upgrade(self) -> None:
+        """An upgrade we do not speak (h2c, say): serve the request as plain HTTP/1.1, then close.
+
+        llhttp stops parsing at an upgrade offer: it reports the request complete without a body and leaves the rest
+        of the bytes unread, so this connection can carry nothing more, and a body sent with the offer cannot be
+        read. Such a request is refused with 400 rather than forwarded without the body it declared.
+        """
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope:
+            return
+        cycle.keep_alive = False
+        declared = any(
+            (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding"
+            for name, value in self.scope["headers"]
+        )
+        if declared and not cycle.response_started:
+            cycle.disconnected = True  # the app's sends become no-ops; its disconnect callback runs on close
+            self.send_400_response("A request body cannot be sent with an upgrade offer.")
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle

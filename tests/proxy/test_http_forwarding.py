@@ -308,3 +308,32 @@ async def test_request_with_a_non_websocket_upgrade_is_forwarded_without_upgrade
     )
     assert response.status == 200
     assert recorder.header("upgrade") == [] and recorder.header("http2-settings") == []
+
+
+async def test_body_sent_with_an_upgrade_offer_gets_400_not_a_hang(gateway: RunningServer) -> None:
+    # llhttp stops at an upgrade offer and leaves the body unread: refusing is the only answer that loses nothing.
+    response = await raw_exchange(
+        gateway.port,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello",
+        limit=5,
+    )
+    assert response.status == 400
+
+
+async def test_connection_closes_after_a_declined_upgrade_offer(gateway: RunningServer) -> None:
+    async with await anyio.connect_tcp("127.0.0.1", gateway.port) as stream:
+        await stream.send(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        response = parse_response(await read_until_closed(stream, 5))
+    assert response.status == 200
+    assert response.header(b"connection") == [b"close"]
+
+
+async def test_request_body_shorter_than_content_length_never_leaves_the_upstream_waiting(
+    gateway: RunningServer, recorder: Recorder
+) -> None:
+    async with await anyio.connect_tcp("127.0.0.1", gateway.port) as stream:
+        await stream.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        await anyio.sleep(0.2)
+    # the client left mid-body: the upstream sees its connection close instead of waiting for 5 more bytes
+    with anyio.fail_after(2):
+        await recorder.disconnect_event.wait()

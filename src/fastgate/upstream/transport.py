@@ -18,7 +18,7 @@ from typing import Protocol
 import anyio
 
 from ..config import UpstreamConfig
-from ..exceptions import UpstreamProtocolError
+from ..exceptions import BadRequest, UpstreamProtocolError
 from ..observability.logging import TRACE, upstream_logger
 from .connection import Connection
 from .pool import ConnectionPool, sweep_interval
@@ -181,17 +181,22 @@ class FastgateTransport:
     async def _send_body(self, conn: Connection, length: int | None, body: AsyncIterator[bytes]) -> None:
         write_timeout = self.config.timeouts.write
         chunked = length == CHUNKED
+        sent = 0
         async for chunk in body:
             if conn.head_done:
-                break  # the upstream answered early (a 413, say): stop sending, relay its answer
+                conn.keep_alive = False  # the upstream answered early (a 413, say): stop sending, relay its answer
+                return
             if chunk:
+                sent += len(chunk)
+                if not chunked and length is not None and sent > length:
+                    raise BadRequest(f"request body longer than its Content-Length ({length})")
                 conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 await conn.drain(write_timeout)
-        else:
-            if chunked:
-                conn.write(b"0\r\n\r\n")
-            return
-        conn.keep_alive = False
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+        elif length is not None and sent != length:
+            # never leave the upstream waiting for bytes that will not come
+            raise BadRequest(f"request body ended after {sent} of its {length} bytes")
 
 
 def _request_head(request: UpstreamRequest) -> bytes:
