@@ -10,6 +10,7 @@ import pytest
 from fastgate import Gateway, GatewayConfig
 from tests.servers import RunningServer, run_gateway, run_server
 from tests.upstream_app import Recorder, UpstreamApp
+from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +57,15 @@ async def gateway(upstream: RunningServer, gateway_for: GatewayFactory) -> Async
 async def client(gateway: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def ws_recorder() -> WebSocketRecorder:
+    return WebSocketRecorder()
+
+
+@pytest.fixture
+async def ws_upstream(ws_recorder: WebSocketRecorder) -> AsyncIterator[RunningServer]:
+    """A WebSocket upstream on stock uvicorn (the gateway's own server protocol is what is under test)."""
+    async with run_server(WebSocketUpstreamApp(ws_recorder), ws="websockets-sansio") as server:
+        yield server

@@ -14,21 +14,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fastgate import Gateway, GatewayConfig, ProxyApp, Upstreams, forward_websocket
 from tests.integrations.conftest import serve
-from tests.servers import RunningServer, free_port, run_server
-from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
+from tests.servers import RunningServer, free_port
+from tests.ws_upstream import WebSocketRecorder
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def ws_recorder() -> WebSocketRecorder:
-    return WebSocketRecorder()
-
-
-@pytest.fixture
-async def ws_upstream(ws_recorder: WebSocketRecorder) -> AsyncIterator[RunningServer]:
-    async with run_server(WebSocketUpstreamApp(ws_recorder), ws="websockets-sansio") as server:
-        yield server
 
 
 # uvicorn 0.54's websockets-sansio logs this after every denial response it sent (it never marks that handshake

@@ -29,10 +29,9 @@ from fastgate.exceptions import (
     UpstreamUnavailable,
 )
 from fastgate.proxy.websocket import client_close_code, close_for, upstream_close_code
-from tests.servers import RunningServer, run_gateway, run_server
+from tests.servers import RunningServer, run_gateway
 from tests.ws_upstream import (
     WebSocketRecorder,
-    WebSocketUpstreamApp,
     raw_upstream,
     refused_port,
     silent_upstream,
@@ -67,17 +66,6 @@ async def closed_with(ws: ClientConnection, seconds: float = 5) -> tuple[int | N
                 await ws.recv()
     rcvd = ws.protocol.close_rcvd
     return (rcvd.code, rcvd.reason) if rcvd is not None else (None, None)
-
-
-@pytest.fixture
-def ws_recorder() -> WebSocketRecorder:
-    return WebSocketRecorder()
-
-
-@pytest.fixture
-async def ws_upstream(ws_recorder: WebSocketRecorder) -> AsyncIterator[RunningServer]:
-    async with run_server(WebSocketUpstreamApp(ws_recorder), ws="websockets-sansio") as server:
-        yield server
 
 
 @pytest.fixture

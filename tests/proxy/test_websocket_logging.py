@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +49,6 @@ def uvicorn_records() -> Iterator[_Records]:
         yield handler
     finally:
         logger.removeHandler(handler)
-
-
-@pytest.fixture
-def ws_recorder() -> WebSocketRecorder:
-    return WebSocketRecorder()
-
-
-@pytest.fixture
-async def ws_upstream(ws_recorder: WebSocketRecorder) -> AsyncIterator[RunningServer]:
-    async with run_server(WebSocketUpstreamApp(ws_recorder), ws="websockets-sansio") as server:
-        yield server
 
 
 async def refused_with(url: str) -> int:
