@@ -59,3 +59,20 @@ async def test_gateway_mounted_under_a_prefix_forwards_paths_inside_the_mount(
     assert response.status_code == 200
     assert recorder.last()["raw_path"] == "/echo"
     assert recorder.last()["query_string"] == "a=%2F"
+
+
+async def test_unexpected_error_gives_json_500_and_the_traceback_only_in_the_log(
+    upstream: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenTransport:
+        async def send(self, request: object, body: object) -> None:
+            raise RuntimeError("a bug in a transport")
+
+    gateway = Gateway(GatewayConfig.single(upstream.url))
+    async with run_gateway(gateway) as server, httpx.AsyncClient(base_url=server.url) as client:
+        gateway._options["default"].transport = BrokenTransport()  # type: ignore[assignment]
+        response = await client.get("/echo")
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
+    assert "a bug" not in response.text and "Traceback" not in response.text
+    assert any(r.name == "fastgate.error" and r.exc_info for r in caplog.records)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from ._types import Receive, Scope, Send
 from .config import GatewayConfig
-from .exceptions import RouteNotFound, UpstreamUnavailable
+from .exceptions import FastgateError, RouteNotFound, UpstreamUnavailable
 from .observability.logging import error_logger
 from .proxy.errors import error_response
 from .proxy.headers import new_request_id
@@ -76,7 +76,17 @@ class Gateway:
             error_logger.error("request before the gateway's lifespan started (mounted without entering it?)")
             await error_response(send, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
             return
-        await forward_http(scope, receive, send, options, route.upstream_target(target))
+        try:
+            await forward_http(scope, receive, send, options, route.upstream_target(target))
+        except Exception:
+            # A bug of ours: the traceback goes to the log, the client gets a short JSON 500 (or, when the response
+            # had already started, an aborted connection).
+            request_id = new_request_id()
+            error_logger.exception(
+                "internal error on %s %s (request_id %s)", scope["method"], scope["path"], request_id
+            )
+            with contextlib.suppress(Exception):
+                await error_response(send, FastgateError("internal error"), request_id)
 
     async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = request_target(scope)
