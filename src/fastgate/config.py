@@ -100,9 +100,17 @@ class UpstreamConfig(_Model):
     timeouts: Timeouts = Timeouts()
     limits: PoolLimits = PoolLimits()
     transport: Literal["fastgate", "httpx"] = "fastgate"
+    ca_file: str | None = None
     preserve_host: bool = True
     forwarded: bool = False
     websocket: WebSocketOptions = WebSocketOptions()
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value!r}")
+        return value
 
     @field_validator("url")
     @classmethod

@@ -92,6 +92,7 @@ class WebSocketForwardOptions:
             upstream.host,
             upstream.port,
             secure=upstream.scheme == "https",
+            ca_file=upstream.ca_file,
             connect_timeout=upstream.timeouts.connect,
             ping_interval=ws.ping_interval,
             ping_timeout=ws.ping_timeout,

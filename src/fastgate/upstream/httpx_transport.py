@@ -22,6 +22,7 @@ from ..exceptions import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .tls import client_context
 from .transport import CHUNKED, UpstreamRequest, UpstreamResponse
 
 
@@ -85,6 +86,7 @@ class HttpxTransport:
                 keepalive_expiry=limits.keepalive_expiry,
             ),
             cookies=NoCookieJar(),
+            verify=client_context(config.ca_file),
             follow_redirects=False,
             trust_env=False,
         )

@@ -16,13 +16,13 @@ idle ones older than ``keepalive_expiry``, before the upstream's own idle timeou
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 
 from ..config import UpstreamConfig
 from ..exceptions import UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
 from ..observability.logging import TRACE, upstream_logger
 from .connection import Connection
+from .tls import client_context
 
 
 class ConnectionPool:
@@ -32,7 +32,7 @@ class ConnectionPool:
         self.port = config.port
         self.timeouts = config.timeouts
         self.limits = config.limits
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if config.scheme == "https" else None
+        self._ssl = client_context(config.ca_file) if config.scheme == "https" else None
         self._idle: deque[Connection] = deque()
         self._busy: set[Connection] = set()
         self._connecting = 0

@@ -17,7 +17,6 @@ the upstream's answer and goes back to the client like any refusal.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from ..exceptions import (
     UpstreamRefused,
     UpstreamTimeout,
 )
+from .tls import client_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,7 @@ class WebSocketTarget:
     host: str
     port: int
     secure: bool = False
+    ca_file: str | None = None
     connect_timeout: float | None = 5.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
@@ -127,7 +128,7 @@ async def dial(
     connection: ClientConnection | None = None
     try:
         with anyio.fail_after(target.connect_timeout):
-            context = ssl.create_default_context() if target.secure else None
+            context = client_context(target.ca_file) if target.secure else None
             _, connection = await loop.create_connection(
                 factory, target.host, target.port, ssl=context, server_hostname=target.host if context else None
             )
