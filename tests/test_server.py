@@ -121,3 +121,20 @@ def test_bad_client_hop_value_is_a_config_error(served: list[GatewayConfig], fla
     assert result.exit_code == 2
     assert f"config error: {key}:" in result.output
     assert not served
+
+
+def test_protocols_load_by_their_public_import_strings() -> None:
+    import uvicorn
+
+    from fastgate._protocol import FastgateHttpProtocol
+    from fastgate._ws_protocol import FastgateWebSocketProtocol
+    from tests.upstream_app import Recorder, UpstreamApp
+
+    config = uvicorn.Config(
+        UpstreamApp(Recorder()),
+        http="fastgate.server:HttpProtocol",
+        ws="fastgate.server:WebSocketProtocol",
+    )
+    config.load()
+    assert config.http_protocol_class is FastgateHttpProtocol
+    assert config.ws_protocol_class is FastgateWebSocketProtocol

@@ -22,6 +22,12 @@ from .observability.logging import LOGGING_CONFIG, access_logger, apply_log_leve
 
 CONFIG_ENV = "FASTGATE_CONFIG_JSON"
 
+# fastgate's server protocols under public names, for apps that embed fastgate and run on Uvicorn themselves:
+#   uvicorn app:app --http fastgate.server:HttpProtocol --ws fastgate.server:WebSocketProtocol
+# They give forward() a disconnect callback instead of a watcher task, and WebSocket denials no false ERROR.
+HttpProtocol = FastgateHttpProtocol
+WebSocketProtocol = FastgateWebSocketProtocol
+
 
 def create_app() -> Gateway:
     """Uvicorn's app factory, run in each worker process."""
