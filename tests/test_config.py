@@ -59,3 +59,12 @@ def test_load_config_reads_yaml_and_json(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(tmp_path / "broken.json")
+
+
+def test_log_level_choices_match_the_logging_levels() -> None:
+    from typing import get_args
+
+    from fastgate.config import ServerConfig
+    from fastgate.observability.logging import LOG_LEVELS
+
+    assert set(get_args(ServerConfig.model_fields["log_level"].annotation)) == set(LOG_LEVELS)

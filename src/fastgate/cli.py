@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from . import __version__
-from .config import LOG_LEVELS, GatewayConfig, build_config, load_config
+from .config import GatewayConfig, build_config, load_config
 from .exceptions import ConfigError
+from .observability.logging import LOG_LEVELS
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -38,7 +39,7 @@ def _server_options(fn: Any) -> Any:
         click.option("--workers", type=int, default=None, help="Worker processes (Uvicorn's process manager)."),
         click.option(
             "--log-level",
-            type=click.Choice(LOG_LEVELS),
+            type=click.Choice(list(LOG_LEVELS)),
             default=None,
             help="Log level; trace shows upstream connection events.",
         ),
