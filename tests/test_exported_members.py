@@ -13,6 +13,7 @@ def test_all_public_names_are_exported() -> None:
         "upstream",
         "cli",
         "server",
+        "serving",
         "integrations",
     }
     assert public <= set(fastgate.__all__)

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .app import Gateway
 from .config import (
+    BodyRate,
     GatewayConfig,
     PoolLimits,
     RouteConfig,
@@ -20,13 +21,17 @@ from .exceptions import (
     ConfigError,
     FastgateError,
     HeadersTooLarge,
+    Overloaded,
+    RequestTimeout,
     RouteNotFound,
+    UriTooLong,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
+    VersionNotSupported,
 )
 
 if _TYPE_CHECKING:
@@ -62,6 +67,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadRequest",
+    "BodyRate",
     "ClientDisconnected",
     "ClientError",
     "ConfigError",
@@ -69,8 +75,10 @@ __all__ = [
     "Gateway",
     "GatewayConfig",
     "HeadersTooLarge",
+    "Overloaded",
     "PoolLimits",
     "ProxyApp",
+    "RequestTimeout",
     "RouteConfig",
     "RouteNotFound",
     "ServerConfig",
@@ -84,6 +92,8 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "Upstreams",
+    "UriTooLong",
+    "VersionNotSupported",
     "WebSocketOptions",
     "__version__",
     "cancel_on_disconnect",

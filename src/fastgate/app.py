@@ -21,6 +21,7 @@ from .proxy.headers import new_request_id
 from .proxy.http import ForwardOptions, forward_http, request_target
 from .proxy.websocket import WebSocketForwardOptions, forward_websocket, refuse_websocket
 from .routing import RouteTable
+from .serving.limits import ServerLimits
 from .upstream.transport import Transport, create_transport
 
 
@@ -28,6 +29,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.routes = RouteTable(config.routes)
+        self.server_limits = ServerLimits.from_config(config.server)  # read by fastgate's server protocol
         self.transports: dict[str, Transport] = {}
         self._options: dict[str, ForwardOptions] = {}
         self._websocket_options = {

@@ -169,7 +169,24 @@ class RouteConfig(_Model):
         return value
 
 
+class BodyRate(_Model):
+    """The slowest request body accepted once ``grace_period`` seconds have passed (Kestrel's MinRequestBodyDataRate).
+
+    >>> BodyRate(bytes_per_second=240, grace_period=5)
+    """
+
+    bytes_per_second: float = Field(240.0, gt=0)
+    grace_period: float = Field(5.0, ge=0)
+
+
 class ServerConfig(_Model):
+    """The listener and the client side of every connection: limits, deadlines, logging, workers.
+
+    Deadlines (seconds; ``None`` turns one off): ``header_timeout`` for a whole request head (then 408 and close),
+    ``keepalive_timeout`` for an idle kept-alive connection (then a quiet close), ``send_timeout`` for a client
+    that takes no response bytes (then the connection is cut), ``min_request_body_rate`` for uploads (then 408).
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1)
@@ -179,6 +196,14 @@ class ServerConfig(_Model):
     graceful_timeout: float = Field(30.0, ge=0)
     max_header_bytes: int = Field(65536, ge=1024)
     max_header_field_bytes: int = Field(32768, ge=256)
+    max_uri_bytes: int = Field(8192, ge=256)
+    header_timeout: float | None = Field(10.0, gt=0)
+    keepalive_timeout: float | None = Field(75.0, gt=0)
+    send_timeout: float | None = Field(60.0, gt=0)
+    min_request_body_rate: BodyRate | None = BodyRate()
+    max_requests_per_connection: int | None = Field(1000, ge=1)
+    max_connections: int | None = Field(10000, ge=1)
+    underscores_in_headers: bool = False
     # The client hop of WebSocket sessions (Uvicorn's ws_* settings); the upstream hop is UpstreamConfig.websocket.
     ws_client_max_size: int = Field(16 * 1024 * 1024, ge=1)
     ws_client_ping_interval: float | None = Field(20.0, gt=0)

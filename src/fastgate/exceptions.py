@@ -5,7 +5,11 @@
       ClientError                 4xx, raised before anything goes upstream
         BadRequest                400
         RouteNotFound             404
+        RequestTimeout            408 (head not complete in time, request body too slow)
+        UriTooLong                414
         HeadersTooLarge           431
+        VersionNotSupported       505
+      Overloaded                  503 before any routing (too many client connections)
       ClientDisconnected          the client went away; nothing is sent to it
       UpstreamError               carries the upstream name
         UpstreamConnectError      502 (refused, unreachable, DNS)
@@ -56,6 +60,29 @@ class RouteNotFound(ClientError):
 class HeadersTooLarge(ClientError):
     status_code = 431
     code = "headers_too_large"
+
+
+class RequestTimeout(ClientError):
+    status_code = 408
+    code = "request_timeout"
+
+
+class UriTooLong(ClientError):
+    status_code = 414
+    code = "uri_too_long"
+
+
+class VersionNotSupported(ClientError):
+    status_code = 505
+    code = "http_version_not_supported"
+
+
+class Overloaded(FastgateError):
+    """The gateway refuses work it cannot take (a worker's client connection limit), before any routing."""
+
+    status_code = 503
+    code = "overloaded"
+    close_code = 1013
 
 
 class ClientDisconnected(FastgateError):

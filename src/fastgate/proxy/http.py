@@ -34,11 +34,11 @@ from urllib.parse import quote
 import anyio
 import anyio.abc
 
-from .._protocol import ServerHooks
 from .._types import Receive, Scope, Send
 from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import ClientDisconnected, FastgateError, UpstreamError
 from ..observability.logging import access_logger, error_logger
+from ..serving.cycle import ServerHooks
 from ..upstream.transport import Transport, UpstreamRequest
 from .errors import error_response
 from .headers import HeaderRules, response_headers

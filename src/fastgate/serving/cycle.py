@@ -1,0 +1,264 @@
+"""One request on a client connection: its ASGI ``receive``/``send`` and the hooks the proxy uses.
+
+How this works
+--------------
+The connection (``serving/protocol.py``) parses bytes and fills the cycle: body pieces land in ``chunks`` as the
+socket delivered them (no growing buffer: on a 64 MiB upload that copy was over half the CPU), and the one waiter
+in ``receive()`` is woken. Above ``HIGH_WATER`` buffered bytes the connection stops reading the socket until the
+app has taken them, so an upload costs bounded memory whatever its size.
+
+``send()`` writes the response. It does what Uvicorn's does (framing, keep-alive, the same RuntimeErrors for a
+misbehaving app) for a fraction of the cost: header lines are checked for CR/LF injection with one count over the
+finished head instead of two regex searches per header, and a start message carrying ``"fastgate.defer": True``
+is held back and written with the first body message, so a small response costs one write. HTTP/1.0 clients never
+get chunked (RFC 9112 §6.3 (8)): a body of unknown length is sent close-delimited.
+
+The cycle is also the ``fastgate.server`` extension (:class:`ServerHooks`): the raw request target, a disconnect
+callback run by the connection the moment the client goes (so an exchange needs no watcher task), and ``abort()``
+to cut the client off when the upstream dies mid-body (the client then sees an incomplete response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .protocol import HttpProtocol
+
+HIGH_WATER = 64 * 1024
+
+
+class ServerHooks(Protocol):
+    """What ``scope["extensions"]["fastgate.server"]`` offers the proxy under fastgate's server."""
+
+    loop: asyncio.AbstractEventLoop
+    raw_target: bytes
+    disconnected: bool
+    on_disconnect: Callable[[], object] | None
+
+    def abort(self) -> None: ...
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (code, phrase)
+
+
+STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
+
+
+class RequestCycle:
+    __slots__ = (
+        "conn",
+        "scope",
+        "loop",
+        "raw_target",
+        "keep_alive",
+        "expect_100",
+        "disconnected",
+        "on_disconnect",
+        "chunks",
+        "buffered",
+        "more_body",
+        "body_bytes",
+        "body_since",
+        "body_taken",
+        "response_started",
+        "response_complete",
+        "_waiter",
+        "_chunked",
+        "_remaining",
+        "_close_delimited",
+        "_no_body",
+        "_head",
+    )
+
+    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], raw_target: bytes, keep_alive: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.loop = conn.loop
+        self.raw_target = raw_target
+        self.keep_alive = keep_alive
+        self.expect_100 = False
+        self.disconnected = False
+        self.on_disconnect: Callable[[], object] | None = None
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.more_body = True
+        self.body_bytes = 0
+        self.body_since = 0.0  # loop time the app first asked for the body; 0 until then (the rate clock)
+        self.body_taken = False  # the app has had the last body message
+        self.response_started = False
+        self.response_complete = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._chunked = False
+        self._remaining = 0
+        self._close_delimited = False
+        self._no_body = False
+        self._head: bytes | None = None
+
+    # -- fed by the connection ------------------------------------------------------------------------------
+
+    def feed(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        self.body_bytes += len(body)
+        if self.buffered > HIGH_WATER:
+            self.conn.pause_reading()
+        self.wake()
+
+    def end_body(self) -> None:
+        self.more_body = False
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def lost(self) -> None:
+        """The client is gone: wake the app and run the disconnect callback once."""
+        if not self.response_complete:
+            self.disconnected = True
+        self.wake()
+        callback, self.on_disconnect = self.on_disconnect, None
+        if callback is not None and self.disconnected:
+            callback()
+
+    def abort(self) -> None:
+        self.disconnected = True
+        self._head = None
+        self.conn.abort()
+
+    # -- ASGI -----------------------------------------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        if self.body_since == 0.0:
+            self.body_since = self.loop.time()
+            if self.expect_100 and self.more_body and not self.response_started and not self.disconnected:
+                self.expect_100 = False
+                self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not self.chunks and self.more_body and not self.disconnected and not self.response_complete:
+            self.conn.resume_reading()
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.disconnected or (self.response_complete and not self.chunks):
+            return {"type": "http.disconnect"}
+        if not self.chunks and not self.more_body and self.body_taken:
+            # The body was all taken: what is left to say is that the client went, once it does.
+            while not self.disconnected and not self.response_complete:
+                self._waiter = self.loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            return {"type": "http.disconnect"}
+        chunks = self.chunks
+        body = (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if chunks else b""
+        chunks.clear()
+        self.body_taken = not self.more_body
+        self.buffered = 0
+        self.conn.resume_reading()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def send(self, message: Any) -> None:
+        conn = self.conn
+        if conn.write_paused and not self.disconnected:
+            await conn.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
+            self._start(message)
+        elif self.response_complete:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
+        elif kind != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+        else:
+            self._body(message.get("body", b""), message.get("more_body", False))
+
+    def _start(self, message: Any) -> None:
+        status: int = message["status"]
+        headers = message.get("headers", ())
+        parts = [STATUS_LINES.get(status) or _status_line(status)]
+        length: int | None = None
+        chunked = False
+        has_close = False
+        count = 0
+        for name, value in (*self.conn.default_headers, *headers):
+            name = name.lower()
+            if name == b"content-length":
+                if length is None and not chunked:
+                    length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = value.lower() == b"chunked"
+            elif name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]:
+                self.keep_alive = False
+                has_close = True
+            parts += (name, b": ", value, b"\r\n")
+            count += 1
+        self._no_body = self.scope["method"] == "HEAD" or status in (204, 304) or status < 200
+        if chunked:
+            self._chunked = True
+        elif length is not None or self._no_body:
+            self._remaining = length or 0
+        elif self.scope["http_version"] == "1.0":
+            # RFC 9112 §6.3 (8): no chunked for an HTTP/1.0 client; the body ends when the connection closes.
+            self._close_delimited = True
+            self.keep_alive = False
+        else:
+            self._chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+            count += 1
+        if self.more_body and not self.disconnected:
+            # The body was not read to its end: the next request cannot be found on this connection.
+            self.keep_alive = False
+        if not self.keep_alive and not has_close:
+            parts.append(b"connection: close\r\n")
+            count += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if head.count(b"\n") != count + 2 or head.count(b"\r") != count + 2 or b"\0" in head:
+            raise RuntimeError("Invalid HTTP header name or value.")
+        self.response_started = True
+        self.expect_100 = False
+        if message.get("fastgate.defer"):
+            self._head = head
+        else:
+            self.conn.write(head)
+
+    def _body(self, body: bytes, more: bool) -> None:
+        if self._no_body:
+            data = b""
+        elif self._chunked:
+            data = b"".join((b"%x\r\n" % len(body), body, b"\r\n")) if body else b""
+            if not more:
+                data += b"0\r\n\r\n"
+        else:
+            data = body
+            if not self._close_delimited:
+                if len(body) > self._remaining:
+                    raise RuntimeError("Response content longer than Content-Length")
+                self._remaining -= len(body)
+        head, self._head = self._head, None
+        if head is not None:
+            self.conn.writelines(head, data)
+        elif data:
+            self.conn.write(data)
+        if not more:
+            if self._remaining and not self._no_body and not self._close_delimited:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.wake()
+            self.conn.response_done(self)

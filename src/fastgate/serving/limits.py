@@ -1,0 +1,54 @@
+"""The client-side limits and deadlines of fastgate's server, as one immutable value built from ``ServerConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ServerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client connection may cost. Times in seconds; ``None`` turns a limit off.
+
+    >>> limits = ServerLimits.from_config(ServerConfig(header_timeout=5))
+    >>> limits.header_timeout
+    5.0
+    """
+
+    max_header_bytes: int = 65536
+    max_header_field_bytes: int = 32768
+    max_uri_bytes: int = 8192
+    header_timeout: float | None = 10.0
+    keepalive_timeout: float | None = 75.0
+    send_timeout: float | None = 60.0
+    min_body_rate: float | None = 240.0
+    body_grace_period: float = 5.0
+    max_requests_per_connection: int | None = 1000
+    max_connections: int | None = 10000
+    underscores_in_headers: bool = False
+
+    @classmethod
+    def from_config(cls, server: ServerConfig) -> ServerLimits:
+        rate = server.min_request_body_rate
+        return cls(
+            max_header_bytes=server.max_header_bytes,
+            max_header_field_bytes=server.max_header_field_bytes,
+            max_uri_bytes=server.max_uri_bytes,
+            header_timeout=server.header_timeout,
+            keepalive_timeout=server.keepalive_timeout,
+            send_timeout=server.send_timeout,
+            min_body_rate=rate.bytes_per_second if rate else None,
+            body_grace_period=rate.grace_period if rate else 0.0,
+            max_requests_per_connection=server.max_requests_per_connection,
+            max_connections=server.max_connections,
+            underscores_in_headers=server.underscores_in_headers,
+        )
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often deadlines are checked: a tenth of the shortest, between 50 ms and 1 s."""
+        times = [t for t in (self.header_timeout, self.keepalive_timeout, self.send_timeout) if t]
+        if self.min_body_rate:
+            times.append(max(self.body_grace_period, 1.0))
+        return min(1.0, max(0.05, min(times, default=10.0) / 10))

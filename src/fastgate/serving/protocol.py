@@ -1,0 +1,525 @@
+"""fastgate's HTTP/1.1 server protocol: an ``asyncio.Protocol`` on httptools (llhttp) that serves an ASGI app.
+
+How this works
+--------------
+Uvicorn still runs the process (config, workers, signals, lifespan, logging) and builds this protocol for each
+connection (``uvicorn --http fastgate.server:HttpProtocol``); everything between the socket and the app is ours,
+so that request limits and deadlines live in one place and cost nothing per request:
+
+* **Request heads are bounded while they arrive.** Bytes are counted before they are parsed, and the parser is
+  never fed more than the limit: a head that passes ``max_header_bytes`` is answered 431 (a target past
+  ``max_uri_bytes``, 414) and the connection closed at once, without waiting for a blank line that may never come.
+  (llhttp joins a header value's pieces itself, so an unbounded head also cost quadratic CPU.)
+* **Deadlines without timers.** Each connection keeps one ``deadline`` (loop time) for the phase it is in: the first
+  request head (``header_timeout``, then 408), an idle kept-alive connection (``keepalive_timeout``, then a quiet
+  close), a head being received (``header_timeout``, 408), a request body slower than ``min_body_rate`` after its
+  grace period (408, or an abort once the response has started), a client that takes no response bytes for
+  ``send_timeout`` (abort). One sweep per process (``serving/sweeper.py``) checks them all a few times a second.
+* **Checks llhttp does not make** (``serving/head.py``): version, target form, Host; header names with underscores
+  are dropped unless ``underscores_in_headers`` (CGI-style backends read ``X_Forwarded_For`` as the dashed name).
+* **Pipelining**: requests are answered in order; a request that arrives while one is being answered waits, and the
+  socket is not read meanwhile.
+* **Backpressure** both ways: body pieces above ``HIGH_WATER`` pause reading; a full send buffer makes ``send``
+  wait (``drain``).
+* WebSocket upgrades are handed to Uvicorn's WebSocket protocol (``config.ws_protocol_class``), as Uvicorn does.
+
+Client errors found here get fastgate's JSON error body, a fresh ``x-request-id``, ``connection: close``, and one
+access-log line; they never reach the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
+
+from ..exceptions import (
+    BadRequest,
+    ClientError,
+    FastgateError,
+    HeadersTooLarge,
+    Overloaded,
+    RequestTimeout,
+    UriTooLong,
+    VersionNotSupported,
+)
+from ..observability.logging import access_logger, error_logger
+from ..proxy.headers import new_request_id
+from .cycle import STATUS_LINES, RequestCycle
+from .head import check_host, check_target, check_version
+from .limits import ServerLimits
+from .sweeper import Sweeper
+
+# Connection phases: what the deadline, if any, is counting.
+_FIRST, _IDLE, _HEAD, _BUSY = range(4)
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing; ``error`` is what the client is told."""
+
+    def __init__(self, error: ClientError) -> None:
+        self.error = error
+
+
+def _limits_for(app: Any) -> ServerLimits:
+    """The limits of the Gateway being served (found through Uvicorn's middleware wrappers), else the defaults."""
+    for _ in range(8):
+        limits = getattr(app, "server_limits", None)
+        if isinstance(limits, ServerLimits):
+            return limits
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return ServerLimits()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """``http=`` for Uvicorn: ``uvicorn app:app --http fastgate.server:HttpProtocol``."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.limits = _limits_for(self.app)
+        self.server_state = server_state
+        self.app_state = app_state
+        self.root_path = config.root_path
+        self.sweeper = Sweeper.of(server_state, self.loop, self.limits.sweep_interval)
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.phase = _FIRST
+        self.deadline = 0.0
+        self.requests = 0
+        self.write_paused = False
+        self.write_paused_since = 0.0
+        self.closed = False
+        self._reading = True
+        self._drain: asyncio.Future[None] | None = None
+        self._cycle: RequestCycle | None = None  # the request being answered
+        self._parsing: RequestCycle | None = None  # the request whose head or body the parser is in
+        self._pipeline: deque[RequestCycle] = deque()
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._hosts: list[bytes] = []
+        self._expect_100 = False
+        self._upgrade: bytes | None = None
+        self._parsed_target = b""
+        self._paused_at = 0.0
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.server_state.default_headers
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
+        self.server = get_local_addr(transport)  # type: ignore[arg-type]
+        self.client = get_remote_addr(transport)  # type: ignore[arg-type]
+        self.scheme = "https" if is_ssl(transport) else "http"  # type: ignore[arg-type]
+        connections = self.server_state.connections
+        limit = self.limits.max_connections
+        if limit is not None and len(connections) >= limit:
+            self.sweeper.refused(limit)
+            self._refuse(Overloaded(f"over {limit} client connections in this worker"))
+            return
+        connections.add(self)  # type: ignore[arg-type]
+        self.sweeper.add(self)
+        self._arm(_FIRST, self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server_state.connections.discard(self)
+        self.sweeper.discard(self)
+        for cycle in (self._cycle, *self._pipeline):
+            if cycle is not None:
+                cycle.lost()
+        self._pipeline.clear()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None  # a client that half-closes is gone, as Uvicorn treats it: the transport closes
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == _IDLE or self.phase == _FIRST:
+            self._arm(_HEAD, self.limits.header_timeout)
+            self._head_bytes = 0
+        try:
+            while data:
+                if self.phase != _HEAD:
+                    self.parser.feed_data(data)
+                    return
+                room = self.limits.max_header_bytes - self._head_bytes
+                piece, data = (data[:room], data[room:]) if len(data) > room else (data, b"")
+                self._head_bytes += len(piece)
+                self.parser.feed_data(piece)
+                if data and self.phase == _HEAD:
+                    raise _Reject(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
+        except _Reject as exc:
+            self._fail(exc.error)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b"")
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._fail(cause.error)
+            elif str(exc) in ("Invalid HTTP version", "Pause on PRI/Upgrade"):
+                self._fail(VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served on this port"))
+            else:
+                self._fail(BadRequest(f"malformed request: {exc}"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.write_paused_since = self.loop.time()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- used by the cycle ------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, head: bytes, data: bytes) -> None:
+        if not self.closed:
+            self.transport.writelines((head, data))
+
+    async def drain(self) -> None:
+        if self.closed:
+            return
+        self._drain = self.loop.create_future()
+        try:
+            await self._drain
+        finally:
+            self._drain = None
+
+    def pause_reading(self) -> None:
+        if self._reading and not self.closed:
+            self._reading = False
+            self._paused_at = self.loop.time()
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self.closed and not self._pipeline:
+            self._reading = True
+            cycle = self._cycle
+            if cycle is not None and cycle.body_since:
+                # Time the app was not asking for the body does not count against the client's rate (Kestrel's rule).
+                cycle.body_since += self.loop.time() - self._paused_at
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def response_done(self, cycle: RequestCycle) -> None:
+        self.server_state.total_requests += 1
+        if cycle is not self._cycle:
+            return
+        self._cycle = None
+        if not cycle.keep_alive or self.closed:
+            self.closed = True
+            self.transport.close()  # for a close-delimited body the close is its end
+            return
+        if self._pipeline:
+            self._start(self._pipeline.popleft())
+        elif self._parsing is None:
+            self._arm(_IDLE, self.limits.keepalive_timeout)
+        self.resume_reading()
+
+    def shutdown(self) -> None:
+        """Uvicorn's graceful shutdown: close when idle, else after the response being sent."""
+        if self._cycle is None:
+            if not self.closed:
+                self.closed = True
+                self.transport.close()
+        else:
+            self._cycle.keep_alive = False
+            self._pipeline.clear()
+
+    # -- deadlines (called by the sweeper) --------------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        if self.closed:
+            return
+        if self.deadline and now >= self.deadline:
+            if self.phase == _IDLE:
+                self.closed = True
+                self.transport.close()
+            elif self.phase == _FIRST or self.phase == _HEAD:
+                self._fail(RequestTimeout("request head not received in time"))
+            return
+        cycle = self._cycle
+        if cycle is None:
+            return
+        limits = self.limits
+        if self.write_paused and limits.send_timeout and now - self.write_paused_since >= limits.send_timeout:
+            error_logger.info("client %s stopped reading the response; connection cut", self._peer())
+            cycle.disconnected = True
+            self.abort()
+            cycle.lost()
+            return
+        rate = limits.min_body_rate
+        if rate and cycle.more_body and cycle.body_since and self._reading:
+            elapsed = now - cycle.body_since
+            if elapsed > limits.body_grace_period and cycle.body_bytes < rate * elapsed:
+                self._body_too_slow(cycle, rate)
+
+    def _body_too_slow(self, cycle: RequestCycle, rate: float) -> None:
+        error = RequestTimeout(f"request body slower than {rate:g} bytes/s")
+        if cycle.response_started:
+            cycle.disconnected = True
+            self.abort()
+            cycle.lost()
+        else:
+            cycle.disconnected = True  # the app's sends become no-ops; its disconnect callback cancels it
+            self._respond_error(error, method=cycle.scope["method"], target=cycle.raw_target)
+            cycle.lost()
+
+    # -- httptools callbacks ----------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.phase != _HEAD:
+            self._arm(_HEAD, self.limits.header_timeout)
+        self._url = b""
+        self._headers = []
+        self._hosts = []
+        self._expect_100 = False
+        self._upgrade = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_uri_bytes:
+            raise _Reject(UriTooLong(f"request target over {self.limits.max_uri_bytes} bytes"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) + 4 > self.limits.max_header_field_bytes:
+            raise _Reject(HeadersTooLarge(f"a header field over {self.limits.max_header_field_bytes} bytes"))
+        name = name.lower()
+        if b"_" in name and not self.limits.underscores_in_headers:
+            return  # dropped, as nginx does by default (underscores_in_headers off)
+        if name == b"host":
+            self._hosts.append(value)
+        elif name == b"expect":
+            self._expect_100 = value.lower() == b"100-continue"
+        elif name == b"upgrade":
+            self._upgrade = value.lower()
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        version = parser.get_http_version()
+        method = parser.get_method()
+        try:
+            check_version(version)
+            target, authority = check_target(method, self._url)
+            check_host(self._hosts, version)
+        except ClientError as exc:
+            raise _Reject(exc) from None
+        self._parsed_target = target
+        headers = self._headers
+        if authority is not None:
+            # RFC 9112 §3.2.2: the target's authority is the request's Host.
+            headers = [pair for pair in headers if pair[0] != b"host"]
+            headers.insert(0, (b"host", authority))
+        self.phase = _BUSY
+        self.deadline = 0.0
+        self.requests += 1
+        if parser.should_upgrade() and self._upgrade == b"websocket" and self.config.ws_protocol_class:
+            self._parsing = None
+            return  # handed over in data_received, where HttpParserUpgrade arrives
+        path, query = target, b""
+        if b"?" in target:
+            path, _, query = target.partition(b"?")
+        decoded = path.decode("latin-1")
+        if "%" in decoded:
+            decoded = unquote(decoded)
+        root = self.root_path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": method.decode("ascii"),
+            "root_path": root,
+            "path": root + decoded if root else decoded,
+            "raw_path": root.encode("ascii") + path if root else path,
+            "query_string": query,
+            "headers": headers,
+            "state": self.app_state.copy(),
+        }
+        keep_alive = version == "1.1" and parser.should_keep_alive()
+        limit = self.limits.max_requests_per_connection
+        if limit is not None and self.requests >= limit:
+            keep_alive = False
+        if parser.should_upgrade():
+            keep_alive = False  # an upgrade we do not speak (h2c): llhttp stops at it, so nothing more can follow
+        cycle = RequestCycle(self, scope, target, keep_alive)
+        cycle.expect_100 = self._expect_100
+        scope["extensions"] = {"fastgate.server": cycle}
+        self._parsing = cycle
+        if parser.should_upgrade() and _declares_body(headers):
+            raise _Reject(BadRequest("a request body cannot be sent with an upgrade offer"))
+        if self._cycle is None:
+            self._start(cycle)
+        else:
+            self._pipeline.append(cycle)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._parsing
+        if cycle is not None and not cycle.response_complete and not cycle.disconnected:
+            cycle.feed(body)
+
+    def on_message_complete(self) -> None:
+        cycle, self._parsing = self._parsing, None
+        if cycle is not None:
+            cycle.end_body()
+        if self._cycle is None and not self._pipeline and not self.closed and self.phase == _BUSY:
+            self._arm(_IDLE, self.limits.keepalive_timeout)
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    def _arm(self, phase: int, timeout: float | None) -> None:
+        self.phase = phase
+        self.deadline = self.loop.time() + timeout if timeout else 0.0
+
+    def _start(self, cycle: RequestCycle) -> None:
+        self._cycle = cycle
+        task = self.loop.create_task(self._run(cycle))
+        tasks = self.server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _run(self, cycle: RequestCycle) -> None:
+        try:
+            await self.app(cycle.scope, cycle.receive, cycle.send)
+        except BaseException as exc:
+            error_logger.error("Exception in ASGI application", exc_info=exc)
+            if not cycle.response_started and not cycle.disconnected:
+                self._respond_error(FastgateError("internal error"), method=cycle.scope["method"])
+            else:
+                self.abort()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        else:
+            if not cycle.response_started and not cycle.disconnected:
+                error_logger.error("ASGI callable returned without starting response.")
+                self._respond_error(FastgateError("internal error"), method=cycle.scope["method"])
+            elif not cycle.response_complete and not cycle.disconnected:
+                error_logger.error("ASGI callable returned without completing response.")
+                self.abort()
+        finally:
+            cycle.on_disconnect = None
+            if not cycle.response_complete and self._cycle is cycle:
+                self._cycle = None
+
+    def _upgraded(self, rest: bytes) -> None:
+        """Hand a WebSocket handshake to Uvicorn's WebSocket protocol, with the bytes that followed it."""
+        method = self.parser.get_method()
+        if self._upgrade != b"websocket" or not self.config.ws_protocol_class or self.phase == _HEAD:
+            # A declined upgrade (h2c, say) was served as plain HTTP/1.1 by on_headers_complete; llhttp will
+            # parse nothing more on this connection, so it closes after the response.
+            if self._cycle is None and not self.closed:
+                self.closed = True
+                self.transport.close()
+            return
+        self.sweeper.discard(self)
+        self.server_state.connections.discard(self)
+        head = [method, b" ", self._parsed_target, b" HTTP/1.1\r\n"]
+        for name, value in self._headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        protocol = self.config.ws_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        protocol.data_received(b"".join(head) + rest)
+        self.transport.set_protocol(protocol)
+
+    def _fail(self, error: ClientError) -> None:
+        """A client error found by the server: answer it unless a response is under way, then close."""
+        cycle = self._cycle
+        if cycle is not None and not cycle.response_complete:
+            # An answer is being sent on this connection: it ends the connection, without a second one.
+            cycle.keep_alive = False
+            self._pipeline.clear()
+            self._parsing = None
+            self.pause_reading()
+            return
+        self._respond_error(error, method=self.parser.get_method().decode("latin-1", "replace") or "-")
+
+    def _respond_error(
+        self, error: FastgateError, *, method: str, target: bytes | None = None, quiet: bool = False
+    ) -> None:
+        if self.closed:
+            return
+        request_id = new_request_id()
+        body = json.dumps(
+            {"error": error.code, "detail": error.detail, "request_id": request_id.decode()}, separators=(",", ":")
+        ).encode()
+        head = b"".join(
+            (
+                STATUS_LINES[error.status_code],
+                b"content-type: application/json\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+                % (len(body), request_id),
+                b"connection: close\r\n\r\n",
+            )
+        )
+        self.closed = True
+        self.transport.write(head + body)
+        self.transport.close()
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info(
+                '%s - "%s %s" %d 0 0.0ms request_id=%s (%s: %s)',
+                self._peer(),
+                method,
+                (target if target is not None else self._url[:200]).decode("latin-1") or "-",
+                error.status_code,
+                request_id.decode(),
+                error.code,
+                error.detail,
+            )
+
+    def _refuse(self, error: FastgateError) -> None:
+        self._respond_error(error, method="-", target=b"-")
+
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        (name == b"content-length" and value.strip() not in (b"", b"0")) or name == b"transfer-encoding"
+        for name, value in headers
+    )
