@@ -150,6 +150,7 @@ class Bench:
             in_flight_at_end=res.in_flight_at_end,
             idle_rss_mb=idle,
             peak_rss_mb=res.peak_rss / MB if rss_pid else None,
+            cpu_us_per_request=res.cpu_s * 1e6 / res.requests if res.cpu_s is not None and res.requests else None,
         )
 
 
@@ -158,7 +159,8 @@ def _describe(run: Run) -> str:
         return f"{run.status}: {run.reason}"
     errs = sum(run.errors.values())
     rss = "" if run.peak_rss_mb is None else f", RSS idle {run.idle_rss_mb or 0:.0f} / peak {run.peak_rss_mb:.0f} MB"
-    return f"{run.value:,.0f} {run.unit}, p99 {run.p99_ms:.1f} ms, {errs} errors{rss}"
+    cpu = "" if run.cpu_us_per_request is None else f", {run.cpu_us_per_request:.0f} µs CPU/req"
+    return f"{run.value:,.0f} {run.unit}, p99 {run.p99_ms:.1f} ms, {errs} errors{rss}{cpu}"
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

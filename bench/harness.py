@@ -25,7 +25,7 @@ PROXY_CPU = "1"
 SMALL, MEDIUM, LARGE = 256, 1024 * 1024, 64 * 1024 * 1024
 FILES = {"256b": SMALL, "1m": MEDIUM, "64m": LARGE}
 PROXIES = ("direct", "nginx", "fastgate", "aiohttp", "fastapi-proxy-lib", "httpx-seed")
-OPTIONAL_PROXIES = ("fastgate-w2",)
+OPTIONAL_PROXIES = ("fastgate-w2", "fastgate-base")  # fastgate-base: $FASTGATE_BASE_CMD, for A/B runs
 
 
 class Unavailable(Exception):
@@ -74,6 +74,19 @@ def tree_rss_bytes(pid: int) -> int:
                     break
         except OSError:
             pass
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree so far (the proxy's own work, in seconds)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
     return total
 
 
@@ -254,13 +267,15 @@ def start_upstream(procs: Procs, root: Path) -> int:
 # --- proxies under test ------------------------------------------------------------------------------------------
 
 
-def fastgate_prefix() -> list[str]:
-    override = os.environ.get("FASTGATE_CMD")
+def fastgate_prefix(variable: str = "FASTGATE_CMD") -> list[str]:
+    override = os.environ.get(variable)
     if override:
         argv = shlex.split(override)
         if not argv or shutil.which(argv[0]) is None:
-            raise Unavailable(f"FASTGATE_CMD={override!r}: {argv[0] if argv else '(empty)'} not found")
+            raise Unavailable(f"{variable}={override!r}: {argv[0] if argv else '(empty)'} not found")
         return argv
+    if variable != "FASTGATE_CMD":
+        raise Unavailable(f"set {variable} to the command of the fastgate to compare with")
     for candidate in (shutil.which("fastgate"), str(Path(sys.executable).parent / "fastgate")):
         if candidate and Path(candidate).exists():
             return [candidate]
@@ -279,10 +294,10 @@ def proxy_command(name: str, port: int, upstream: int, root: Path, nginx_buffer_
             ),
         )
         return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], PROXY_CPU
-    if name in ("fastgate", "fastgate-w2"):
-        workers, cpus = ("1", PROXY_CPU) if name == "fastgate" else ("2", f"{UPSTREAM_CPU},{PROXY_CPU}")
+    if name in ("fastgate", "fastgate-w2", "fastgate-base"):
+        workers, cpus = ("2", f"{UPSTREAM_CPU},{PROXY_CPU}") if name == "fastgate-w2" else ("1", PROXY_CPU)
         argv = [
-            *fastgate_prefix(),
+            *fastgate_prefix("FASTGATE_BASE_CMD" if name == "fastgate-base" else "FASTGATE_CMD"),
             "proxy",
             "--from",
             f"127.0.0.1:{port}",
@@ -318,6 +333,7 @@ class WrkResult:
     p99_ms: float
     in_flight_at_end: int | None  # sent but unanswered when wrk stopped, whatever their age (None for uploads)
     peak_rss: int
+    cpu_s: float | None = None  # the proxy tree's CPU time during the run
 
 
 def run_wrk(
@@ -339,6 +355,7 @@ def run_wrk(
     ]
     stale_after = 0 if body_bytes else timeout_s  # the request hook would copy a large body once per request
     env = {**os.environ, "BENCH_BODY_BYTES": str(body_bytes), "BENCH_STALE_AFTER_S": f"{stale_after:g}"}
+    cpu_before = tree_cpu_seconds(rss_pid) if rss_pid is not None else None
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     deadline = time.monotonic() + duration + 60
     peak = 0
@@ -350,6 +367,7 @@ def run_wrk(
                 raise RuntimeError("wrk did not stop in time")
             time.sleep(0.05)
         out, err = proc.communicate(timeout=10)
+        cpu = tree_cpu_seconds(rss_pid) - cpu_before if rss_pid is not None and cpu_before is not None else None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -367,6 +385,7 @@ def run_wrk(
         p99_ms=data["p99_us"] / 1000,
         in_flight_at_end=data["sent"] - data["requests"] if stale_after else None,
         peak_rss=peak,
+        cpu_s=cpu,
     )
 
 

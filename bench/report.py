@@ -29,6 +29,7 @@ class Run:
     in_flight_at_end: int | None = None
     idle_rss_mb: float | None = None
     peak_rss_mb: float | None = None
+    cpu_us_per_request: float | None = None  # the proxy's CPU time during the run / requests answered
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Summary:
     timeouts: int | None
     idle_rss_mb: float | None
     peak_rss_mb: float | None
+    cpu_us_per_request: float | None = None
 
 
 def _median(xs: list[float]) -> float | None:
@@ -86,6 +88,7 @@ def summarize(runs: list[Run], scenarios: list[str], proxies: list[str]) -> list
                     timeouts=None if not touts else round(statistics.median(touts)),
                     idle_rss_mb=_median(idles),
                     peak_rss_mb=max(peaks) if peaks else None,
+                    cpu_us_per_request=_median([r.cpu_us_per_request for r in good if r.cpu_us_per_request]),
                 )
             )
     return out
@@ -117,18 +120,20 @@ def markdown(summaries: list[Summary], titles: dict[str, str], proxies: list[str
         lines.append(f"| {sc} {title} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| scenario | proxy | result | × nginx | × direct | p99 ms | errors (timeouts) | idle RSS MB | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | proxy | result | × nginx | × direct | p99 ms | errors (timeouts) | idle RSS MB | peak RSS MB "
+        "| µs CPU/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         if s.status != "ok":
-            lines.append(f"| {s.scenario} | {s.proxy} | {s.status}: {s.reason} | | | | | | |")
+            lines.append(f"| {s.scenario} | {s.proxy} | {s.status}: {s.reason} | | | | | | | |")
             continue
         errors = f"{s.errors} ({s.timeouts})"
         lines.append(
             f"| {s.scenario} | {s.proxy} | {_num(s.value)} {s.unit} | {_num(s.vs_nginx, '{:.2f}')} | "
             f"{_num(s.vs_direct, '{:.2f}')} | {_num(s.p99_ms, '{:.1f}')} | {errors} | "
-            f"{_num(s.idle_rss_mb, '{:.0f}')} | {_num(s.peak_rss_mb, '{:.0f}')} |"
+            f"{_num(s.idle_rss_mb, '{:.0f}')} | {_num(s.peak_rss_mb, '{:.0f}')} | "
+            f"{_num(s.cpu_us_per_request, '{:.0f}')} |"
         )
     return "\n".join(lines) + "\n"
 
