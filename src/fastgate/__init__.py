@@ -24,13 +24,13 @@ from .exceptions import (
     Overloaded,
     RequestTimeout,
     RouteNotFound,
-    UriTooLong,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnavailable,
+    UriTooLong,
     VersionNotSupported,
 )
 

@@ -79,7 +79,8 @@ class Gateway:
             await error_response(send, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
             return
         try:
-            await forward_http(scope, receive, send, options, route.upstream_target(target))
+            buffer_body = self.config.server.request_buffer_memory_bytes if route.request_buffering else None
+            await forward_http(scope, receive, send, options, route.upstream_target(target), buffer_body=buffer_body)
         except Exception:
             # A bug of ours: the traceback goes to the log, the client gets a short JSON 500 (or, when the response
             # had already started, an aborted connection).

@@ -160,6 +160,7 @@ class RouteConfig(_Model):
     prefix: str = "/"
     upstream: str
     strip_prefix: bool = False
+    request_buffering: bool = False
 
     @field_validator("prefix")
     @classmethod
@@ -204,6 +205,7 @@ class ServerConfig(_Model):
     max_requests_per_connection: int | None = Field(1000, ge=1)
     max_connections: int | None = Field(10000, ge=1)
     underscores_in_headers: bool = False
+    request_buffer_memory_bytes: int = Field(1024 * 1024, ge=0)
     # The client hop of WebSocket sessions (Uvicorn's ws_* settings); the upstream hop is UpstreamConfig.websocket.
     ws_client_max_size: int = Field(16 * 1024 * 1024, ge=1)
     ws_client_ping_interval: float | None = Field(20.0, gt=0)

@@ -12,6 +12,7 @@ class Route:
     prefix: bytes
     upstream: str
     strip_prefix: bool
+    request_buffering: bool = False
 
     def matches(self, path: bytes) -> bool:
         prefix = self.prefix
@@ -30,7 +31,7 @@ class Route:
 class RouteTable:
     def __init__(self, routes: list[RouteConfig]) -> None:
         self.routes = sorted(
-            (Route(r.prefix.encode("ascii"), r.upstream, r.strip_prefix) for r in routes),
+            (Route(r.prefix.encode("ascii"), r.upstream, r.strip_prefix, r.request_buffering) for r in routes),
             key=lambda r: len(r.prefix),
             reverse=True,
         )

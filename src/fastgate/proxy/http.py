@@ -40,8 +40,9 @@ from ..exceptions import ClientDisconnected, FastgateError, UpstreamError
 from ..observability.logging import access_logger, error_logger
 from ..serving.cycle import ServerHooks
 from ..upstream.transport import Transport, UpstreamRequest
+from .buffering import BufferedBody
 from .errors import error_response
-from .headers import HeaderRules, response_headers
+from .headers import HeaderRules, new_request_id, response_headers
 
 
 @dataclass(slots=True)
@@ -207,8 +208,20 @@ def request_target(scope: Scope) -> bytes:
     return quote(path, safe=_PATH_SAFE).encode("ascii") + (b"?" + query if query else b"")
 
 
-async def forward_http(scope: Scope, receive: Receive, send: Send, options: ForwardOptions, target: bytes) -> None:
-    """Forward one HTTP request to ``options``'s upstream at ``target`` and relay its response."""
+async def forward_http(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    options: ForwardOptions,
+    target: bytes,
+    *,
+    buffer_body: int | None = None,
+) -> None:
+    """Forward one HTTP request to ``options``'s upstream at ``target`` and relay its response.
+
+    ``buffer_body``: read the whole request body first (that many bytes in memory, the rest in a temporary file), so
+    no upstream connection is taken while a client is still sending (``proxy/buffering.py``).
+    """
     started_at = perf_counter()
     hooks: Any = scope.get("extensions", {}).get("fastgate.server")
     status = 0
@@ -223,6 +236,7 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
         except FastgateError as exc:
             status = exc.status_code
             outcome = f"{exc.code}: {exc.detail}"
+            request_id = new_request_id()
             await error_response(send, exc, request_id)
             return
         request_id = head.request_id
@@ -230,10 +244,16 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
             scope["method"].encode("ascii"), options.rules.path_prefix + target, head.headers, head.body_length
         )
         async with _HookScope(hooks) if hooks is not None else _WatcherScope(receive) as disconnect:
-            body = _request_body(receive, disconnect) if head.body_length else None
-            if body is None:
-                disconnect.watch()
+            body: AsyncGenerator[bytes] | None = None
             try:
+                if head.body_length and buffer_body is not None:
+                    buffered = await BufferedBody.read(receive, memory_bytes=buffer_body)
+                    request.body_length = buffered.length
+                    body = buffered.pieces()
+                elif head.body_length:
+                    body = _request_body(receive, disconnect)
+                if body is None or buffer_body is not None:
+                    disconnect.watch()
                 response = await options.transport.send(request, body)
             except ClientDisconnected:
                 outcome = "client disconnected"
