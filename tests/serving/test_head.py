@@ -60,7 +60,7 @@ def test_absolute_form_gives_the_path_and_the_authority() -> None:
 
 @pytest.mark.parametrize(
     ("method", "target"),
-    [(b"GET", b"*"), (b"CONNECT", b"a:443"), (b"GET", b"http://u@a/"), (b"GET", b"ftp://a/"), (b"GET", b"a/b")],
+    [(b"GET", b"*"), (b"CONNECT", b"a:443"), (b"CONNECT", b"/"), (b"GET", b"http://u@a/"), (b"GET", b"ftp://a/"), (b"GET", b"a/b")],
 )
 def test_other_target_forms_are_refused(method: bytes, target: bytes) -> None:
     with pytest.raises(BadRequest):

@@ -65,14 +65,14 @@ def check_host(hosts: list[bytes], version: str) -> bytes:
 
 def check_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
     """The origin-form target to serve, and the authority to use as Host when the client sent absolute-form."""
+    if method == b"CONNECT":
+        raise BadRequest("CONNECT is not supported")
     if target.startswith(b"/"):
         return target, None
     if target == b"*":
         if method == b"OPTIONS":
             return target, None
         raise BadRequest("'*' is a request target for OPTIONS only")
-    if method == b"CONNECT":
-        raise BadRequest("CONNECT is not supported")
     lowered = target[:8].lower()
     for scheme in (b"http://", b"https://"):
         if lowered.startswith(scheme):
