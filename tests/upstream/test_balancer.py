@@ -290,6 +290,8 @@ def test_consistent_hash_validates_names_and_table_size() -> None:
     with pytest.raises(ValueError, match="prime"):
         ConsistentHash([1, 1], table_size=1000)
     with pytest.raises(ValueError, match="prime"):
+        ConsistentHash([1], table_size=1)
+    with pytest.raises(ValueError, match="prime"):
         ConsistentHash([1, 1, 1], table_size=2)
     assert repr(ConsistentHash([1], table_size=3)) == "<ConsistentHash weights=[1] table_size=3>"
 
