@@ -50,6 +50,7 @@ from typing import Literal, TypeAlias
 __all__ = [
     "DEFAULT_EXPECTED_STATUS",
     "DEFAULT_OUTLIER_DETECTION",
+    "FAILURE_KINDS",
     "ActiveCheck",
     "ExpectedStatus",
     "FailureKind",
