@@ -169,6 +169,17 @@ class RouteConfig(_Model):
         return value
 
 
+class MinDataRate(_Model):
+    """The slowest request body accepted once ``grace_period`` seconds have passed (Kestrel's MinRequestBodyDataRate).
+
+    >>> MinDataRate(bytes_per_second=240, grace_period=5)
+    MinDataRate(bytes_per_second=240.0, grace_period=5.0)
+    """
+
+    bytes_per_second: float = Field(240.0, gt=0)
+    grace_period: float = Field(5.0, ge=0)
+
+
 class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -179,6 +190,15 @@ class ServerConfig(_Model):
     graceful_timeout: float = Field(30.0, ge=0)
     max_header_bytes: int = Field(65536, ge=1024)
     max_header_field_bytes: int = Field(32768, ge=256)
+    # Limits and deadlines on the client hop, enforced by fastgate's server protocol (nginx/HAProxy/Kestrel names).
+    max_uri_bytes: int = Field(8192, ge=256)
+    header_timeout: float = Field(10.0, gt=0)
+    keepalive_timeout: float = Field(75.0, gt=0)
+    max_requests_per_connection: int = Field(1000, ge=1)
+    max_connections: int = Field(10000, ge=1)
+    min_request_body_rate: MinDataRate | None = MinDataRate()
+    send_timeout: float = Field(60.0, gt=0)
+    underscores_in_headers: bool = False
     # The client hop of WebSocket sessions (Uvicorn's ws_* settings); the upstream hop is UpstreamConfig.websocket.
     ws_client_max_size: int = Field(16 * 1024 * 1024, ge=1)
     ws_client_ping_interval: float | None = Field(20.0, gt=0)
