@@ -1,0 +1,454 @@
+"""Slow, idle and non-reading clients against a real gateway process: they are cut off, everyone else is served.
+
+The gateway runs as a subprocess (``fastgate run``) with small deadlines, in front of a real upstream (uvicorn in
+this process). Each scenario is bounded in connections and in time: waits are on events or on polled state with a
+deadline, and every deadline is the configured timeout plus ``SLACK`` for a loaded two-core machine, so a pass
+means the behaviour, not the machine's speed. Figures (close times, RSS per idle connection) go to
+build/slow-clients.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import resource
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+from tests.hostile.support import gateway_process, raise_fd_limit, split_responses
+from tests.servers import RunningServer, run_server, wait_until
+from tests.upstream_app import Recorder, UpstreamApp
+
+pytestmark = pytest.mark.anyio
+
+REPORT = Path(__file__).resolve().parents[2] / "build" / "slow-clients.md"
+SLACK = 4.0  # seconds added to every deadline, for a loaded machine
+HEADER_TIMEOUT = 2.0
+GRACE_PERIOD = 1.0
+SEND_TIMEOUT = 2.0
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fd_limit() -> Iterator[int]:
+    """Room for 2,000 client sockets here, and as many in the gateway (it inherits the limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = raise_fd_limit(8192)
+    if limit < 5000:
+        pytest.skip(f"RLIMIT_NOFILE hard limit is {hard}; these scenarios need about 5,000 descriptors")
+    FIGURES.clear()
+    yield limit
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    REPORT.parent.mkdir(exist_ok=True)
+    text = [
+        "# Slow and idle clients",
+        "",
+        f"Written by tests/hostile/test_slow_clients.py on {time.strftime('%Y-%m-%d %H:%M:%S')}.",
+        "",
+    ]
+    REPORT.write_text("\n".join(text + [f"- {line}" for line in FIGURES]) + "\n")
+
+
+def figure(line: str) -> None:
+    print(line)
+    FIGURES.append(line)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def upstream(recorder: Recorder) -> AsyncIterator[RunningServer]:
+    async with run_server(UpstreamApp(recorder), backlog=4096) as server:
+        yield server
+
+
+def upstream_connections(upstream: RunningServer) -> int:
+    return len(upstream.server.server_state.connections)
+
+
+def config(upstream: RunningServer, server: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    return {
+        "server": {"log_level": "warning", "header_timeout": HEADER_TIMEOUT, **(server or {})},
+        "upstreams": {"default": {"url": upstream.url, **options}},
+        "routes": [{"prefix": "/", "upstream": "default"}],
+    }
+
+
+@dataclass
+class Client:
+    """One hostile connection: when it connected and was closed, what it read."""
+
+    connected_at: float = 0.0
+    closed_at: float | None = None
+    received: bytes = b""
+
+    @property
+    def status(self) -> int | None:
+        responses, _ = split_responses(self.received)
+        return responses[0].status if responses else None
+
+
+@dataclass
+class Crowd:
+    size: int
+    clients: list[Client] = field(default_factory=list)
+    open: int = 0
+    all_connected: anyio.Event = field(default_factory=anyio.Event)
+    all_closed: anyio.Event = field(default_factory=anyio.Event)
+
+    def closed(self, client: Client) -> None:
+        client.closed_at = time.monotonic()
+        self.open -= 1
+        if self.open == 0 and self.all_connected.is_set():
+            self.all_closed.set()
+
+    def still_open(self) -> list[Client]:
+        return [c for c in self.clients if c.closed_at is None]
+
+    def slowest_close(self) -> float:
+        return max((c.closed_at - c.connected_at for c in self.clients if c.closed_at is not None), default=0.0)
+
+
+async def trickle(
+    port: int, crowd: Crowd, connecting: anyio.CapacityLimiter, first: bytes, byte: bytes, interval: tuple[float, float]
+) -> None:
+    """Connect, send ``first``, then ``byte`` every ``interval`` seconds (uniform), until the server closes."""
+    client = Client()
+    crowd.clients.append(client)
+    crowd.open += 1
+    async with connecting:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+    client.connected_at = time.monotonic()
+    if len(crowd.clients) == crowd.size and all(c.connected_at for c in crowd.clients):
+        crowd.all_connected.set()
+    async with stream, anyio.create_task_group() as tg:
+
+        async def drip() -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await stream.send(first)
+                while True:
+                    await anyio.sleep(random.uniform(*interval))
+                    await stream.send(byte)
+
+        tg.start_soon(drip)
+        try:
+            while True:
+                client.received += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            crowd.closed(client)
+        tg.cancel_scope.cancel()
+
+
+async def start_crowd(
+    tg: anyio.abc.TaskGroup, port: int, size: int, first: bytes, byte: bytes, interval: tuple[float, float]
+) -> Crowd:
+    """Open ``size`` trickling connections (100 connecting at a time); returns once all are connected."""
+    crowd = Crowd(size)
+    connecting = anyio.CapacityLimiter(100)
+    for _ in range(size):
+        tg.start_soon(trickle, port, crowd, connecting, first, byte, interval)
+    with anyio.fail_after(30):
+        await crowd.all_connected.wait()
+    if crowd.open == 0:
+        crowd.all_closed.set()
+    return crowd
+
+
+async def normal_requests(url: str, count: int, limit: float, *, upload: bool = False) -> list[str]:
+    """``count`` requests from well-behaved clients, 10 at a time, each on a new connection; returns the failures."""
+    failures: list[str] = []
+    limiter = anyio.CapacityLimiter(10)
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+
+    async def one(i: int) -> None:
+        async with limiter, httpx.AsyncClient(base_url=url, timeout=limit, limits=no_reuse) as client:
+            try:
+                response = await client.post("/upload", content=b"n" * 1000) if upload else await client.get("/echo")
+            except httpx.HTTPError as exc:
+                failures.append(f"request {i}: {type(exc).__name__}")
+                return
+            if response.status_code != 200:
+                failures.append(f"request {i}: {response.status_code}")
+
+    with anyio.move_on_after(limit + SLACK) as scope:
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                tg.start_soon(one, i)
+    if scope.cancelled_caught:
+        failures.append(f"not all {count} requests were answered within {limit + SLACK} s")
+    return failures
+
+
+async def test_slowloris_connections_get_408_within_header_timeout_while_normal_clients_are_served(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    with gateway_process(config(upstream), tmp_path) as gw:
+        async with anyio.create_task_group() as tg:
+            started = time.monotonic()
+            crowd = await start_crowd(
+                tg, gw.port, 1000, b"GET /echo HTTP/1.1\r\nHost: example.test\r\nX-Slow: ", b"s", (0.8, 1.2)
+            )
+            connected = time.monotonic() - started
+            failures = await normal_requests(gw.url, 20, limit=5)
+            with anyio.move_on_after(HEADER_TIMEOUT + 1 + SLACK):
+                await crowd.all_closed.wait()
+            tg.cancel_scope.cancel()
+    still_open = crowd.still_open()
+    statuses = [c.status for c in crowd.clients]
+    got_408 = statuses.count(408)
+    other = sorted({s for s in statuses if s not in (None, 408)})
+    figure(
+        f"slowloris: 1000 connections opened in {connected:.1f} s; {len(still_open)} still open after the deadline; "
+        f"{got_408} read a 408; slowest close {crowd.slowest_close():.1f} s after connecting "
+        f"(header_timeout {HEADER_TIMEOUT} s); normal requests failed: {len(failures)} of 20"
+    )
+    assert not failures, failures
+    assert len(still_open) == 0, (
+        f"{len(still_open)} of 1000 slow connections still open {HEADER_TIMEOUT + 1 + SLACK} s on"
+    )
+    assert crowd.slowest_close() <= HEADER_TIMEOUT + 1 + SLACK
+    assert not other, f"slow clients read statuses {other}, expected only 408"
+    assert got_408 >= 500, f"only {got_408} of 1000 slow clients read a 408"
+
+
+async def test_connection_that_sends_nothing_is_closed_after_header_timeout(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    # nginx closes such a connection without a word (its 408 is only logged); a 408 is accepted too.
+    with gateway_process(config(upstream), tmp_path) as gw:
+        async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+            received = b""
+            with anyio.move_on_after(HEADER_TIMEOUT + 1 + SLACK) as scope:
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    while True:
+                        received += await stream.receive()
+    assert not scope.cancelled_caught, "a silent connection was still open after the header timeout"
+    assert received == b"" or received.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_slow_request_bodies_get_408_after_the_grace_period_and_free_the_upstream_pool(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path
+) -> None:
+    rate = {"bytes_per_second": 240, "grace_period": GRACE_PERIOD}
+    pool = {"max_connections": 50, "max_keepalive_connections": 10}
+    settings = config(upstream, {"min_request_body_rate": rate}, limits=pool, timeouts={"pool": 30})
+    with gateway_process(settings, tmp_path) as gw:
+        async with anyio.create_task_group() as tg:
+            head = b"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 1000000\r\n\r\n"
+            crowd = await start_crowd(tg, gw.port, 530, head, b"b", (1.0, 5.0))
+            # Once the grace period has passed, the pool is no longer held by the slow bodies. The rate is that of
+            # the bytes arriving from the client, whether or not the request has an upstream connection yet: one
+            # queued for the pool must not keep its place until the pool timeout (Kestrel pauses its timer while the
+            # app is not reading; fastgate must not).
+            await anyio.sleep(GRACE_PERIOD)
+            failures: list[str] = []
+
+            async def normal() -> None:
+                failures.extend(await normal_requests(gw.url, 20, limit=10, upload=True))
+
+            async with anyio.create_task_group() as normal_group:
+                normal_group.start_soon(normal)
+                with anyio.move_on_after(GRACE_PERIOD + 2 + SLACK):
+                    await crowd.all_closed.wait()
+                with contextlib.suppress(TimeoutError):  # measured while any slow upload is still connected
+                    await wait_until(lambda: upstream_connections(upstream) <= 10, limit=SLACK)
+                left_upstream = upstream_connections(upstream)
+                still_open = crowd.still_open()
+            tg.cancel_scope.cancel()
+    statuses = [c.status for c in crowd.clients]
+    got_408 = statuses.count(408)
+    other = sorted({s for s in statuses if s not in (None, 408)})
+    figure(
+        f"slow bodies: 530 uploads at ~1 byte per 1-5 s, pool of 50; {len(still_open)} still open after the deadline; "
+        f"{got_408} read a 408, others {other}; slowest close {crowd.slowest_close():.1f} s; "
+        f"upstream connections left {left_upstream}; normal uploads failed: {len(failures)} of 20"
+    )
+    assert not failures, failures
+    assert len(still_open) == 0, f"{len(still_open)} of 530 slow uploads still open"
+    assert not other, f"slow uploads read statuses {other}, expected only 408"
+    assert got_408 >= 265, f"only {got_408} of 530 slow uploads read a 408"
+    assert left_upstream <= 10, f"{left_upstream} upstream connections still open (pool keeps at most 10 idle)"
+
+
+async def test_expect_100_continue_without_a_body_does_not_hold_an_upstream_connection(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path
+) -> None:
+    rate = {"bytes_per_second": 240, "grace_period": GRACE_PERIOD}
+    with gateway_process(config(upstream, {"min_request_body_rate": rate}), tmp_path) as gw:
+        async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+            await stream.send(
+                b"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+            )
+            received = b""
+            with anyio.move_on_after(GRACE_PERIOD + 2 + SLACK) as scope:
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    while True:
+                        received += await stream.receive()
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: upstream_connections(upstream) == 0, limit=SLACK)
+        left_upstream = upstream_connections(upstream)
+    final = received.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert not scope.cancelled_caught, f"still open {GRACE_PERIOD + 2 + SLACK} s on; read {received[:80]!r}"
+    assert final.startswith(b"HTTP/1.1 408 "), final[:80]
+    assert left_upstream == 0, "the upstream connection carrying the unfinished body is still open"
+
+
+async def test_idle_keepalive_connections_cost_little_and_do_not_stop_normal_clients(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    count = 2000
+    with gateway_process(config(upstream, {"keepalive_timeout": 60}), tmp_path) as gw:
+        await normal_requests(gw.url, 10, limit=5)  # warm up: the pool and the code paths are in place
+        rss_before = gw.rss_bytes()
+        streams: list[anyio.abc.SocketStream] = []
+        try:
+            limiter = anyio.CapacityLimiter(100)
+
+            async def idle_client() -> None:
+                async with limiter:
+                    stream = await anyio.connect_tcp("127.0.0.1", gw.port)
+                    streams.append(stream)
+                    await stream.send(b"GET /status/204 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                    answer = b""
+                    while b"\r\n\r\n" not in answer:
+                        answer += await stream.receive()
+                    assert answer.startswith(b"HTTP/1.1 204 "), answer[:60]
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(count):
+                        tg.start_soon(idle_client)
+            rss_after = gw.rss_bytes()
+            failures = await normal_requests(gw.url, 20, limit=5)
+            closed_early = await _count_closed(streams)
+        finally:
+            for stream in streams:
+                await stream.aclose()
+    per_connection = (rss_after - rss_before) / count
+    figure(
+        f"idle keep-alive: {count} connections after one request each: gateway RSS "
+        f"{rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB, {per_connection / 1024:.1f} KiB per connection"
+    )
+    assert not failures, failures
+    assert per_connection < 64 * 1024, "an idle connection should not hold buffers of its own"
+    assert closed_early == 0, f"{closed_early} idle connections were closed before keepalive_timeout"
+
+
+async def _count_closed(streams: list[anyio.abc.SocketStream]) -> int:
+    """How many of ``streams`` the server has closed (each gets 10 ms to show an EOF)."""
+    closed = 0
+    for stream in streams[:200]:
+        with anyio.move_on_after(0.01):
+            try:
+                await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                closed += 1
+    return closed
+
+
+async def test_client_that_never_reads_a_large_response_is_cut_after_send_timeout(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path
+) -> None:
+    size = 256 << 20
+    with gateway_process(config(upstream, {"send_timeout": SEND_TIMEOUT}), tmp_path) as gw:
+        async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+            await stream.send(b"GET /big?size=%d HTTP/1.1\r\nHost: example.test\r\n\r\n" % size)
+            with anyio.fail_after(5):
+                await recorder.started.wait()
+            stalled_at = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await wait_until(lambda: upstream_connections(upstream) == 0, limit=SEND_TIMEOUT + 1 + SLACK)
+            freed_after = time.monotonic() - stalled_at
+            left_upstream = upstream_connections(upstream)
+            read = 0
+            if left_upstream == 0:  # cut off: what is left to read ends early, in an EOF or a reset
+                with (
+                    anyio.move_on_after(10),
+                    contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError),
+                ):
+                    while True:
+                        read += len(await stream.receive())
+    outcome = f"freed after {freed_after:.1f} s" if left_upstream == 0 else f"still open after {freed_after:.1f} s"
+    figure(f"send_timeout {SEND_TIMEOUT} s: the non-reading client's upstream connection {outcome}")
+    assert left_upstream == 0, f"the upstream connection is still open {freed_after:.1f} s after the client stalled"
+    assert read < size, "the client could still read the whole response: it was never cut off"
+
+
+async def test_connections_above_max_connections_get_503_and_close(upstream: RunningServer, tmp_path: Path) -> None:
+    with gateway_process(config(upstream, {"max_connections": 20}), tmp_path) as gw:
+        held = [await anyio.connect_tcp("127.0.0.1", gw.port) for _ in range(20)]
+        try:
+            for stream in held:  # each has been accepted and served, and stays open
+                await stream.send(b"GET /status/204 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                with anyio.fail_after(5):
+                    assert (await stream.receive()).startswith(b"HTTP/1.1 204 ")
+            async with await anyio.connect_tcp("127.0.0.1", gw.port) as extra:
+                await extra.send(b"GET /echo HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                answer = b""
+                with anyio.move_on_after(5), contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        answer += await extra.receive()
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:80]
+        finally:
+            for stream in held:
+                await stream.aclose()
+        # Below the limit again (once the gateway has seen the closes): served.
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
+            with anyio.fail_after(5):
+                while (await client.get("/echo")).status_code != 200:  # noqa: ASYNC110 - polling the server
+                    await anyio.sleep(0.05)
+
+
+async def test_last_request_allowed_on_a_connection_says_connection_close(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    with gateway_process(config(upstream, {"max_requests_per_connection": 3}), tmp_path) as gw:
+        async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+            raw = b""
+            for n in range(1, 4):
+                await stream.send(b"GET /status/200 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                with anyio.fail_after(5):
+                    while len(split_responses(raw)[0]) < n:
+                        raw += await stream.receive()
+            closed = False
+            with anyio.move_on_after(2 + SLACK):
+                try:
+                    while True:
+                        raw += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    closed = True
+    responses, _ = split_responses(raw)
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert [r.header(b"connection") for r in responses] == [[], [], [b"close"]]
+    assert closed
+
+
+async def test_idle_connection_is_closed_quietly_after_keepalive_timeout(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    keepalive = 1.0  # well under Uvicorn's fixed 5 s, so the deadline below tells the two apart
+    with gateway_process(config(upstream, {"keepalive_timeout": keepalive}), tmp_path) as gw:
+        async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+            await stream.send(b"GET /status/204 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            with anyio.fail_after(5):
+                first = await stream.receive()
+            idle_since = time.monotonic()
+            after = b""
+            with anyio.move_on_after(keepalive + 1 + 2) as scope:
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        after += await stream.receive()
+    assert first.startswith(b"HTTP/1.1 204 ")
+    assert not scope.cancelled_caught, f"still open {time.monotonic() - idle_since:.1f} s after the last response"
+    assert after == b"", "an idle keep-alive connection is closed without a response"
