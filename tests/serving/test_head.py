@@ -45,7 +45,12 @@ def test_http_1_1_needs_exactly_one_host() -> None:
     assert check_host([b"a:1"], "1.1") == b"a:1"
 
 
-@pytest.mark.parametrize("version", ["0.9", "2.0", "3.0", "1.2"])
+def test_a_later_http_1_minor_version_is_served_as_1_1() -> None:
+    assert check_version("1.2") == "1.1"
+    assert check_version("1.0") == "1.0"
+
+
+@pytest.mark.parametrize("version", ["0.9", "2.0", "3.0", "2.1"])
 def test_versions_other_than_1_0_and_1_1_are_not_supported(version: str) -> None:
     with pytest.raises(VersionNotSupported):
         check_version(version)
@@ -60,7 +65,14 @@ def test_absolute_form_gives_the_path_and_the_authority() -> None:
 
 @pytest.mark.parametrize(
     ("method", "target"),
-    [(b"GET", b"*"), (b"CONNECT", b"a:443"), (b"CONNECT", b"/"), (b"GET", b"http://u@a/"), (b"GET", b"ftp://a/"), (b"GET", b"a/b")],
+    [
+        (b"GET", b"*"),
+        (b"CONNECT", b"a:443"),
+        (b"CONNECT", b"/"),
+        (b"GET", b"http://u@a/"),
+        (b"GET", b"ftp://a/"),
+        (b"GET", b"a/b"),
+    ],
 )
 def test_other_target_forms_are_refused(method: bytes, target: bytes) -> None:
     with pytest.raises(BadRequest):

@@ -4,7 +4,8 @@ llhttp (strict mode) already refuses bad tokens, bare LF and CR, NUL/CR/LF in va
 colon, bad chunk sizes and Content-Length with Transfer-Encoding. What is left is the request line's meaning and the
 Host header (RFC 9112 §3):
 
-* versions other than 1.0 and 1.1 get 505 (HTTP/0.9 carries no headers to route on, 2.0 and up are other protocols);
+* HTTP/1.x above 1.1 is served as 1.1 (RFC 9110 §2.5); other versions get 505 (HTTP/0.9 carries no headers to
+  route on, 2.0 and up are other protocols);
 * ``*`` is a target for OPTIONS only (§3.2.4); CONNECT (authority-form, §3.2.3) is a tunnel we do not offer;
 * absolute-form (§3.2.2) is accepted as a server must, and its authority replaces Host;
 * an HTTP/1.1 request carries exactly one Host, and it is a valid ``uri-host [":" port]`` (§3.2; RFC 3986 §3.2.2),
@@ -19,9 +20,14 @@ from ..exceptions import BadRequest, VersionNotSupported
 _HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:[]"
 
 
-def check_version(version: str) -> None:
-    if version != "1.1" and version != "1.0":
-        raise VersionNotSupported(f"HTTP/{version} is not supported; use HTTP/1.1")
+def check_version(version: str) -> str:
+    """The version to serve the request as: 1.0, or 1.1 for any later 1.x (RFC 9110 §2.5)."""
+    if version == "1.1" or version == "1.0":
+        return version
+    major, _, minor = version.partition(".")
+    if major == "1" and minor.isdigit():
+        return "1.1"
+    raise VersionNotSupported(f"HTTP/{version} is not supported; use HTTP/1.1")
 
 
 def is_valid_host(value: bytes) -> bool:

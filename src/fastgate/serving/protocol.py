@@ -126,6 +126,9 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade: bytes | None = None
         self._parsed_target = b""
         self._paused_at = 0.0
+        self._in_head = False
+        self._framing_bytes = 0
+        self._pending_error: ClientError | None = None
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -170,7 +173,14 @@ class HttpProtocol(asyncio.Protocol):
         try:
             while data:
                 if self.phase != _HEAD:
+                    self._framing_bytes += len(data)
                     self.parser.feed_data(data)
+                    if self._framing_bytes > self.limits.max_header_bytes:
+                        # Bytes that were neither body nor a new head: a chunk-size line, extension or trailer
+                        # section without end (llhttp joins a trailer's pieces itself, so it must be bounded here).
+                        raise _Reject(
+                            BadRequest(f"chunk framing or trailers over {self.limits.max_header_bytes} bytes")
+                        )
                     return
                 room = self.limits.max_header_bytes - self._head_bytes
                 piece, data = (data[:room], data[room:]) if len(data) > room else (data, b"")
@@ -245,13 +255,17 @@ class HttpProtocol(asyncio.Protocol):
         if cycle is not self._cycle:
             return
         self._cycle = None
+        if self._pipeline:
+            self._start(self._pipeline.popleft())
+            return
+        if self._pending_error is not None:
+            self._respond_error(self._pending_error, method="-")
+            return
         if not cycle.keep_alive or self.closed:
             self.closed = True
             self.transport.close()  # for a close-delimited body the close is its end
             return
-        if self._pipeline:
-            self._start(self._pipeline.popleft())
-        elif self._parsing is None:
+        if self._parsing is None:
             self._arm(_IDLE, self.limits.keepalive_timeout)
         self.resume_reading()
 
@@ -294,15 +308,17 @@ class HttpProtocol(asyncio.Protocol):
                 self._body_too_slow(cycle, rate)
 
     def _body_too_slow(self, cycle: RequestCycle, rate: float) -> None:
-        error = RequestTimeout(f"request body slower than {rate:g} bytes/s")
+        self._end_request(cycle, RequestTimeout(f"request body slower than {rate:g} bytes/s"))
+
+    def _end_request(self, cycle: RequestCycle, error: ClientError) -> None:
+        """The request being answered cannot go on (its body is broken or too slow): tell the client, if a response
+        has not started, and cut it off; the app sees a disconnect and its upstream request is aborted."""
+        cycle.disconnected = True  # the app's sends become no-ops
         if cycle.response_started:
-            cycle.disconnected = True
             self.abort()
-            cycle.lost()
         else:
-            cycle.disconnected = True  # the app's sends become no-ops; its disconnect callback cancels it
             self._respond_error(error, method=cycle.scope["method"], target=cycle.raw_target)
-            cycle.lost()
+        cycle.lost()
 
     # -- httptools callbacks ----------------------------------------------------------------------------------
 
@@ -314,6 +330,7 @@ class HttpProtocol(asyncio.Protocol):
         self._hosts = []
         self._expect_100 = False
         self._upgrade = None
+        self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -321,6 +338,8 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(UriTooLong(f"request target over {self.limits.max_uri_bytes} bytes"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field (RFC 9110 §6.5): never merged into the head the app already has
         if len(name) + len(value) + 4 > self.limits.max_header_field_bytes:
             raise _Reject(HeadersTooLarge(f"a header field over {self.limits.max_header_field_bytes} bytes"))
         name = name.lower()
@@ -335,15 +354,19 @@ class HttpProtocol(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         version = parser.get_http_version()
         method = parser.get_method()
         try:
-            check_version(version)
+            version = check_version(version)
             target, authority = check_target(method, self._url)
             check_host(self._hosts, version)
         except ClientError as exc:
             raise _Reject(exc) from None
+        if version == "1.0" and any(name == b"transfer-encoding" for name, _ in self._headers):
+            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise _Reject(BadRequest("Transfer-Encoding in an HTTP/1.0 request"))
         self._parsed_target = target
         headers = self._headers
         if authority is not None:
@@ -396,12 +419,17 @@ class HttpProtocol(asyncio.Protocol):
             self._pipeline.append(cycle)
             self.pause_reading()
 
+    def on_chunk_header(self) -> None:
+        self._framing_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self._framing_bytes = 0
         cycle = self._parsing
         if cycle is not None and not cycle.response_complete and not cycle.disconnected:
             cycle.feed(body)
 
     def on_message_complete(self) -> None:
+        self._framing_bytes = 0
         cycle, self._parsing = self._parsing, None
         if cycle is not None:
             cycle.end_body()
@@ -468,12 +496,14 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.set_protocol(protocol)
 
     def _fail(self, error: ClientError) -> None:
-        """A client error found by the server: answer it unless a response is under way, then close."""
+        """A client error found by the server: answer it now, or after the responses already owed, then close."""
         cycle = self._cycle
+        if cycle is not None and self._parsing is cycle and not cycle.response_complete:
+            self._end_request(cycle, error)  # its own body is broken: nothing more of it may go upstream
+            return
         if cycle is not None and not cycle.response_complete:
-            # An answer is being sent on this connection: it ends the connection, without a second one.
-            cycle.keep_alive = False
-            self._pipeline.clear()
+            # Earlier requests are answered first (RFC 9112 §9.3.2 keeps responses in order), then this error.
+            self._pending_error = error
             self._parsing = None
             self.pause_reading()
             return
