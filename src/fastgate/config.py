@@ -140,6 +140,12 @@ class UpstreamConfig(_Model):
         return parts.port or (443 if parts.scheme == "https" else 80)
 
     @property
+    def target(self) -> str:
+        """``host:port`` as failures name it (``[::1]:9000`` for an IPv6 host), the port always given."""
+        host = self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    @property
     def path_prefix(self) -> bytes:
         """The URL's path without a trailing slash: ``/api/`` and ``/api`` both give ``b"/api"``."""
         return urlsplit(self.url).path.rstrip("/").encode("ascii")

@@ -311,7 +311,8 @@ async def test_forward_closes_the_upstream_response_when_client_disconnects_mid_
             with anyio.fail_after(5):
                 assert b"chunk 0" in await stream.receive()
         # The connection is aborted (the body was not read to its end) and leaves the pool.
-        await wait_for(lambda: "busy=0 idle=0" in repr(clients[0]), 3)
+        pool = clients[0]._fastgate.transport.pool  # type: ignore[attr-defined]
+        await wait_for(lambda: (pool.stats().busy, pool.stats().idle) == (0, 0), 3)
 
 
 async def test_upstream_client_dependency_shares_the_lifespan_client(upstream: RunningServer) -> None:

@@ -99,7 +99,7 @@ async def test_client_disconnect_during_upload_cancels_upstream_request(
 async def _pool_settles(served: RunningServer) -> None:
     """The aborted exchange's upstream response was closed: nothing is left busy in the pool."""
     pool = served.app.transports["default"].pool
-    await wait_until(lambda: "busy=0" in repr(pool), limit=2)
+    await wait_until(lambda: pool.stats().busy == 0, limit=2)
 
 
 async def test_upstream_response_is_closed_on_success_and_connection_reused(
@@ -111,4 +111,4 @@ async def test_upstream_response_is_closed_on_success_and_connection_reused(
         for _ in range(5):
             assert (await client.get("/echo")).status_code == 200
     pool = served.app.transports["default"].pool
-    assert "busy=0 idle=1" in repr(pool)
+    assert (pool.stats().busy, pool.stats().idle) == (0, 1)

@@ -7,9 +7,10 @@ import anyio.abc
 import pytest
 
 from fastgate.config import UpstreamConfig
-from fastgate.exceptions import UpstreamUnavailable
-from fastgate.upstream.pool import ConnectionPool
+from fastgate.exceptions import UpstreamConnectError, UpstreamUnavailable
+from fastgate.upstream.pool import ConnectionPool, PoolStats
 from tests.misbehaving import raw_upstream
+from tests.servers import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +31,7 @@ async def test_released_connection_goes_to_the_first_waiter() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: _take(pool, got))
             await anyio.sleep(0.05)
-            assert "waiting=1" in repr(pool)
+            assert pool.stats().waiting == 1
             pool.release(first, reusable=True)
         assert got == [first]
         pool.aclose()
@@ -105,3 +106,25 @@ async def _take(pool: ConnectionPool, got: list[object]) -> None:
 async def _cancellable_take(pool: ConnectionPool, scope: anyio.CancelScope) -> None:
     with scope:
         await pool.acquire()
+
+
+async def test_pool_stats_count_connects_reuses_and_errors() -> None:
+    async with raw_upstream(_idle) as (url, _):
+        pool = _pool(url, max_connections=2)
+        assert pool.stats() == PoolStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
+        first = await pool.acquire()
+        assert (pool.stats().busy, pool.stats().connects) == (1, 1)
+        pool.release(first, reusable=True)
+        assert (pool.stats().busy, pool.stats().idle) == (0, 1)
+        again = await pool.acquire()
+        assert again is first and pool.stats().reuses == 1
+        pool.release(again, reusable=False)
+        assert pool.stats().discards == 1 and pool.stats().idle == 0
+        pool.aclose()
+
+    refused = ConnectionPool("test", UpstreamConfig(url=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(UpstreamConnectError) as caught:
+        await refused.acquire()
+    assert refused.stats().connect_errors == 1 and refused.stats().connecting == 0
+    assert caught.value.upstream == "test"
+    assert caught.value.target == refused.target == f"127.0.0.1:{refused.port}"

@@ -169,6 +169,12 @@ async def _request_body(receive: Receive, scope: _DisconnectScope) -> AsyncGener
         yield message.get("body", b"")
 
 
+def _upstream_at(name: str, exc: FastgateError) -> str:
+    """``api at 10.0.0.7:9000`` for the log: the upstream's name, and the target that failed when known."""
+    target = getattr(exc, "target", "")
+    return f"{name} at {target}" if target else name
+
+
 def _client_address(scope: Scope) -> bytes:
     client = scope.get("client")
     return client[0].encode("latin-1") if client else b"unknown"
@@ -248,7 +254,7 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
                     status,
                     exc.code,
                     exc.detail,
-                    options.name,
+                    _upstream_at(options.name, exc),
                     request_id.decode("latin-1"),
                 )
                 if not disconnect.disconnected:
@@ -280,7 +286,7 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
                     "%s %s: upstream %s broke off the response after %d bytes: %s (request_id %s)",
                     scope["method"],
                     target.decode("latin-1"),
-                    options.name,
+                    _upstream_at(options.name, exc),
                     sent,
                     exc.detail,
                     request_id.decode("latin-1"),

@@ -34,8 +34,9 @@ LOW_WATER = 128 * 1024
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, upstream: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, upstream: str, loop: asyncio.AbstractEventLoop, *, target: str = "") -> None:
         self.upstream = upstream
+        self.target = target
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -72,7 +73,7 @@ class Connection(asyncio.Protocol):
     def start(self, head: bytes, *, no_body: bool) -> None:
         """Write a request head and get ready for its response. ``no_body``: the request was HEAD."""
         if self.closed or self.transport is None:
-            raise UpstreamProtocolError("connection closed by upstream before the request", self.upstream)
+            raise UpstreamProtocolError("connection closed by upstream before the request", self.upstream, self.target)
         self.requests += 1
         self._in_exchange = True
         self._no_body = no_body
@@ -87,7 +88,9 @@ class Connection(asyncio.Protocol):
         if self._exc is not None:
             raise self._exc
         if self.closed or self.transport is None:
-            raise UpstreamProtocolError("connection closed by upstream while sending the body", self.upstream)
+            raise UpstreamProtocolError(
+                "connection closed by upstream while sending the body", self.upstream, self.target
+            )
         self.transport.write(data)
 
     async def drain(self, limit: float | None) -> None:
@@ -206,7 +209,7 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamProtocolError(f"malformed response from upstream: {exc}", self.upstream))
+            self.fail(UpstreamProtocolError(f"malformed response from upstream: {exc}", self.upstream, self.target))
 
     def eof_received(self) -> bool | None:
         if self.head_done and not self.complete and not self._framed:
@@ -223,7 +226,7 @@ class Connection(asyncio.Protocol):
                 self.complete = True
             else:
                 where = "mid-body" if self.head_done else "before the response headers"
-                self._exc = UpstreamProtocolError(f"upstream closed the connection {where}", self.upstream)
+                self._exc = UpstreamProtocolError(f"upstream closed the connection {where}", self.upstream, self.target)
         self._wake()
 
     def pause_writing(self) -> None:
