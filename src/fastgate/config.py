@@ -101,6 +101,9 @@ class UpstreamConfig(_Model):
     ca_file: str | None = None
     preserve_host: bool = True
     forwarded: bool = False
+    # The response head (status line, headers, interim 1xx responses) may not grow past this: an upstream that
+    # streams header lines would otherwise grow the process until the read timeout. Then 502, as nginx does.
+    max_response_header_bytes: int = Field(65536, ge=1024)
     websocket: WebSocketOptions = WebSocketOptions()
 
     @field_validator("ca_file")

@@ -15,6 +15,10 @@ plain attributes and wakes the single waiter future, so the hot path costs one f
 * Failure: ``fail(exc)`` aborts the socket and makes the current or next wait raise ``exc``. A connection that
   closes before the response is complete fails with :class:`UpstreamProtocolError`; one whose response has no
   framing (no Content-Length, not chunked) ends cleanly at EOF, as RFC 9112 §6.3 says.
+* Hostile upstreams: the response head (interim 1xx responses included) may use ``max_head`` bytes, counted as
+  they arrive, since the head may never complete; a 101 is an error, as we never ask to upgrade (RFC 9110
+  §15.2.2); bytes after a complete response are a response nobody asked for, so the connection is dropped, the
+  response already read stays intact.
 * Reuse: the pool takes the connection back only when the response was complete, both sides allowed keep-alive
   and nothing is left unread.
 """
@@ -28,15 +32,24 @@ from typing import Any
 import httptools
 
 from ..exceptions import UpstreamProtocolError
+from ..observability.logging import upstream_logger
 
 HIGH_WATER = 512 * 1024
 LOW_WATER = 128 * 1024
+MAX_HEAD = 64 * 1024
+
+
+class _UnsolicitedResponse(Exception):
+    """Raised from a parser callback to stop parsing at a response that follows a complete one."""
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, upstream: str, loop: asyncio.AbstractEventLoop, *, target: str = "") -> None:
+    def __init__(
+        self, upstream: str, loop: asyncio.AbstractEventLoop, *, target: str = "", max_head: int = MAX_HEAD
+    ) -> None:
         self.upstream = upstream
         self.target = target
+        self.max_head = max_head
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -56,6 +69,7 @@ class Connection(asyncio.Protocol):
         self._no_body = False
         self._framed = False
         self._informational = False
+        self._head_room = max_head
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
@@ -80,6 +94,7 @@ class Connection(asyncio.Protocol):
         self.head_done = self.complete = self.received_any = self._informational = self._framed = False
         self.status = 0
         self.headers = []
+        self._head_room = self.max_head
         self._exc = None
         self._parser = httptools.HttpResponseParser(self)
         self.transport.write(head)
@@ -204,12 +219,52 @@ class Connection(asyncio.Protocol):
             self.close(abort=True)
             return
         self.received_any = True
+        if not self.head_done:
+            # Counted here, as bytes arrive: the parser itself would keep concatenating a header value that
+            # never ends (at a quadratic cost) until the read timeout.
+            self._head_room -= len(data)
+            if self._head_room < 0:
+                self._feed_past_head_limit(data)
+                return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass
+            pass  # after a 101, which on_headers_complete has already failed
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamProtocolError(f"malformed response from upstream: {exc}", self.upstream, self.target))
+            if self._exc is not None:
+                return
+            if self.complete:
+                self._drop_unsolicited()
+            else:
+                self.fail(UpstreamProtocolError(f"malformed response from upstream: {exc}", self.upstream, self.target))
+
+    def _feed_past_head_limit(self, data: bytes) -> None:
+        fits = len(data) + self._head_room  # bytes of ``data`` still within the limit
+        if fits > 0:
+            self._feed(data[:fits])
+        if self.head_done and self._exc is None:
+            if fits < len(data):
+                self._feed(data[fits:])
+            return
+        if self._exc is None:
+            self.fail(
+                UpstreamProtocolError(
+                    f"response head from upstream over {self.max_head} bytes", self.upstream, self.target
+                )
+            )
+
+    def _drop_unsolicited(self) -> None:
+        # Bytes after a complete response (RFC 9112 §9.3: responses come in request order, one each): another
+        # response we did not ask for, or garbage. Either way the connection is out of step; the response
+        # already read is intact and stays deliverable, but nothing more is read or reused from here.
+        self.keep_alive = False
+        self.close(abort=True)
+        upstream_logger.warning(
+            "%s (%s): bytes after a complete response; connection dropped", self.upstream, self.target
+        )
 
     def eof_received(self) -> bool | None:
         if self.head_done and not self.complete and not self._framed:
@@ -240,12 +295,28 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _UnsolicitedResponse
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if 100 <= status < 200:
+            if status == 101:
+                # We never send Upgrade on this connection (WebSockets dial their own), so a 101 is a protocol
+                # error (RFC 9110 §15.2.2), and what follows it is not HTTP we could parse or trust.
+                self.keep_alive = False
+                self.fail(
+                    UpstreamProtocolError(
+                        "101 Switching Protocols from upstream to a request that did not ask to upgrade",
+                        self.upstream,
+                        self.target,
+                    )
+                )
+                return
             # An interim response (103 Early Hints, a stray 100 Continue): not ours to relay; wait for the final one.
             self._informational = True
             self.headers = []
@@ -277,5 +348,7 @@ class Connection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             return
+        if self._exc is not None:
+            return  # a response we already failed (a 101)
         self.complete = True
         self._wake()

@@ -56,6 +56,7 @@ class ConnectionPool:
         self.host = config.host
         self.port = config.port
         self.target = config.target
+        self.max_head = config.max_response_header_bytes
         self.timeouts = config.timeouts
         self.limits = config.limits
         self._ssl = client_context(config.ca_file) if config.scheme == "https" else None
@@ -173,7 +174,7 @@ class ConnectionPool:
             try:
                 async with asyncio.timeout(self.timeouts.connect):
                     _, conn = await loop.create_connection(
-                        lambda: Connection(self.name, loop, target=self.target),
+                        lambda: Connection(self.name, loop, target=self.target, max_head=self.max_head),
                         self.host,
                         self.port,
                         ssl=self._ssl,
