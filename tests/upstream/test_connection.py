@@ -154,3 +154,23 @@ async def test_response_head_limit_counts_the_head_only(gateway_for: GatewayFact
     assert (fits.status_code, len(fits.content)) == (200, len(big_body))
     assert too_big.status_code == 502
     assert "over 4096 bytes" in too_big.json()["detail"]
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"chunked, gzip"])
+async def test_unknown_transfer_coding_is_read_until_close(gateway_for: GatewayFactory, coding: bytes) -> None:
+    async def handler(stream: anyio.abc.SocketStream, number: int) -> None:
+        if number > 1:
+            await serve_ok(stream)
+        await read_head(stream)
+        await stream.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %b\r\n\r\nfirst part, " % coding)
+        await stream.send(b"second part")
+        # RFC 9112 §6.3 (4): the close ends this body
+
+    async with raw_upstream(handler) as (url, connections), gateway_for(url) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
+            response = await client.get("/")
+            assert (await client.get("/")).text == "ok"
+        assert pool_of(gw).stats().busy == 0
+    assert response.status_code == 200
+    assert response.content == b"first part, second part"
+    assert connections == [1, 2]

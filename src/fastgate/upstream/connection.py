@@ -14,7 +14,8 @@ plain attributes and wakes the single waiter future, so the hot path costs one f
   deadline passed. No timer per request.
 * Failure: ``fail(exc)`` aborts the socket and makes the current or next wait raise ``exc``. A connection that
   closes before the response is complete fails with :class:`UpstreamProtocolError`; one whose response has no
-  framing (no Content-Length, not chunked) ends cleanly at EOF, as RFC 9112 §6.3 says.
+  framing (no Content-Length, and no Transfer-Encoding ending in chunked) ends cleanly at EOF, as RFC 9112 §6.3
+  says.
 * Hostile upstreams: the response head (interim 1xx responses included) may use ``max_head`` bytes, counted as
   they arrive, since the head may never complete; a 101 is an error, as we never ask to upgrade (RFC 9110
   §15.2.2); bytes after a complete response are a response nobody asked for, so the connection is dropped, the
@@ -323,15 +324,25 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
-        for name, _ in self.headers:
-            if len(name) in (14, 17):
-                lowered = name.lower()
-                if lowered == b"content-length" or lowered == b"transfer-encoding":
-                    self._framed = True
+        framed = False
+        coding: bytes | None = None
+        for name, value in self.headers:
+            if len(name) == 14:
+                if name.lower() == b"content-length":
+                    framed = True
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                coding = value  # the last field holds the final coding
+        if coding is not None:
+            # RFC 9112 §6.3 (4): a response whose final transfer coding is not chunked is read until the
+            # connection closes.
+            framed = coding.rpartition(b",")[2].strip().lower() == b"chunked"
         self.head_done = True
         if self._no_body or status in (204, 304):
             self.complete = True
-            self._framed = True
+            framed = True
+        elif not framed:
+            self.keep_alive = False  # a close-delimited body: the connection ends with it
+        self._framed = framed
         self._wake()
 
     def on_body(self, body: bytes) -> None:
