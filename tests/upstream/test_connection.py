@@ -7,7 +7,9 @@ connection was not reused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 
 import anyio
 import anyio.abc
@@ -174,3 +176,36 @@ async def test_unknown_transfer_coding_is_read_until_close(gateway_for: GatewayF
     assert response.status_code == 200
     assert response.content == b"first part, second part"
     assert connections == [1, 2]
+
+
+async def test_stream_idle_does_not_cut_a_reader_slower_than_the_upstream(gateway_for: GatewayFactory) -> None:
+    size = 8 * 1024 * 1024
+
+    async def handler(stream: anyio.abc.SocketStream, _: int) -> None:
+        await read_head(stream)
+        await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        await stream.send(b"x" * size)  # as fast as the gateway takes it
+        await anyio.sleep(30)
+
+    async with raw_upstream(handler) as (url, _), gateway_for(url, timeouts={"stream_idle": 0.3}) as gw:
+        # A client with a small receive buffer that reads slowly: the gateway waits on it, never on the upstream.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # before connect: it sets the window
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+        try:
+            await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = bytearray()
+            with anyio.fail_after(30):
+                while len(data) < size:
+                    chunk = await loop.sock_recv(sock, 64 * 1024)
+                    if not chunk:
+                        break
+                    data += chunk
+                    await anyio.sleep(0.01)  # about 6 MB/s at most: well over a second for the whole body
+        finally:
+            sock.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == size  # complete, not cut by stream_idle

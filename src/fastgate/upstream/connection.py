@@ -148,8 +148,12 @@ class Connection(asyncio.Protocol):
             if self.complete:
                 return b""
             if idle_timeout:
+                # The deadline covers this wait only: once data is here, a slow reader must not be cut.
                 self._arm(idle_timeout, "response body data")
-            await self._wait()
+                await self._wait()
+                self.deadline = 0.0
+            else:
+                await self._wait()
 
     def read_buffered(self) -> tuple[bytes, bool]:
         """What the body has buffered right now, without waiting, and whether that is all of it."""
