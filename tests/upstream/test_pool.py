@@ -10,7 +10,7 @@ from fastgate.config import UpstreamConfig
 from fastgate.exceptions import UpstreamConnectError, UpstreamUnavailable
 from fastgate.upstream.pool import ConnectionPool, PoolStats
 from tests.misbehaving import raw_upstream
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -106,6 +106,45 @@ async def _take(pool: ConnectionPool, got: list[object]) -> None:
 async def _cancellable_take(pool: ConnectionPool, scope: anyio.CancelScope) -> None:
     with scope:
         await pool.acquire()
+
+
+async def test_timed_out_and_cancelled_waiters_leave_the_queue() -> None:
+    async with raw_upstream(_idle) as (url, _):
+        pool = ConnectionPool("test", UpstreamConfig(url=url, limits={"max_connections": 1}, timeouts={"pool": 0.05}))
+        held = await pool.acquire()
+        timed_out: list[BaseException] = []
+
+        async def give_up() -> None:
+            try:
+                await pool.acquire()
+            except UpstreamUnavailable as exc:
+                timed_out.append(exc)
+
+        with anyio.fail_after(10):
+            for _ in range(4):  # rounds of 500 acquires that all time out: 2,000 in all, as in the report
+                async with anyio.create_task_group() as tg:
+                    for _ in range(500):
+                        tg.start_soon(give_up)
+        assert len(timed_out) == 2000
+        assert pool.stats().waiting == 0
+        assert pool.stats().pool_timeouts == 2000
+
+        pool.timeouts = pool.timeouts.model_copy(update={"pool": 30})
+        async with anyio.create_task_group() as tg:
+            for _ in range(500):
+                tg.start_soon(pool.acquire)
+            await wait_until(lambda: pool.stats().waiting == 500)
+            tg.cancel_scope.cancel()  # clients that left while queued
+        assert pool.stats().waiting == 0
+
+        # the queue still works for whoever waits now
+        async with anyio.create_task_group() as tg:
+            got: list[object] = []
+            tg.start_soon(_take, pool, got)
+            await wait_until(lambda: pool.stats().waiting == 1)
+            pool.release(held, reusable=True)
+        assert got == [held]
+        pool.aclose()
 
 
 async def test_pool_stats_count_connects_reuses_and_errors() -> None:

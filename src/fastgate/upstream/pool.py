@@ -12,13 +12,15 @@ a connection is released or ``limits``'s pool timeout passes (then :class:`Upstr
 deadline passed (read, write and idle-stream timeouts, so no request carries a timer of its own) and closes
 idle ones older than ``keepalive_expiry``, before the upstream's own idle timeout can race us.
 
-``stats()`` is the pool's state and counters as data, for tests, balancers, metrics and an admin API alike.
+A waiter that gives up (pool timeout) or is cancelled leaves the queue at once, so the queue holds only live
+waiters however long every connection stays busy. ``stats()`` is the pool's state and counters as data, for
+tests, balancers, metrics and an admin API alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from ..config import UpstreamConfig
@@ -63,7 +65,8 @@ class ConnectionPool:
         self._idle: deque[Connection] = deque()
         self._busy: set[Connection] = set()
         self._connecting = 0
-        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        # An ordered set: first come first served, and a waiter that gives up leaves in O(1).
+        self._waiters: OrderedDict[asyncio.Future[Connection | None], None] = OrderedDict()
         self._closed = False
         self._connects = self._reuses = self._connect_errors = self._discards = self._pool_timeouts = 0
         self._trace = upstream_logger.isEnabledFor(TRACE)
@@ -121,7 +124,7 @@ class ConnectionPool:
         self._busy.discard(conn)
         if reusable and not self._closed:
             while self._waiters:
-                waiter = self._waiters.popleft()
+                waiter, _ = self._waiters.popitem(last=False)
                 if not waiter.done():
                     self._busy.add(conn)
                     self._reuses += 1
@@ -157,7 +160,7 @@ class ConnectionPool:
         self._idle.clear()
         self._busy.clear()
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popitem(last=False)
             if not waiter.done():
                 waiter.set_exception(UpstreamUnavailable("gateway is shutting down", self.name, self.target))
 
@@ -209,12 +212,13 @@ class ConnectionPool:
         arrives meanwhile cannot take it and send the waiter to the back of the queue.
         """
         waiter: asyncio.Future[Connection | None] = (self._loop or self._bind_loop()).create_future()
-        self._waiters.append(waiter)
+        self._waiters[waiter] = None
         try:
             async with asyncio.timeout(self.timeouts.pool):
                 await waiter
         except TimeoutError:
             if waiter.cancelled():
+                self._waiters.pop(waiter, None)
                 self._pool_timeouts += 1
                 raise UpstreamUnavailable(
                     f"connection pool exhausted: {self.limits.max_connections} connections busy for "
@@ -224,6 +228,7 @@ class ConnectionPool:
                 ) from None
             # something was handed to us just as the wait ran out: use it
         except BaseException:
+            self._waiters.pop(waiter, None)
             # cancelled (the client left) after something was handed to us: pass it on
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._pass_on(waiter.result())
@@ -242,7 +247,7 @@ class ConnectionPool:
 
     def _wake_one_waiter(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popitem(last=False)
             if not waiter.done():
                 self._connecting += 1  # the slot is the waiter's now
                 waiter.set_result(None)
