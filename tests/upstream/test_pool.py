@@ -9,7 +9,8 @@ import pytest
 from fastgate.config import UpstreamConfig
 from fastgate.exceptions import UpstreamConnectError, UpstreamUnavailable
 from fastgate.upstream.pool import ConnectionPool, PoolStats
-from tests.misbehaving import raw_upstream
+from fastgate.upstream.transport import FastgateTransport, UpstreamRequest
+from tests.misbehaving import raw_upstream, read_head
 from tests.servers import free_port, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -145,6 +146,49 @@ async def test_timed_out_and_cancelled_waiters_leave_the_queue() -> None:
             pool.release(held, reusable=True)
         assert got == [held]
         pool.aclose()
+
+
+async def test_stale_connection_retry_keeps_the_healthy_idle_connections() -> None:
+    both_open = anyio.Event()
+    opened = 0
+    died = False
+
+    async def handler(stream: anyio.abc.SocketStream, number: int) -> None:
+        nonlocal opened, died
+        opened += 1
+        if opened == 2:
+            both_open.set()
+        while True:
+            head = await read_head(stream)
+            if head.startswith(b"GET /hold "):
+                await both_open.wait()
+            elif head.startswith(b"GET /die ") and not died:
+                died = True
+                return  # a keep-alive connection the upstream closed just as we reused it
+            await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async with raw_upstream(handler) as (url, connections):
+        async with FastgateTransport("test", UpstreamConfig(url=url)) as transport:
+
+            async def get(path: bytes) -> int:
+                response = await transport.send(UpstreamRequest(b"GET", path, [(b"host", b"x")]), None)
+                while await response.read():
+                    pass
+                await response.aclose()
+                return response.status
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:  # two connections, both idle afterwards
+                    tg.start_soon(get, b"/hold")
+                    tg.start_soon(get, b"/hold")
+                assert transport.pool.stats().idle == 2
+                assert await get(b"/die") == 200  # retried once on a fresh connection
+            stats = transport.pool.stats()
+            assert (stats.idle, stats.busy) == (2, 0)  # the healthy idle one and the fresh one
+            assert stats.connects == 3
+            assert await get(b"/a") == 200 and await get(b"/b") == 200
+            assert transport.pool.stats().connects == 3  # both served by kept connections
+    assert connections == [1, 2, 3]
 
 
 async def test_pool_stats_count_connects_reuses_and_errors() -> None:

@@ -97,11 +97,15 @@ class ConnectionPool:
         return len(self._busy) + len(self._idle) + self._connecting
 
     async def acquire(self, *, fresh: bool = False) -> Connection:
+        """A connection for one exchange. ``fresh``: a new one if the limit allows (else an idle one, as usual)."""
         if self._closed:
             raise UpstreamUnavailable("gateway is shutting down", self.name, self.target)
         loop = self._loop or self._bind_loop()
+        if fresh and self.size < self.limits.max_connections:
+            # Never at the cost of an idle connection: it may be healthy, and closing it gains nothing here.
+            return await self._connect()
         idle = self._idle
-        if idle and not fresh:
+        if idle:
             expiry = self.limits.keepalive_expiry
             now = loop.time()
             while idle:
@@ -114,8 +118,6 @@ class ConnectionPool:
                 if self._trace:
                     upstream_logger.log(TRACE, "%s: reusing %r", self.name, conn)
                 return conn
-        if fresh and idle:
-            self._discard(idle.popleft(), "making room for a fresh connection")
         if self.size < self.limits.max_connections:
             return await self._connect()
         return await self._wait_for_connection()
