@@ -65,20 +65,23 @@ class _HookScope:
 
     It cancels the exchange's task directly (``Task.cancel`` / ``uncancel``, which is what a cancel scope does, for a
     fraction of the cost on the hot path). The callback only ever runs while the task is suspended inside the
-    ``async with`` block, so the cancellation is always delivered, and swallowed, there.
+    ``async with`` block, so the cancellation is always delivered, and swallowed, there. After ``finish`` (the last
+    byte is sent, or the upstream response is being closed) a disconnect is recorded but cancels nothing: a raw
+    ``Task.cancel`` is not stopped by anyio's shielded scopes, so it would cut the shielded close short.
     """
 
-    __slots__ = ("disconnected", "_hooks", "_task", "_cancelled")
+    __slots__ = ("disconnected", "_hooks", "_task", "_cancelled", "_finished")
 
     def __init__(self, hooks: ServerHooks) -> None:
         self._hooks = hooks
         self._task = asyncio.current_task(hooks.loop)  # with the loop given, no get_running_loop() (a getpid())
         self._cancelled = False
+        self._finished = False
         self.disconnected = False
 
     def __call__(self) -> None:
         self.disconnected = True
-        if not self._cancelled and self._task is not None:
+        if not self._cancelled and not self._finished and self._task is not None:
             self._cancelled = True
             self._task.cancel()
 
@@ -92,7 +95,7 @@ class _HookScope:
         pass
 
     def finish(self) -> None:
-        pass
+        self._finished = True
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -297,6 +300,8 @@ async def forward_http(scope: Scope, receive: Receive, send: Send, options: Forw
                 disconnect.disconnected = True  # ASGI spec 2.4 servers raise on send after a disconnect
             finally:
                 if response.aclose_waits:
+                    # No disconnect may cancel us from here: Task.cancel() goes through anyio's shield.
+                    disconnect.finish()
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
                 else:
