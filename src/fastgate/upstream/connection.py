@@ -231,20 +231,28 @@ class Connection(asyncio.Protocol):
             if self._head_room < 0:
                 self._feed_past_head_limit(data)
                 return
-        self._feed(data)
+        try:  # inline rather than self._feed(data): this runs for every read from the socket
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # after a 101, which on_headers_complete has already failed
+        except httptools.HttpParserError as exc:
+            self._parse_error(exc)
 
     def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # after a 101, which on_headers_complete has already failed
+            pass
         except httptools.HttpParserError as exc:
-            if self._exc is not None:
-                return
-            if self.complete:
-                self._drop_unsolicited()
-            else:
-                self.fail(UpstreamProtocolError(f"malformed response from upstream: {exc}", self.upstream, self.target))
+            self._parse_error(exc)
+
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        if self._exc is not None:
+            return  # already failed: a 101, or the head limit
+        if self.complete:
+            self._drop_unsolicited()
+        else:
+            self.fail(UpstreamProtocolError(f"malformed response from upstream: {exc}", self.upstream, self.target))
 
     def _feed_past_head_limit(self, data: bytes) -> None:
         fits = len(data) + self._head_room  # bytes of ``data`` still within the limit
