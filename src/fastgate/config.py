@@ -101,6 +101,9 @@ class UpstreamConfig(_Model):
     ca_file: str | None = None
     preserve_host: bool = True
     forwarded: bool = False
+    # The response head (status line, headers, interim 1xx responses) may not grow past this: an upstream that
+    # streams header lines would otherwise grow the process until the read timeout. Then 502, as nginx does.
+    max_response_header_bytes: int = Field(65536, ge=1024)
     websocket: WebSocketOptions = WebSocketOptions()
 
     @field_validator("ca_file")
@@ -138,6 +141,12 @@ class UpstreamConfig(_Model):
     def port(self) -> int:
         parts = urlsplit(self.url)
         return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def target(self) -> str:
+        """``host:port`` as failures name it (``[::1]:9000`` for an IPv6 host), the port always given."""
+        host = self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @property
     def path_prefix(self) -> bytes:

@@ -11,7 +11,7 @@
         VersionNotSupported       505
       Overloaded                  503 before any routing (too many client connections)
       ClientDisconnected          the client went away; nothing is sent to it
-      UpstreamError               carries the upstream name
+      UpstreamError               carries the upstream name and the target (host:port) that failed
         UpstreamConnectError      502 (refused, unreachable, DNS)
         UpstreamProtocolError     502 (malformed or truncated response, connection dropped)
         UpstreamUnavailable       503 (pool exhausted past its wait)
@@ -93,13 +93,23 @@ class ClientDisconnected(FastgateError):
 
 
 class UpstreamError(FastgateError):
+    """An upstream failed. ``upstream`` is its configured name, ``target`` the address that failed.
+
+    >>> exc = UpstreamConnectError("connection refused", "api", target="10.0.0.7:9000")
+    >>> exc.upstream, exc.target
+    ('api', '10.0.0.7:9000')
+
+    ``target`` (``host:port``, empty when unknown) lets passive health checks blame one target of an upstream.
+    """
+
     status_code = 502
     code = "upstream_error"
     close_code = 1014
 
-    def __init__(self, detail: str = "", upstream: str = "") -> None:
+    def __init__(self, detail: str = "", upstream: str = "", target: str = "") -> None:
         super().__init__(detail)
         self.upstream = upstream
+        self.target = target
 
 
 class UpstreamConnectError(UpstreamError):
@@ -138,9 +148,16 @@ class UpstreamRefused(UpstreamError):
     code = "upstream_refused"
 
     def __init__(
-        self, detail: str, upstream: str, *, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        detail: str,
+        upstream: str,
+        *,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        target: str = "",
     ) -> None:
-        super().__init__(detail, upstream)
+        super().__init__(detail, upstream, target)
         self.status_code = status
         self.close_code = 1008 if 400 <= status < 500 else 1014
         self.headers = headers

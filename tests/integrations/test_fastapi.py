@@ -178,6 +178,27 @@ async def test_forward_replays_a_body_the_handler_already_read(upstream: Running
     assert json.loads(response.json()["body"]) == {"item": "book", "quantity": 2}
 
 
+async def test_forward_raises_at_call_time_when_the_body_was_consumed_as_a_stream(
+    upstream: RunningServer, recorder: Recorder
+) -> None:
+    app = FastAPI(lifespan=Upstreams(api=upstream.url))
+
+    @app.post("/relay")
+    async def relay(request: Request) -> Response:
+        async for _ in request.stream():
+            pass
+        try:
+            return forward(request, "api", "/upload")
+        except RuntimeError as exc:  # as documented: the handler can still answer
+            return Response(str(exc), status_code=409)
+
+    async with client_for(app) as client:
+        response = await client.post("/relay", content=b"x" * 1000)
+    assert response.status_code == 409
+    assert "consumed as a stream" in response.text
+    assert recorder.requests == []  # nothing went upstream
+
+
 async def test_forward_applies_the_gateway_header_rules(upstream: RunningServer, recorder: Recorder) -> None:
     # proxy_headers=False: with Uvicorn's default, a 127.0.0.1 peer is trusted and the client it names in
     # X-Forwarded-For becomes scope["client"], which would be appended a second time (docs/library.md).
@@ -311,7 +332,8 @@ async def test_forward_closes_the_upstream_response_when_client_disconnects_mid_
             with anyio.fail_after(5):
                 assert b"chunk 0" in await stream.receive()
         # The connection is aborted (the body was not read to its end) and leaves the pool.
-        await wait_for(lambda: "busy=0 idle=0" in repr(clients[0]), 3)
+        pool = clients[0]._fastgate.transport.pool  # type: ignore[attr-defined]
+        await wait_for(lambda: (pool.stats().busy, pool.stats().idle) == (0, 0), 3)
 
 
 async def test_upstream_client_dependency_shares_the_lifespan_client(upstream: RunningServer) -> None:

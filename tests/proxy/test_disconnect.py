@@ -16,6 +16,10 @@ import pytest
 from fastgate import Gateway, GatewayConfig
 from fastgate._protocol import FastgateHttpProtocol
 from fastgate._types import ASGIApp
+from fastgate.config import UpstreamConfig
+from fastgate.exceptions import UpstreamProtocolError
+from fastgate.proxy.http import ForwardOptions, forward_http
+from fastgate.upstream.transport import UpstreamRequest
 from tests.servers import RunningServer, Spec24, run_gateway, wait_until
 from tests.upstream_app import Recorder
 
@@ -99,7 +103,7 @@ async def test_client_disconnect_during_upload_cancels_upstream_request(
 async def _pool_settles(served: RunningServer) -> None:
     """The aborted exchange's upstream response was closed: nothing is left busy in the pool."""
     pool = served.app.transports["default"].pool
-    await wait_until(lambda: "busy=0" in repr(pool), limit=2)
+    await wait_until(lambda: pool.stats().busy == 0, limit=2)
 
 
 async def test_upstream_response_is_closed_on_success_and_connection_reused(
@@ -111,4 +115,88 @@ async def test_upstream_response_is_closed_on_success_and_connection_reused(
         for _ in range(5):
             assert (await client.get("/echo")).status_code == 200
     pool = served.app.transports["default"].pool
-    assert "busy=0 idle=1" in repr(pool)
+    assert (pool.stats().busy, pool.stats().idle) == (0, 1)
+
+
+class _SlowClosingResponse:
+    """An upstream response that breaks off mid-body and whose ``aclose`` suspends, like httpx's."""
+
+    status = 200
+    headers = [(b"content-length", b"100")]
+    aclose_waits = True
+
+    def __init__(self) -> None:
+        self.closing = anyio.Event()
+        self.may_finish = anyio.Event()
+        self.closed = self.interrupted = self._sent = False
+
+    async def read(self) -> bytes:
+        if not self._sent:
+            self._sent = True
+            return b"hello"
+        raise UpstreamProtocolError("upstream closed the connection mid-body", "fake", "127.0.0.1:1")
+
+    def read_buffered(self) -> tuple[bytes, bool]:
+        return b"", False
+
+    async def aclose(self) -> None:
+        self.closing.set()
+        try:
+            await self.may_finish.wait()
+        except BaseException:
+            self.interrupted = True
+            raise
+        self.closed = True
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.responses: list[_SlowClosingResponse] = []
+
+    async def __aenter__(self) -> _FakeTransport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def send(self, request: UpstreamRequest, body: object) -> _SlowClosingResponse:
+        self.responses.append(_SlowClosingResponse())
+        return self.responses[-1]
+
+
+@pytest.mark.parametrize("server_path", ["fastgate-protocol", "h11-watcher"])
+async def test_disconnect_during_the_shielded_upstream_close_does_not_interrupt_it(server_path: str) -> None:
+    transport = _FakeTransport()
+    options = ForwardOptions.from_config("fake", transport, UpstreamConfig(url="http://127.0.0.1:1"))
+    hooks: list[Any] = []
+    disconnect_seen = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        hooks.append(scope.get("extensions", {}).get("fastgate.server"))
+
+        async def watched_receive() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnect_seen.set()
+            return message
+
+        await forward_http(scope, watched_receive, send, options, b"/")
+
+    async with run_gateway(app, http=SERVER_PATHS[server_path][0], lifespan="off") as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with anyio.fail_after(5):
+                while not transport.responses:  # noqa: ASYNC110 - the request reaches the app
+                    await anyio.sleep(0.01)
+                await transport.responses[0].closing.wait()
+        # The client is gone while the upstream response is being closed (under fastgate's protocol the gateway
+        # aborted it itself, having relayed a broken body): the disconnect is delivered now, mid-cleanup.
+        response = transport.responses[0]
+        if hooks[0] is not None:
+            await wait_until(lambda: hooks[0].on_disconnect is None)  # the server has called the hook
+        else:
+            with anyio.fail_after(5):
+                await disconnect_seen.wait()  # the watcher has read http.disconnect
+        response.may_finish.set()
+        await wait_until(lambda: response.closed or response.interrupted)
+    assert response.closed and not response.interrupted

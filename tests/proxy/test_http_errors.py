@@ -106,7 +106,7 @@ async def test_pool_waiter_gets_the_released_connection(upstream: RunningServer,
             for _ in range(5):
                 tg.start_soon(get, "/slow?delay=0.05")
         assert responses == [200] * 5
-        assert "busy=0" in repr(gw.app.transports["default"].pool)
+        assert gw.app.transports["default"].pool.stats().busy == 0
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
@@ -192,3 +192,34 @@ async def test_transports_map_errors_to_the_same_statuses(gateway_for: GatewayFa
             response = await client.get("/")
     assert response.status_code == 502
     assert response.json()["error"] == "upstream_connect_error"
+
+
+@pytest.mark.parametrize("transport", ["fastgate", "httpx"])
+async def test_upstream_failures_name_their_target_in_the_log(
+    gateway_for: GatewayFactory, caplog: pytest.LogCaptureFixture, transport: str
+) -> None:
+    caplog.set_level(logging.INFO, "fastgate")
+    port = free_port()
+    async with gateway_for(f"http://127.0.0.1:{port}", transport=transport) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            response = await client.get("/")
+    assert response.status_code == 502
+    assert set(response.json()) == {"error", "detail", "request_id"}  # the body is unchanged
+    (line,) = _error_lines(caplog)
+    assert f"(upstream default at 127.0.0.1:{port}, request_id " in line
+
+
+async def test_upstream_breaking_off_mid_body_names_its_target_in_the_log(
+    gateway_for: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "fastgate")
+
+    async def handler(stream: anyio.abc.SocketStream, _: int) -> None:
+        await read_head(stream)
+        await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nhello")
+
+    async with raw_upstream(handler) as (url, _), gateway_for(url) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/")
+    port = url.rsplit(":", 1)[1]
+    assert any(f"upstream default at 127.0.0.1:{port} broke off" in line for line in _error_lines(caplog))

@@ -185,6 +185,21 @@ async def _forward(client: UpstreamClient, scope: Scope, receive: Receive, send:
     await forward_http(scope, receive, send, client.forward_options, target)
 
 
+def _read_body(request: Request) -> bytes | None:
+    """The body the handler (or FastAPI, for body parameters) already read, which receive() will not give again.
+
+    Raises RuntimeError when it was consumed as a stream: nothing is left to forward. Starlette has no public flag
+    for either, hence the private attributes.
+    """
+    body: bytes | None = getattr(request, "_body", None)
+    if body is None and getattr(request, "_stream_consumed", False):
+        raise RuntimeError(
+            "forward(): the request body was consumed as a stream (request.stream(), or form parsing), "
+            "so there is none left to forward"
+        )
+    return body
+
+
 class ForwardResponse(Response):
     """The response :func:`forward` returns; the exchange happens when Starlette sends it."""
 
@@ -206,16 +221,9 @@ class ForwardResponse(Response):
         return f"<ForwardResponse {self.request.method} {self.target.decode('latin-1')} -> {self.client.name!r}>"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Starlette keeps a body that the handler (or FastAPI, for body parameters) already read; receive()
-        # will not give it again. Starlette has no public flag for this, hence the private attributes.
-        body: bytes | None = getattr(self.request, "_body", None)
+        body = _read_body(self.request)
         if body is not None:
             receive = _replay_body(body, receive)
-        elif getattr(self.request, "_stream_consumed", False):
-            raise RuntimeError(
-                "forward(): the request body was consumed as a stream (request.stream(), or form parsing), "
-                "so there is none left to forward"
-            )
         scope = _with_request_headers(scope, self._request_headers)
         if self.raw_headers:
             send = _with_headers(send, self.raw_headers)
@@ -247,8 +255,10 @@ def forward(
     body streamed down; hop-by-hop headers are dropped and X-Forwarded-For/-Proto/-Host and Via added as the
     gateway does; the upstream response is closed in every case; a client disconnect cancels the upstream call.
     Upstream failures become the gateway's JSON 502/503/504. Nothing happens until the response is sent, so a
-    ``def`` endpoint may return it too.
+    ``def`` endpoint may return it too. A body the handler consumed as a stream (``request.stream()``) cannot be
+    forwarded: ``forward()`` raises ``RuntimeError`` then, when called, not when the response is sent.
     """
+    _read_body(request)  # fails now, in the handler, rather than as a 500 once the response is under way
     client = _client_from_state(request.scope, upstream) if isinstance(upstream, str) else upstream
     return ForwardResponse(request, client, _target(request.scope, path, query), _header_pairs(headers))
 

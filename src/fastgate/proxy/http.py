@@ -66,20 +66,23 @@ class _HookScope:
 
     It cancels the exchange's task directly (``Task.cancel`` / ``uncancel``, which is what a cancel scope does, for a
     fraction of the cost on the hot path). The callback only ever runs while the task is suspended inside the
-    ``async with`` block, so the cancellation is always delivered, and swallowed, there.
+    ``async with`` block, so the cancellation is always delivered, and swallowed, there. After ``finish`` (the last
+    byte is sent, or the upstream response is being closed) a disconnect is recorded but cancels nothing: a raw
+    ``Task.cancel`` is not stopped by anyio's shielded scopes, so it would cut the shielded close short.
     """
 
-    __slots__ = ("disconnected", "_hooks", "_task", "_cancelled")
+    __slots__ = ("disconnected", "_hooks", "_task", "_cancelled", "_finished")
 
     def __init__(self, hooks: ServerHooks) -> None:
         self._hooks = hooks
         self._task = asyncio.current_task(hooks.loop)  # with the loop given, no get_running_loop() (a getpid())
         self._cancelled = False
+        self._finished = False
         self.disconnected = False
 
     def __call__(self) -> None:
         self.disconnected = True
-        if not self._cancelled and self._task is not None:
+        if not self._cancelled and not self._finished and self._task is not None:
             self._cancelled = True
             self._task.cancel()
 
@@ -93,7 +96,7 @@ class _HookScope:
         pass
 
     def finish(self) -> None:
-        pass
+        self._finished = True
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -168,6 +171,12 @@ async def _request_body(receive: Receive, scope: _DisconnectScope) -> AsyncGener
         if not more:
             scope.watch()
         yield message.get("body", b"")
+
+
+def _upstream_at(name: str, exc: FastgateError) -> str:
+    """``api at 10.0.0.7:9000`` for the log: the upstream's name, and the target that failed when known."""
+    target = getattr(exc, "target", "")
+    return f"{name} at {target}" if target else name
 
 
 def _client_address(scope: Scope) -> bytes:
@@ -268,7 +277,7 @@ async def forward_http(
                     status,
                     exc.code,
                     exc.detail,
-                    options.name,
+                    _upstream_at(options.name, exc),
                     request_id.decode("latin-1"),
                 )
                 if not disconnect.disconnected:
@@ -300,7 +309,7 @@ async def forward_http(
                     "%s %s: upstream %s broke off the response after %d bytes: %s (request_id %s)",
                     scope["method"],
                     target.decode("latin-1"),
-                    options.name,
+                    _upstream_at(options.name, exc),
                     sent,
                     exc.detail,
                     request_id.decode("latin-1"),
@@ -311,6 +320,8 @@ async def forward_http(
                 disconnect.disconnected = True  # ASGI spec 2.4 servers raise on send after a disconnect
             finally:
                 if response.aclose_waits:
+                    # No disconnect may cancel us from here: Task.cancel() goes through anyio's shield.
+                    disconnect.finish()
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
                 else:

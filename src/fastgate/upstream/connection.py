@@ -14,7 +14,12 @@ plain attributes and wakes the single waiter future, so the hot path costs one f
   deadline passed. No timer per request.
 * Failure: ``fail(exc)`` aborts the socket and makes the current or next wait raise ``exc``. A connection that
   closes before the response is complete fails with :class:`UpstreamProtocolError`; one whose response has no
-  framing (no Content-Length, not chunked) ends cleanly at EOF, as RFC 9112 §6.3 says.
+  framing (no Content-Length, and no Transfer-Encoding ending in chunked) ends cleanly at EOF, as RFC 9112 §6.3
+  says.
+* Hostile upstreams: the response head (interim 1xx responses included) may use ``max_head`` bytes, counted as
+  they arrive, since the head may never complete; a 101 is an error, as we never ask to upgrade (RFC 9110
+  §15.2.2); bytes after a complete response are a response nobody asked for, so the connection is dropped, the
+  response already read stays intact.
 * Reuse: the pool takes the connection back only when the response was complete, both sides allowed keep-alive
   and nothing is left unread.
 """
@@ -28,14 +33,24 @@ from typing import Any
 import httptools
 
 from ..exceptions import UpstreamProtocolError
+from ..observability.logging import upstream_logger
 
 HIGH_WATER = 512 * 1024
 LOW_WATER = 128 * 1024
+MAX_HEAD = 64 * 1024
+
+
+class _UnsolicitedResponse(Exception):
+    """Raised from a parser callback to stop parsing at a response that follows a complete one."""
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, upstream: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, upstream: str, loop: asyncio.AbstractEventLoop, *, target: str = "", max_head: int = MAX_HEAD
+    ) -> None:
         self.upstream = upstream
+        self.target = target
+        self.max_head = max_head
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -55,6 +70,7 @@ class Connection(asyncio.Protocol):
         self._no_body = False
         self._framed = False
         self._informational = False
+        self._head_room = max_head
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
@@ -72,13 +88,14 @@ class Connection(asyncio.Protocol):
     def start(self, head: bytes, *, no_body: bool) -> None:
         """Write a request head and get ready for its response. ``no_body``: the request was HEAD."""
         if self.closed or self.transport is None:
-            raise UpstreamProtocolError("connection closed by upstream before the request", self.upstream)
+            raise UpstreamProtocolError("connection closed by upstream before the request", self.upstream, self.target)
         self.requests += 1
         self._in_exchange = True
         self._no_body = no_body
         self.head_done = self.complete = self.received_any = self._informational = self._framed = False
         self.status = 0
         self.headers = []
+        self._head_room = self.max_head
         self._exc = None
         self._parser = httptools.HttpResponseParser(self)
         self.transport.write(head)
@@ -87,7 +104,9 @@ class Connection(asyncio.Protocol):
         if self._exc is not None:
             raise self._exc
         if self.closed or self.transport is None:
-            raise UpstreamProtocolError("connection closed by upstream while sending the body", self.upstream)
+            raise UpstreamProtocolError(
+                "connection closed by upstream while sending the body", self.upstream, self.target
+            )
         self.transport.write(data)
 
     async def drain(self, limit: float | None) -> None:
@@ -129,8 +148,12 @@ class Connection(asyncio.Protocol):
             if self.complete:
                 return b""
             if idle_timeout:
+                # The deadline covers this wait only: once data is here, a slow reader must not be cut.
                 self._arm(idle_timeout, "response body data")
-            await self._wait()
+                await self._wait()
+                self.deadline = 0.0
+            else:
+                await self._wait()
 
     def read_buffered(self) -> tuple[bytes, bool]:
         """What the body has buffered right now, without waiting, and whether that is all of it."""
@@ -201,12 +224,60 @@ class Connection(asyncio.Protocol):
             self.close(abort=True)
             return
         self.received_any = True
+        if not self.head_done:
+            # Counted here, as bytes arrive: the parser itself would keep concatenating a header value that
+            # never ends (at a quadratic cost) until the read timeout.
+            self._head_room -= len(data)
+            if self._head_room < 0:
+                self._feed_past_head_limit(data)
+                return
+        try:  # inline rather than self._feed(data): this runs for every read from the socket
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # after a 101, which on_headers_complete has already failed
+        except httptools.HttpParserError as exc:
+            self._parse_error(exc)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamProtocolError(f"malformed response from upstream: {exc}", self.upstream))
+            self._parse_error(exc)
+
+    def _parse_error(self, exc: httptools.HttpParserError) -> None:
+        if self._exc is not None:
+            return  # already failed: a 101, or the head limit
+        if self.complete:
+            self._drop_unsolicited()
+        else:
+            self.fail(UpstreamProtocolError(f"malformed response from upstream: {exc}", self.upstream, self.target))
+
+    def _feed_past_head_limit(self, data: bytes) -> None:
+        fits = len(data) + self._head_room  # bytes of ``data`` still within the limit
+        if fits > 0:
+            self._feed(data[:fits])
+        if self.head_done and self._exc is None:
+            if fits < len(data):
+                self._feed(data[fits:])
+            return
+        if self._exc is None:
+            self.fail(
+                UpstreamProtocolError(
+                    f"response head from upstream over {self.max_head} bytes", self.upstream, self.target
+                )
+            )
+
+    def _drop_unsolicited(self) -> None:
+        # Bytes after a complete response (RFC 9112 §9.3: responses come in request order, one each): another
+        # response we did not ask for, or garbage. Either way the connection is out of step; the response
+        # already read is intact and stays deliverable, but nothing more is read or reused from here.
+        self.keep_alive = False
+        self.close(abort=True)
+        upstream_logger.warning(
+            "%s (%s): bytes after a complete response; connection dropped", self.upstream, self.target
+        )
 
     def eof_received(self) -> bool | None:
         if self.head_done and not self.complete and not self._framed:
@@ -223,7 +294,7 @@ class Connection(asyncio.Protocol):
                 self.complete = True
             else:
                 where = "mid-body" if self.head_done else "before the response headers"
-                self._exc = UpstreamProtocolError(f"upstream closed the connection {where}", self.upstream)
+                self._exc = UpstreamProtocolError(f"upstream closed the connection {where}", self.upstream, self.target)
         self._wake()
 
     def pause_writing(self) -> None:
@@ -237,27 +308,53 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _UnsolicitedResponse
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if 100 <= status < 200:
+            if status == 101:
+                # We never send Upgrade on this connection (WebSockets dial their own), so a 101 is a protocol
+                # error (RFC 9110 §15.2.2), and what follows it is not HTTP we could parse or trust.
+                self.keep_alive = False
+                self.fail(
+                    UpstreamProtocolError(
+                        "101 Switching Protocols from upstream to a request that did not ask to upgrade",
+                        self.upstream,
+                        self.target,
+                    )
+                )
+                return
             # An interim response (103 Early Hints, a stray 100 Continue): not ours to relay; wait for the final one.
             self._informational = True
             self.headers = []
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
-        for name, _ in self.headers:
-            if len(name) in (14, 17):
-                lowered = name.lower()
-                if lowered == b"content-length" or lowered == b"transfer-encoding":
-                    self._framed = True
+        framed = False
+        coding: bytes | None = None
+        for name, value in self.headers:
+            if len(name) == 14:
+                if name.lower() == b"content-length":
+                    framed = True
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                coding = value  # the last field holds the final coding
+        if coding is not None:
+            # RFC 9112 §6.3 (4): a response whose final transfer coding is not chunked is read until the
+            # connection closes.
+            framed = coding.rpartition(b",")[2].strip().lower() == b"chunked"
         self.head_done = True
         if self._no_body or status in (204, 304):
             self.complete = True
-            self._framed = True
+            framed = True
+        elif not framed:
+            self.keep_alive = False  # a close-delimited body: the connection ends with it
+        self._framed = framed
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -274,5 +371,7 @@ class Connection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             return
+        if self._exc is not None:
+            return  # a response we already failed (a 101)
         self.complete = True
         self._wake()

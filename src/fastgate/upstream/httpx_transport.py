@@ -36,23 +36,25 @@ class NoCookieJar(http.cookiejar.CookieJar):
         return None
 
 
-def _translate(exc: httpx.HTTPError, upstream: str) -> UpstreamError:
+def _translate(exc: httpx.HTTPError, upstream: str, target: str) -> UpstreamError:
     if isinstance(exc, httpx.PoolTimeout):
-        return UpstreamUnavailable(f"connection pool exhausted: {exc}", upstream)
+        return UpstreamUnavailable(f"connection pool exhausted: {exc}", upstream, target)
     if isinstance(exc, httpx.TimeoutException):
         kind = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read", httpx.WriteTimeout: "write"}
-        return UpstreamTimeout(f"{kind.get(type(exc), 'upstream')} timeout: {exc or type(exc).__name__}", upstream)
+        detail = f"{kind.get(type(exc), 'upstream')} timeout: {exc or type(exc).__name__}"
+        return UpstreamTimeout(detail, upstream, target)
     if isinstance(exc, httpx.ConnectError):
-        return UpstreamConnectError(f"cannot connect: {exc}", upstream)
-    return UpstreamProtocolError(f"{type(exc).__name__}: {exc}", upstream)
+        return UpstreamConnectError(f"cannot connect: {exc}", upstream, target)
+    return UpstreamProtocolError(f"{type(exc).__name__}: {exc}", upstream, target)
 
 
 class HttpxResponse:
     aclose_waits = True
 
-    def __init__(self, response: httpx.Response, upstream: str) -> None:
+    def __init__(self, response: httpx.Response, upstream: str, target: str) -> None:
         self._response = response
         self._upstream = upstream
+        self._target = target
         self._chunks = response.aiter_raw()
         self.status = response.status_code
         self.headers = list(response.headers.raw)
@@ -63,7 +65,7 @@ class HttpxResponse:
         except StopAsyncIteration:
             return b""
         except httpx.HTTPError as exc:
-            raise _translate(exc, self._upstream) from exc
+            raise _translate(exc, self._upstream, self._target) from exc
 
     def read_buffered(self) -> tuple[bytes, bool]:
         return b"", False
@@ -76,6 +78,7 @@ class HttpxTransport:
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
         self.config = config
+        self.target = config.target
         t, limits = config.timeouts, config.limits
         self._base = f"{config.scheme}://{config.authority.decode()}"
         self.client = httpx.AsyncClient(
@@ -119,5 +122,5 @@ class HttpxTransport:
         try:
             response = await self.client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
-            raise _translate(exc, self.name) from exc
-        return HttpxResponse(response, self.name)
+            raise _translate(exc, self.name, self.target) from exc
+        return HttpxResponse(response, self.name, self.target)

@@ -11,12 +11,17 @@ a connection is released or ``limits``'s pool timeout passes (then :class:`Upstr
 ``sweep(now)`` runs periodically from the transport's background task: it fails busy connections whose
 deadline passed (read, write and idle-stream timeouts, so no request carries a timer of its own) and closes
 idle ones older than ``keepalive_expiry``, before the upstream's own idle timeout can race us.
+
+A waiter that gives up (pool timeout) or is cancelled leaves the queue at once, so the queue holds only live
+waiters however long every connection stays busy. ``stats()`` is the pool's state and counters as data, for
+tests, balancers, metrics and an admin API alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 
 from ..config import UpstreamConfig
 from ..exceptions import UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
@@ -25,27 +30,66 @@ from .connection import Connection
 from .tls import client_context
 
 
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of one pool: connections by state now, and counters since the pool was made.
+
+    >>> pool.stats()
+    PoolStats(busy=1, idle=3, connecting=0, waiting=0, connects=4, reuses=96, connect_errors=0, ...)
+
+    ``discards`` counts connections closed instead of kept (not reusable, expired, closed by the upstream);
+    ``pool_timeouts`` the acquires that gave up waiting for a connection (503).
+    """
+
+    busy: int
+    idle: int
+    connecting: int
+    waiting: int
+    connects: int
+    reuses: int
+    connect_errors: int
+    discards: int
+    pool_timeouts: int
+
+
 class ConnectionPool:
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
         self.host = config.host
         self.port = config.port
+        self.target = config.target
+        self.max_head = config.max_response_header_bytes
         self.timeouts = config.timeouts
         self.limits = config.limits
         self._ssl = client_context(config.ca_file) if config.scheme == "https" else None
         self._idle: deque[Connection] = deque()
         self._busy: set[Connection] = set()
         self._connecting = 0
-        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        # An ordered set: first come first served, and a waiter that gives up leaves in O(1).
+        self._waiters: OrderedDict[asyncio.Future[Connection | None], None] = OrderedDict()
         self._closed = False
+        self._connects = self._reuses = self._connect_errors = self._discards = self._pool_timeouts = 0
         self._trace = upstream_logger.isEnabledFor(TRACE)
         # The loop this pool lives on, cached: asyncio.get_running_loop() costs a getpid() system call each time.
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return (
-            f"<ConnectionPool {self.name} {self.host}:{self.port} busy={len(self._busy)} idle={len(self._idle)}"
+            f"<ConnectionPool {self.name} {self.target} busy={len(self._busy)} idle={len(self._idle)}"
             f" connecting={self._connecting} waiting={len(self._waiters)}>"
+        )
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            busy=len(self._busy),
+            idle=len(self._idle),
+            connecting=self._connecting,
+            waiting=len(self._waiters),
+            connects=self._connects,
+            reuses=self._reuses,
+            connect_errors=self._connect_errors,
+            discards=self._discards,
+            pool_timeouts=self._pool_timeouts,
         )
 
     @property
@@ -53,11 +97,15 @@ class ConnectionPool:
         return len(self._busy) + len(self._idle) + self._connecting
 
     async def acquire(self, *, fresh: bool = False) -> Connection:
+        """A connection for one exchange. ``fresh``: a new one if the limit allows (else an idle one, as usual)."""
         if self._closed:
-            raise UpstreamUnavailable("gateway is shutting down", self.name)
+            raise UpstreamUnavailable("gateway is shutting down", self.name, self.target)
         loop = self._loop or self._bind_loop()
+        if fresh and self.size < self.limits.max_connections:
+            # Never at the cost of an idle connection: it may be healthy, and closing it gains nothing here.
+            return await self._connect()
         idle = self._idle
-        if idle and not fresh:
+        if idle:
             expiry = self.limits.keepalive_expiry
             now = loop.time()
             while idle:
@@ -66,11 +114,10 @@ class ConnectionPool:
                     self._discard(conn, "expired" if not conn.closed else "closed by upstream")
                     continue
                 self._busy.add(conn)
+                self._reuses += 1
                 if self._trace:
                     upstream_logger.log(TRACE, "%s: reusing %r", self.name, conn)
                 return conn
-        if fresh and idle:
-            self._discard(idle.popleft(), "making room for a fresh connection")
         if self.size < self.limits.max_connections:
             return await self._connect()
         return await self._wait_for_connection()
@@ -79,9 +126,10 @@ class ConnectionPool:
         self._busy.discard(conn)
         if reusable and not self._closed:
             while self._waiters:
-                waiter = self._waiters.popleft()
+                waiter, _ = self._waiters.popitem(last=False)
                 if not waiter.done():
                     self._busy.add(conn)
+                    self._reuses += 1
                     waiter.set_result(conn)
                     return
             if len(self._idle) < self.limits.max_keepalive_connections:
@@ -93,7 +141,11 @@ class ConnectionPool:
 
     def sweep(self, now: float) -> None:
         for conn in [c for c in self._busy if c.deadline and now >= c.deadline]:
-            conn.fail(UpstreamTimeout(f"no {conn.waiting_for} from upstream within {conn.armed_timeout:g}s", self.name))
+            conn.fail(
+                UpstreamTimeout(
+                    f"no {conn.waiting_for} from upstream within {conn.armed_timeout:g}s", self.name, self.target
+                )
+            )
         expiry = self.limits.keepalive_expiry
         idle = self._idle
         while idle and (idle[0].closed or now - idle[0].idle_since >= expiry):
@@ -110,9 +162,9 @@ class ConnectionPool:
         self._idle.clear()
         self._busy.clear()
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popitem(last=False)
             if not waiter.done():
-                waiter.set_exception(UpstreamUnavailable("gateway is shutting down", self.name))
+                waiter.set_exception(UpstreamUnavailable("gateway is shutting down", self.name, self.target))
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         self._loop = asyncio.get_running_loop()
@@ -127,24 +179,29 @@ class ConnectionPool:
             try:
                 async with asyncio.timeout(self.timeouts.connect):
                     _, conn = await loop.create_connection(
-                        lambda: Connection(self.name, loop),
+                        lambda: Connection(self.name, loop, target=self.target, max_head=self.max_head),
                         self.host,
                         self.port,
                         ssl=self._ssl,
                         server_hostname=self.host if self._ssl else None,
                     )
             except TimeoutError:
+                self._connect_errors += 1
                 raise UpstreamTimeout(
-                    f"connect to {self.host}:{self.port} took over {self.timeouts.connect:g}s", self.name
+                    f"connect to {self.target} took over {self.timeouts.connect:g}s", self.name, self.target
                 ) from None
             except OSError as exc:
+                self._connect_errors += 1
                 reason = exc.strerror or str(exc) or type(exc).__name__
-                raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {reason}", self.name) from exc
+                raise UpstreamConnectError(
+                    f"cannot connect to {self.target}: {reason}", self.name, self.target
+                ) from exc
         except BaseException:
             self._connecting -= 1
             self._wake_one_waiter()  # the slot is free again (connect failed, or we were cancelled)
             raise
         self._connecting -= 1
+        self._connects += 1
         if self._trace:
             upstream_logger.log(TRACE, "%s: connected %r", self.name, conn)
         self._busy.add(conn)
@@ -157,19 +214,23 @@ class ConnectionPool:
         arrives meanwhile cannot take it and send the waiter to the back of the queue.
         """
         waiter: asyncio.Future[Connection | None] = (self._loop or self._bind_loop()).create_future()
-        self._waiters.append(waiter)
+        self._waiters[waiter] = None
         try:
             async with asyncio.timeout(self.timeouts.pool):
                 await waiter
         except TimeoutError:
             if waiter.cancelled():
+                self._waiters.pop(waiter, None)
+                self._pool_timeouts += 1
                 raise UpstreamUnavailable(
                     f"connection pool exhausted: {self.limits.max_connections} connections busy for "
                     f"{self.timeouts.pool:g}s",
                     self.name,
+                    self.target,
                 ) from None
             # something was handed to us just as the wait ran out: use it
         except BaseException:
+            self._waiters.pop(waiter, None)
             # cancelled (the client left) after something was handed to us: pass it on
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._pass_on(waiter.result())
@@ -188,13 +249,14 @@ class ConnectionPool:
 
     def _wake_one_waiter(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popitem(last=False)
             if not waiter.done():
                 self._connecting += 1  # the slot is the waiter's now
                 waiter.set_result(None)
                 return
 
     def _discard(self, conn: Connection, why: str) -> None:
+        self._discards += 1
         conn.close()
         if self._trace:
             upstream_logger.log(TRACE, "%s: closing %r (%s)", self.name, conn, why)

@@ -124,7 +124,7 @@ async def dial(
             close_timeout=target.close_timeout,
         )
 
-    where = f"{target.host}:{target.port}"
+    where = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
     connection: ClientConnection | None = None
     try:
         with anyio.fail_after(target.connect_timeout):
@@ -136,7 +136,7 @@ async def dial(
     except TimeoutError:
         _abort(connection)
         raise UpstreamTimeout(
-            f"no WebSocket handshake answer from {where} within {target.connect_timeout}s", target.name
+            f"no WebSocket handshake answer from {where} within {target.connect_timeout}s", target.name, where
         ) from None
     except InvalidStatus as exc:
         _abort(connection)
@@ -147,13 +147,16 @@ async def dial(
             status=response.status_code,
             headers=[(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw_items()],
             body=bytes(response.body),
+            target=where,
         ) from exc
     except InvalidHandshake as exc:
         _abort(connection)
-        raise UpstreamProtocolError(f"invalid WebSocket handshake answer from {where}: {exc}", target.name) from exc
+        raise UpstreamProtocolError(
+            f"invalid WebSocket handshake answer from {where}: {exc}", target.name, where
+        ) from exc
     except OSError as exc:
         _abort(connection)
-        raise UpstreamConnectError(f"cannot connect to {where}: {exc.strerror or exc}", target.name) from exc
+        raise UpstreamConnectError(f"cannot connect to {where}: {exc.strerror or exc}", target.name, where) from exc
     except BaseException:
         _abort(connection)
         raise
