@@ -14,6 +14,7 @@ def test_all_public_names_are_exported() -> None:
         "cli",
         "server",
         "integrations",
+        "plugins",
     }
     assert public <= set(fastgate.__all__)
     assert fastgate.__all__ == sorted(fastgate.__all__)

@@ -11,6 +11,7 @@ from . import __version__
 from .config import GatewayConfig, build_config, load_config
 from .exceptions import ConfigError
 from .observability.logging import LOG_LEVELS
+from .routing import unreachable_routes
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -198,11 +199,16 @@ def run(config_file: str, **overrides: Any) -> None:
 @main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
 def check(config_file: str) -> None:
-    """Validate CONFIG_FILE; exit 0 when it is good, 2 with the first problems when not."""
+    """Validate CONFIG_FILE; exit 0 when it is good, 2 with the first problems when not.
+
+    Routes that can never match are reported as warnings, one line each on stderr; they do not change the exit code.
+    """
     try:
         config = load_config(config_file)
     except ConfigError as exc:
         _fail(exc)
+    for problem in unreachable_routes(config.routes, merge_slashes=config.server.merge_slashes):
+        click.echo(f"warning: {problem}", err=True)
     click.echo(f"{config_file}: ok ({len(config.upstreams)} upstreams, {len(config.routes)} routes)")
 
 
