@@ -739,6 +739,8 @@ def _format_error(error: ValidationError) -> str:
     for item in error.errors():
         path = ""
         for part in item["loc"]:
+            if part == "[key]":  # pydantic's marker for a bad dict key: the key itself is already in the path
+                continue
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {message}" if path else message)
