@@ -9,11 +9,13 @@ and the first route in that order whose matchers all accept the request wins. ``
 list. The table is compiled once into *buckets*, one per exact host, one per wildcard suffix and one for requests
 whose host no route names; each bucket already holds the host-less routes merged in order, so the request's host
 costs one or two dict look-ups. A bucket is a short list of *tiers* (one per priority and host kind, usually one
-tier in all), and a tier indexes its routes: exact paths in a dict, regexes in a list (the only routes that run a
-regex, compiled once here), prefixes in a dict keyed by the prefix, looked up with the few candidates a path
-allows (itself, then each ``/``-boundary from the longest), so 100 prefixes cost a handful of look-ups, not 100
-comparisons. The query string is parsed, and the headers indexed, only when a route with ``query`` or ``headers``
-is reached. A table of one catch-all route (``fastgate proxy``) returns it without looking at the request at all.
+tier in all), and a tier indexes its routes: exact paths in a dict; regexes in a list (the only routes that run a
+regex, compiled once here, and skipped without running when the path does not start with the regex's literal
+start, ``/v1/`` of ``^/v1/(.*)``); prefixes in a dict keyed by the prefix, looked up only at the tier's distinct
+prefix lengths where the path has a ``/`` boundary, so 100 prefixes cost a few look-ups, not 100 comparisons.
+Method, header and query matchers are checked only on a route the path already matched, and the query string is
+parsed only when such a route has ``query``. A table of one catch-all route (``fastgate proxy``) returns it without
+looking at the request at all.
 
 ``unreachable_routes`` reports routes that can never win; ``fastgate check`` prints them as warnings.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,7 +33,7 @@ from .config import Rewrite, RouteConfig
 
 __all__ = ["Route", "RouteTable", "unreachable_routes"]
 
-Headers = Iterable[tuple[bytes, bytes]]
+Headers = Sequence[tuple[bytes, bytes]]
 
 _EXACT_HOST, _WILDCARD_HOST, _ANY_HOST = 0, 1, 2
 _EXACT_PATH, _REGEX, _PREFIX = 0, 1, 2
@@ -54,6 +56,8 @@ class Route:
     strip_prefix: bool
     rewrite: Rewrite | None
     priority: int
+    plain: bool  # no method, header or query matcher: the path (and host) decide alone
+    regex_literal: bytes  # what a path must start with for ``regex`` to have a chance (b"" when unknown)
 
     @classmethod
     def from_config(cls, index: int, config: RouteConfig) -> Route:
@@ -74,6 +78,8 @@ class Route:
             strip_prefix=config.strip_prefix,
             rewrite=config.rewrite,
             priority=config.priority,
+            plain=config.methods is None and not config.headers and not config.query,
+            regex_literal=_literal_start(config.regex).encode("latin-1") if config.regex is not None else b"",
         )
 
     @property
@@ -90,11 +96,6 @@ class Route:
     def sort_key(self) -> tuple[int, int, int, int, int]:
         """Precedence: the route with the smallest key among those that match wins."""
         return (-self.priority, self.host_kind, self.path_kind, -len(self.prefix or b""), self.index)
-
-    @property
-    def plain(self) -> bool:
-        """No method, header or query matcher: the path (and host) decide alone."""
-        return self.methods is None and not self.headers and not self.query
 
     def upstream_target(self, target: bytes, path: bytes | None = None) -> bytes:
         """The target to send upstream: ``strip_prefix``, then ``rewrite``, applied to the path; the query is kept.
@@ -119,43 +120,26 @@ class Route:
         return new + sep + query
 
 
-class _Lazy:
-    """The request's headers and query, indexed on first use only."""
-
-    __slots__ = ("_headers", "_query", "headers", "query")
-
-    def __init__(self, headers: Headers, query: bytes) -> None:
-        self._headers = headers
-        self._query = query
-        self.headers: dict[bytes, list[bytes]] | None = None
-        self.query: dict[str, list[str]] | None = None
-
-    def header(self, name: bytes) -> list[bytes]:
-        if self.headers is None:
-            self.headers = {}
-            for key, value in self._headers:
-                self.headers.setdefault(key.lower(), []).append(value)
-        return self.headers.get(name, [])
-
-    def param(self, name: str) -> list[str]:
-        if self.query is None:
-            self.query = {}
-            for key, value in parse_qsl(self._query.decode("latin-1"), keep_blank_values=True):
-                self.query.setdefault(key, []).append(value)
-        return self.query.get(name, [])
-
-
-def _accepts(route: Route, method: bytes, lazy: _Lazy) -> bool:
+def _accepts(route: Route, method: bytes, headers: Headers, query: bytes, parsed: list[dict[str, list[str]]]) -> bool:
+    """The method, header and query matchers; ``parsed`` caches the query for the rest of this match."""
     if route.methods is not None and method not in route.methods:
         return False
-    for name, value in route.headers:
-        values = lazy.header(name)
-        if not values or (value is not None and value not in values):
+    for name, expected in route.headers:
+        for key, value in headers:  # ASGI header names are lower case
+            if key == name and (expected is None or value == expected):
+                break
+        else:
             return False
-    for key, expected in route.query:
-        params = lazy.param(key)
-        if not params or (expected is not None and expected not in params):
-            return False
+    if route.query:
+        if not parsed:
+            params: dict[str, list[str]] = {}
+            for param, given in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+                params.setdefault(param, []).append(given)
+            parsed.append(params)
+        for param, wanted in route.query:
+            values = parsed[0].get(param)
+            if not values or (wanted is not None and wanted not in values):
+                return False
     return True
 
 
@@ -164,6 +148,8 @@ class _Tier:
     exact: dict[bytes, list[Route]] = field(default_factory=dict)
     regex: list[Route] = field(default_factory=list)
     prefixes: dict[bytes, list[Route]] = field(default_factory=dict)
+    lengths: tuple[int, ...] = ()  # of the prefixes other than "/", longest first
+    root: tuple[Route, ...] = ()  # prefix "/": matches every path
 
 
 def _tiers(routes: list[Route]) -> tuple[_Tier, ...]:
@@ -181,22 +167,10 @@ def _tiers(routes: list[Route]) -> tuple[_Tier, ...]:
         else:
             assert route.prefix is not None
             tier.prefixes.setdefault(route.prefix, []).append(route)
+    for tier in tiers:
+        tier.root = tuple(tier.prefixes.pop(b"/", ()))
+        tier.lengths = tuple(sorted({len(prefix) for prefix in tier.prefixes}, reverse=True))
     return tuple(tiers)
-
-
-def _prefix_candidates(path: bytes) -> list[bytes]:
-    """Every prefix that can match ``path``, longest first: itself, then ``/a/b/``, ``/a/b``, ... ``/``."""
-    candidates = [path]
-    end = len(path)
-    i = path.rfind(b"/")
-    while i > 0:
-        if i + 1 != end:
-            candidates.append(path[: i + 1])
-        candidates.append(path[:i])
-        i = path.rfind(b"/", 0, i)
-    if path != b"/":
-        candidates.append(b"/")
-    return candidates
 
 
 def host_name(host: bytes) -> bytes:
@@ -244,7 +218,8 @@ class RouteTable:
         """The winning route for a request, or ``None`` (404).
 
         ``host`` is the Host header as sent (port and case do not matter), ``path`` the normalised path
-        (proxy/paths.py) without the query, ``headers`` the ASGI header list and ``query`` the raw query string.
+        (proxy/paths.py) without the query, ``headers`` the ASGI header list (lower-case names) and ``query`` the raw
+        query string. Measured cost: bench/routing.py.
         """
         if self.catch_all is not None:
             return self.catch_all
@@ -257,29 +232,34 @@ class RouteTable:
                 found = self._wildcard_hosts.get(name[dot + 1 :]) if dot > 0 else None
             if found is not None:
                 tiers = found
-        lazy: _Lazy | None = None
-        candidates: list[bytes] | None = None
+        parsed: list[dict[str, list[str]]] = []
         text: str | None = None
+        size = len(path)
         for tier in tiers:
             if tier.exact:
                 for route in tier.exact.get(path, ()):
-                    if route.plain or _accepts(route, method, lazy := lazy or _Lazy(headers, query)):
+                    if route.plain or _accepts(route, method, headers, query, parsed):
                         return route
             for route in tier.regex:
+                if not path.startswith(route.regex_literal):
+                    continue  # `^/v1/...` cannot match: no need to run it
                 if text is None:
                     text = path.decode("latin-1")
                 assert route.regex is not None
                 if route.regex.search(text) is not None and (
-                    route.plain or _accepts(route, method, lazy := lazy or _Lazy(headers, query))
+                    route.plain or _accepts(route, method, headers, query, parsed)
                 ):
                     return route
-            if tier.prefixes:
-                if candidates is None:
-                    candidates = _prefix_candidates(path)
-                for candidate in candidates:
-                    for route in tier.prefixes.get(candidate, ()):
-                        if route.plain or _accepts(route, method, lazy := lazy or _Lazy(headers, query)):
-                            return route
+            for length in tier.lengths:
+                # a prefix matches the path itself and what follows it after a "/" (or its own trailing "/")
+                if length > size or (length < size and path[length] != 47 and path[length - 1] != 47):
+                    continue
+                for route in tier.prefixes.get(path[:length], ()):
+                    if route.plain or _accepts(route, method, headers, query, parsed):
+                        return route
+            for route in tier.root:
+                if route.plain or _accepts(route, method, headers, query, parsed):
+                    return route
         return None
 
     def __repr__(self) -> str:
@@ -354,6 +334,27 @@ def _why_first(a: Route, b: Route) -> str:
 _AT_START = ("AT_BEGINNING", "AT_BEGINNING_STRING")
 
 
+def _parse(pattern: str) -> Any:
+    return importlib.import_module("re._parser").parse(pattern)  # sre_parse's home since 3.11 (the old name warns)
+
+
+def _literal_start(pattern: str) -> str:
+    """The literal text an anchored regex starts with (``^/v1/(.*)`` -> ``/v1/``); "" when there is none or when
+    flags make that unsafe."""
+    parsed = _parse(pattern)
+    if parsed.state.flags & (re.MULTILINE | re.IGNORECASE):
+        return ""
+    items = list(parsed)
+    if not items or str(items[0][0]) != "AT" or str(items[0][1]) not in _AT_START:
+        return ""
+    literal = ""
+    for op, arg in items[1:]:
+        if str(op) != "LITERAL":
+            break
+        literal += chr(arg)
+    return literal
+
+
 def _first_char_excludes_slash(items: list[tuple[Any, Any]]) -> bool:
     if not items:
         return False
@@ -380,11 +381,7 @@ def _first_char_excludes_slash(items: list[tuple[Any, Any]]) -> bool:
 
 def _regex_never_matches_a_path(pattern: str) -> bool:
     """True when an anchored regex's first character can never be the '/' every path starts with."""
-    parser = importlib.import_module("re._parser")  # sre_parse's home since 3.11 (the old name warns)
-    try:
-        parsed = parser.parse(pattern)
-    except re.error:
-        return False
+    parsed = _parse(pattern)
     if parsed.state.flags & re.MULTILINE:
         return False
     items = list(parsed)
