@@ -252,6 +252,7 @@ U = "http://127.0.0.1:9001"
         (None, {"headers": {"x version": "1"}}, "routes[0].headers.x version: not a valid header name"),
         (None, {"headers": {"x": "a\nb"}}, "routes[0].headers.x: a header value may not contain CR"),
         (None, {"headers": {"x": ["a"]}}, "routes[0].headers.x: header values are strings"),
+        (None, {"headers": {"x": "日本"}}, "routes[0].headers.x: a header value must be latin-1 text"),
         (None, {"query": {"": "1"}}, "routes[0].query: a query parameter name may not be empty"),
         (None, {"regex": "^/a", "strip_prefix": True}, "routes[0].strip_prefix: needs prefix or path"),
         (None, {"rewrite": {"regex": "^/(a)"}}, "routes[0].rewrite: give {regex, replacement} or {path}"),

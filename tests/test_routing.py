@@ -109,6 +109,12 @@ def test_regex_is_searched_in_the_path_without_the_query() -> None:
     assert winner(configs, b"/a/b?x=.json") is None
 
 
+def test_regex_with_text_no_path_can_hold() -> None:
+    configs = routes({"regex": "^/日本"}, {"regex": "^/caf\u00e9"})
+    assert winner(configs, "/café".encode("latin-1")) == "1"
+    assert winner(configs, "/日本".encode()) is None
+
+
 def test_methods() -> None:
     configs = routes({"prefix": "/api", "methods": ["get", "POST"]}, {"prefix": "/api", "upstream": "other"})
     assert winner(configs, b"/api", method=b"GET") == "0"

@@ -141,6 +141,8 @@ def _header_value(value: object) -> str:
         raise ValueError(f"header values are strings, got {value!r}")
     if any(char in value for char in "\r\n\0"):
         raise ValueError(f"a header value may not contain CR, LF or NUL: {value!r}")
+    if not all(ord(char) <= 0xFF for char in value):
+        raise ValueError(f"a header value must be latin-1 text (percent-encode the rest): {value!r}")
     return value.strip(" \t")
 
 

@@ -349,7 +349,7 @@ def _literal_start(pattern: str) -> str:
         return ""
     literal = ""
     for op, arg in items[1:]:
-        if str(op) != "LITERAL":
+        if str(op) != "LITERAL" or arg > 0xFF:  # paths are matched as latin-1 text
             break
         literal += chr(arg)
     return literal
