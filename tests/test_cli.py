@@ -273,3 +273,71 @@ async def test_run_serves_routes_from_a_config_file(upstream: RunningServer, rec
         process.terminate()
         process.wait(10)
         log.close()
+
+
+def test_check_warns_about_routes_that_can_never_match_and_exits_0(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        """
+upstreams: {api: {url: 'http://127.0.0.1:9000'}}
+routes:
+  - {prefix: /, upstream: api}
+  - {prefix: /api, upstream: api}
+  - {prefix: /api/v1, upstream: api, headers: {x-version: "2"}, priority: -1}
+  - {prefix: /admin, upstream: api, methods: []}
+  - {regex: "^api/", upstream: api}
+  - {path: /health, upstream: api}
+"""
+    )
+    result = CliRunner().invoke(main, ["check", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{config}: ok (1 upstreams, 6 routes)\n"
+    lines = result.stderr.splitlines()
+    assert lines == [
+        "warning: routes[2]: can never match: shadowed by routes[1] (which matches every request this one matches"
+        " and wins: priority 0 > -1)",
+        "warning: routes[3]: can never match: its methods list is empty",
+        "warning: routes[4]: can never match: regex '^api/' cannot match a path, which starts with '/'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "route", "message"),
+    [
+        ("{url: 'http://127.0.0.1:9000'}", "{regex: '^/(v1', upstream: api}", "routes[0].regex: does not compile"),
+        (
+            "{url: 'http://127.0.0.1:9000', balancer: fastest}",
+            "{upstream: api}",
+            "upstreams.api.balancer: Input should",
+        ),
+        (
+            "{targets: [{url: 'http://127.0.0.1:9000'}, {url: 'http://127.0.0.1:9001', weight: -2}]}",
+            "{upstream: api}",
+            "upstreams.api.targets[1].weight: Input should be greater than or equal to 1",
+        ),
+        (
+            "{url: 'http://127.0.0.1:9000'}",
+            "{upstream: api, plugins: [rc_missing_mod:Check]}",
+            "routes[0].plugins[0].use: cannot import",
+        ),
+    ],
+)
+def test_check_exits_2_on_traffic_config_errors(tmp_path: Path, upstream: str, route: str, message: str) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"upstreams:\n  api: {upstream}\nroutes:\n  - {route}\n")
+    result = CliRunner().invoke(main, ["check", str(config)])
+    assert result.exit_code == 2
+    assert f"config error: {message}" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_check_imports_plugins_from_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "rc_cwd_plugin.py").write_text("class Check:\n    pass\n")
+    (tmp_path / "gw.yaml").write_text(
+        "upstreams: {api: {url: 'http://127.0.0.1:9000'}}\n"
+        "routes: [{upstream: api, plugins: [{use: 'rc_cwd_plugin:Check'}]}]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    result = CliRunner().invoke(main, ["check", "gw.yaml"])
+    assert result.exit_code == 0, result.output

@@ -15,6 +15,7 @@ def test_all_public_names_are_exported() -> None:
         "server",
         "serving",
         "integrations",
+        "plugins",
     }
     assert public <= set(fastgate.__all__)
     assert fastgate.__all__ == sorted(fastgate.__all__)

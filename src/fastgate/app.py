@@ -19,8 +19,9 @@ from .observability.logging import error_logger
 from .proxy.errors import error_response
 from .proxy.headers import new_request_id
 from .proxy.http import ForwardOptions, forward_http, request_target
+from .proxy.paths import PathAboveRoot, normalize_path
 from .proxy.websocket import WebSocketForwardOptions, forward_websocket, refuse_websocket
-from .routing import RouteTable
+from .routing import Route, RouteTable
 from .serving.limits import ServerLimits
 from .upstream.transport import Transport, create_transport
 
@@ -29,6 +30,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.routes = RouteTable(config.routes)
+        self._merge_slashes = config.server.merge_slashes
         self.server_limits = ServerLimits.from_config(config.server)  # read by fastgate's server protocol
         self.transports: dict[str, Transport] = {}
         self._options: dict[str, ForwardOptions] = {}
@@ -65,13 +67,28 @@ class Gateway:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
+    def _route(self, scope: Scope, method: bytes, target: bytes) -> tuple[Route, bytes]:
+        """The route for a request and the target to send upstream; raises a :class:`ClientError` (400, 404)."""
+        raw_path, _, query = target.partition(b"?")
+        path = normalize_path(raw_path, merge_slashes=self._merge_slashes)  # PathAboveRoot: 400
+        routes = self.routes
+        host = b""
+        if routes.uses_host:
+            for name, value in scope["headers"]:
+                if name == b"host":
+                    host = value
+                    break
+        route = routes.match(method, host, path, scope["headers"], query)
+        if route is None:
+            raise RouteNotFound(f"no route for {target[:200].decode('latin-1')}")
+        return route, route.upstream_target(target, path)
+
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = request_target(scope)
-        route = self.routes.match(target)
-        if route is None:
-            await error_response(
-                send, RouteNotFound(f"no route for {target[:200].decode('latin-1')}"), new_request_id()
-            )
+        try:
+            route, target = self._route(scope, scope["method"].encode("ascii"), target)
+        except (RouteNotFound, PathAboveRoot) as exc:
+            await error_response(send, exc, new_request_id())
             return
         options = self._options.get(route.upstream)
         if options is None:
@@ -79,8 +96,8 @@ class Gateway:
             await error_response(send, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
             return
         try:
-            buffer_body = self.config.server.request_buffer_memory_bytes if route.request_buffering else None
-            await forward_http(scope, receive, send, options, route.upstream_target(target), buffer_body=buffer_body)
+            buffer_body = self.config.server.request_buffer_memory_bytes if route.config.request_buffering else None
+            await forward_http(scope, receive, send, options, target, buffer_body=buffer_body)
         except Exception:
             # A bug of ours: the traceback goes to the log, the client gets a short JSON 500 (or, when the response
             # had already started, an aborted connection).
@@ -92,15 +109,14 @@ class Gateway:
                 await error_response(send, FastgateError("internal error"), request_id)
 
     async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = request_target(scope)
-        route = self.routes.match(target)
-        if route is None:
+        try:
+            route, target = self._route(scope, b"GET", request_target(scope))
+        except (RouteNotFound, PathAboveRoot) as exc:
             if (await receive())["type"] == "websocket.connect":
-                exc = RouteNotFound(f"no route for {target[:200].decode('latin-1')}")
                 await refuse_websocket(scope, send, exc, new_request_id())
             return
         options = self._websocket_options[route.upstream]
-        await forward_websocket(scope, receive, send, options, route.upstream_target(target))
+        await forward_websocket(scope, receive, send, options, target)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()

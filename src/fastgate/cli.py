@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -11,6 +12,7 @@ from . import __version__
 from .config import GatewayConfig, build_config, load_config
 from .exceptions import ConfigError
 from .observability.logging import LOG_LEVELS
+from .routing import unreachable_routes
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -21,6 +23,12 @@ def _parse_listen(value: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"server.port: --from needs HOST:PORT with a port from 0 to 65535, got {value!r}")
     return host, int(port)
+
+
+def _import_from_cwd() -> None:
+    """Let ``plugins: [{use: "myplugins:Auth"}]`` find modules in the current directory, as uvicorn's --app-dir does."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _fail(exc: ConfigError) -> None:
@@ -186,6 +194,7 @@ def proxy(listen: str, upstream: str, **options: Any) -> None:
 @_server_options
 def run(config_file: str, **overrides: Any) -> None:
     """Serve the gateway described by CONFIG_FILE (YAML or JSON)."""
+    _import_from_cwd()
     try:
         config = load_config(config_file)
         server = {**config.server.model_dump(), **_server_overrides(**overrides)}
@@ -198,11 +207,17 @@ def run(config_file: str, **overrides: Any) -> None:
 @main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
 def check(config_file: str) -> None:
-    """Validate CONFIG_FILE; exit 0 when it is good, 2 with the first problems when not."""
+    """Validate CONFIG_FILE; exit 0 when it is good, 2 with the first problems when not.
+
+    Routes that can never match are reported as warnings, one line each on stderr; they do not change the exit code.
+    """
+    _import_from_cwd()
     try:
         config = load_config(config_file)
     except ConfigError as exc:
         _fail(exc)
+    for problem in unreachable_routes(config.routes, merge_slashes=config.server.merge_slashes):
+        click.echo(f"warning: {problem}", err=True)
     click.echo(f"{config_file}: ok ({len(config.upstreams)} upstreams, {len(config.routes)} routes)")
 
 

@@ -8,14 +8,29 @@ lifespan starts.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .exceptions import ConfigError
+from .plugins import resolve_plugin
+from .proxy.paths import PathAboveRoot, normalize_path
 
 
 class _Model(BaseModel):
@@ -88,46 +103,67 @@ class WebSocketOptions(_Model):
         return tuple(origin.lower() for origin in value)
 
 
-class UpstreamConfig(_Model):
-    """One upstream service: where it is and how we talk to it.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")
+_IPV6 = re.compile(r"\[[0-9a-f:.]+\]")
+_REWRITE_CHARS = re.compile(r"[!$&'()*+,;=:@/%\-._~0-9A-Za-z\\]*")
+# Framing and hop-by-hop headers: a route's header rules may not touch them (request smuggling, RFC 9112 §6).
+_PROTECTED_HEADERS = frozenset(
+    {"connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
 
-    >>> UpstreamConfig(url="http://127.0.0.1:9000/api")
+
+def _valid_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    if not parts.hostname:
+        raise ValueError(f"has no host: {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"has an invalid port: {value!r}") from None
+    if parts.query or parts.fragment:
+        raise ValueError(f"may not carry a query or fragment: {value!r}")
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError(f"not a valid header name: {value!r}")
+    return value.lower()
+
+
+def _header_value(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `x-version: 2` in YAML
+    if not isinstance(value, str):
+        raise ValueError(f"header values are strings, got {value!r}")
+    if any(char in value for char in "\r\n\0"):
+        raise ValueError(f"a header value may not contain CR, LF or NUL: {value!r}")
+    if not all(ord(char) <= 0xFF for char in value):
+        raise ValueError(f"a header value must be latin-1 text (percent-encode the rest): {value!r}")
+    return value.strip(" \t")
+
+
+HeaderName = Annotated[str, BeforeValidator(_header_name)]
+HeaderValue = Annotated[str, BeforeValidator(_header_value)]
+
+
+class UpstreamTarget(_Model):
+    """One address of an upstream, with its share of the traffic.
+
+    >>> UpstreamTarget(url="http://10.0.0.2:9000/api", weight=3).authority
+    b'10.0.0.2:9000'
     """
 
     url: str
-    timeouts: Timeouts = Timeouts()
-    limits: PoolLimits = PoolLimits()
-    transport: Literal["fastgate", "httpx"] = "fastgate"
-    ca_file: str | None = None
-    preserve_host: bool = True
-    forwarded: bool = False
-    # The response head (status line, headers, interim 1xx responses) may not grow past this: an upstream that
-    # streams header lines would otherwise grow the process until the read timeout. Then 502, as nginx does.
-    max_response_header_bytes: int = Field(65536, ge=1024)
-    websocket: WebSocketOptions = WebSocketOptions()
-
-    @field_validator("ca_file")
-    @classmethod
-    def _check_ca_file(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"no such file: {value!r}")
-        return value
+    weight: StrictInt = Field(1, ge=1, le=1_000_000)
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        if not parts.hostname:
-            raise ValueError(f"has no host: {value!r}")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError(f"has an invalid port: {value!r}") from None
-        if parts.query or parts.fragment:
-            raise ValueError(f"may not carry a query or fragment: {value!r}")
-        return value
+        return _valid_url(value)
 
     @property
     def scheme(self) -> str:
@@ -162,21 +198,514 @@ class UpstreamConfig(_Model):
             host = f"[{host}]"
         return (host if self.port == default else f"{host}:{self.port}").encode("ascii")
 
+    @property
+    def address(self) -> str:
+        """``host:port`` as failures name it (``[::1]:9000`` for an IPv6 host), the port always given."""
+        host = self.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+def _status_ranges(value: str) -> tuple[tuple[int, int], ...]:
+    ranges = []
+    for part in value.split(","):
+        low, sep, high = part.strip().partition("-")
+        if not low.strip().isdigit() or (sep and not high.strip().isdigit()):
+            raise ValueError(f"must be statuses and ranges like '200-399' or '200,204', got {value!r}")
+        first, last = int(low), int(high) if sep else int(low)
+        if not 100 <= first <= last <= 599:
+            raise ValueError(f"must be statuses from 100 to 599, each range low-high, got {value!r}")
+        ranges.append((first, last))
+    return tuple(ranges)
+
+
+class HealthCheck(_Model):
+    """Active health checks: ``GET path`` on every target each ``interval`` seconds.
+
+    >>> HealthCheck(path="/healthz").accepts(204)
+    True
+
+    A target is marked down after ``unhealthy_threshold`` failed checks in a row (no answer within ``timeout``, or a
+    status outside ``expected_status``) and up again after ``healthy_threshold`` good ones.
+    """
+
+    path: str
+    interval: float = Field(10.0, gt=0)
+    timeout: float = Field(5.0, gt=0)
+    unhealthy_threshold: int = Field(3, ge=1)
+    healthy_threshold: int = Field(2, ge=1)
+    expected_status: str = "200-399"
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/") or not value.isascii() or any(c.isspace() or c == "#" for c in value):
+            raise ValueError(f"must be an ASCII path starting with '/', got {value!r}")
+        return value
+
+    @field_validator("expected_status", mode="before")
+    @classmethod
+    def _check_status(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            _status_ranges(value)
+            return ",".join(part.replace(" ", "") for part in value.split(","))
+        return value
+
+    @property
+    def expected_statuses(self) -> tuple[tuple[int, int], ...]:
+        """``expected_status`` as inclusive ranges: ``"200-299,404"`` gives ``((200, 299), (404, 404))``."""
+        return _status_ranges(self.expected_status)
+
+    def accepts(self, status: int) -> bool:
+        return any(low <= status <= high for low, high in self.expected_statuses)
+
+
+class OutlierDetection(_Model):
+    """Passive health: a target that fails ``consecutive_failures`` requests in a row is ejected for a while.
+
+    >>> OutlierDetection().max_ejection_percent
+    10.0
+
+    The ejection lasts ``base_ejection_time`` times the number of times it was ejected, at most
+    ``max_ejection_time`` (Envoy's names and defaults); at most ``max_ejection_percent`` of the targets are out at once.
+    """
+
+    consecutive_failures: int = Field(5, ge=1)
+    base_ejection_time: float = Field(30.0, gt=0)
+    max_ejection_time: float = Field(300.0, gt=0)
+    max_ejection_percent: float = Field(10.0, ge=0, le=100)
+
+
+RETRY_ON_CONDITIONS = ("connect_error", "timeout", "reset")
+
+
+def _retry_on_entry(value: object) -> str | int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 400 <= value <= 599:
+            return value
+        raise ValueError(f"a status to retry on must be from 400 to 599, got {value}")
+    if isinstance(value, str) and value in RETRY_ON_CONDITIONS:
+        return value
+    known = ", ".join(RETRY_ON_CONDITIONS)
+    raise ValueError(f"unknown retry condition {value!r} (known: {known}, or a status from 400 to 599)")
+
+
+RetryOn = Annotated[str | int, BeforeValidator(_retry_on_entry)]
+
+
+class Backoff(_Model):
+    """Fully jittered exponential backoff between tries: ``random(0, min(max, base * 2**try))`` seconds."""
+
+    base: float = Field(0.025, gt=0)
+    max: float = Field(0.25, gt=0)
+
+    @model_validator(mode="after")
+    def _check_order(self) -> Backoff:
+        if self.max < self.base:
+            raise ValueError(f"max ({self.max:g}) must be at least base ({self.base:g})")
+        return self
+
+
+class RetryPolicy(_Model):
+    """When a failed try is repeated. The default: one retry, on connection errors only.
+
+    >>> RetryPolicy(max_retries=2, retry_on=["connect_error", 503]).retry_on
+    ('connect_error', 503)
+
+    ``retry_on`` takes ``connect_error``, ``timeout``, ``reset`` and status codes. ``non_idempotent`` allows
+    retrying POST, PATCH, LOCK after the request was sent. At most ``budget_percent`` of the active requests
+    may be retries, but ``min_retry_concurrency`` retries are always allowed (Envoy's retry budget).
+    """
+
+    max_retries: int = Field(1, ge=0)
+    retry_on: tuple[RetryOn, ...] = ("connect_error",)
+    per_try_timeout: float | None = Field(None, gt=0)
+    backoff: Backoff = Backoff()
+    budget_percent: float = Field(20.0, ge=0, le=100)
+    min_retry_concurrency: int = Field(3, ge=0)
+    non_idempotent: bool = False
+
+
+Balancer = Literal["round_robin", "least_request", "random", "consistent_hash"]
+
+
+class UpstreamConfig(_Model):
+    """One upstream service: where it is (one ``url`` or several ``targets``) and how we talk to it.
+
+    >>> UpstreamConfig(url="http://127.0.0.1:9000/api").targets[0].weight
+    1
+    >>> UpstreamConfig(targets=[{"url": "http://a:9000", "weight": 3}, {"url": "http://b:9000"}]).host
+    'a'
+
+    ``scheme``, ``host``, ``port``, ``authority`` and ``path_prefix`` are the first target's.
+    """
+
+    url: str | None = None
+    targets: tuple[UpstreamTarget, ...] = Field((), min_length=1)
+    balancer: Balancer = "round_robin"
+    hash_on: str | None = None
+    health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = None
+    retries: RetryPolicy = RetryPolicy()
+    timeouts: Timeouts = Timeouts()
+    limits: PoolLimits = PoolLimits()
+    transport: Literal["fastgate", "httpx"] = "fastgate"
+    ca_file: str | None = None
+    preserve_host: bool = True
+    forwarded: bool = False
+    # The response head (status line, headers, interim 1xx responses) may not grow past this: an upstream that
+    # streams header lines would otherwise grow the process until the read timeout. Then 502, as nginx does.
+    max_response_header_bytes: int = Field(65536, ge=1024)
+    websocket: WebSocketOptions = WebSocketOptions()
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value!r}")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if value is None else _valid_url(value)
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, value: tuple[UpstreamTarget, ...]) -> tuple[UpstreamTarget, ...]:
+        seen: dict[tuple[str, str, int, bytes], int] = {}
+        for index, target in enumerate(value):
+            key = (target.scheme, target.host.lower(), target.port, target.path_prefix)
+            if key in seen:
+                first = seen[key]
+                raise ValueError(f"targets[{index}] repeats targets[{first}] ({target.url}); raise its weight instead")
+            seen[key] = index
+        return value
+
+    @field_validator("hash_on")
+    @classmethod
+    def _check_hash_on(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("balancer") != "consistent_hash":
+            raise ValueError("only used by balancer: consistent_hash")
+        kind, sep, name = value.partition(":")
+        if value == "client_ip":
+            return value
+        if sep and kind == "header" and _TOKEN.fullmatch(name):
+            return f"header:{name.lower()}"
+        if sep and kind == "cookie" and _TOKEN.fullmatch(name):
+            return value
+        raise ValueError(f"must be header:NAME, cookie:NAME or client_ip, got {value!r}")
+
+    @model_validator(mode="after")
+    def _one_address_form(self) -> UpstreamConfig:
+        given = "targets" in self.model_fields_set
+        if self.url is not None and given:
+            raise ValueError("give either url (one target) or targets, not both")
+        if self.url is None and not given:
+            raise ValueError("needs url (one target) or targets")
+        if self.url is not None:
+            # The one-target form is the list of one: runtime code reads `targets` whatever the file said. The
+            # serializer below leaves it out again, so a dumped config validates back to an equal one.
+            object.__setattr__(self, "targets", (UpstreamTarget(url=self.url),))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.url is not None:
+            data.pop("targets", None)
+        return data
+
+    @property
+    def hash_source(self) -> tuple[Literal["header", "cookie", "client_ip"], str]:
+        """What ``consistent_hash`` hashes: ``("header", "x-user")``, ``("cookie", "sid")`` or ``("client_ip", "")``."""
+        kind, _, name = (self.hash_on or "client_ip").partition(":")
+        if kind == "header":
+            return ("header", name)
+        if kind == "cookie":
+            return ("cookie", name)
+        return ("client_ip", "")
+
+    @property
+    def scheme(self) -> str:
+        return self.targets[0].scheme
+
+    @property
+    def host(self) -> str:
+        return self.targets[0].host
+
+    @property
+    def port(self) -> int:
+        return self.targets[0].port
+
+    @property
+    def path_prefix(self) -> bytes:
+        """The first target's path without a trailing slash: ``/api/`` and ``/api`` both give ``b"/api"``."""
+        return self.targets[0].path_prefix
+
+    @property
+    def authority(self) -> bytes:
+        return self.targets[0].authority
+
+    @property
+    def target(self) -> str:
+        """The first target's ``host:port``."""
+        return self.targets[0].address
+
+
+def _route_path(value: str, key: str) -> str:
+    """A route's ``prefix`` or ``path``: ASCII, starting with '/', in the normal form requests are matched in."""
+    if not value.startswith("/"):
+        raise ValueError(f"must start with '/', got {value!r}")
+    if not value.isascii() or any(char.isspace() or char in "?#" or ord(char) < 32 for char in value):
+        raise ValueError(f"must be an ASCII path without spaces, '?' or '#' (percent-encode the rest), got {value!r}")
+    try:
+        normal = normalize_path(value.encode("ascii")).decode("ascii")
+    except PathAboveRoot:
+        raise ValueError(f"climbs above '/': {value!r}") from None
+    if normal != value:
+        raise ValueError(f"requests are matched on the normalised path, so write {key}: {normal!r}, not {value!r}")
+    return value
+
+
+def _compile(value: str) -> re.Pattern[str]:
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"does not compile: {exc}") from None
+
+
+class Rewrite(_Model):
+    """How a route changes the path it forwards: ``{regex, replacement}`` or a fixed ``{path}``; the query is kept.
+
+    >>> Rewrite(regex="^/old/(.*)", replacement=r"/new/\\1").apply(b"/old/x")
+    b'/new/x'
+    """
+
+    regex: str | None = None
+    replacement: str | None = None
+    path: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            _compile(value)
+        return value
+
+    @field_validator("replacement", "path")
+    @classmethod
+    def _check_chars(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not _REWRITE_CHARS.fullmatch(value) or (info.field_name == "path" and "\\" in value):
+            raise ValueError(f"must be ASCII path characters (no spaces, '?' or '#'), got {value!r}")
+        if info.field_name == "path" and not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        regex = info.data.get("regex")
+        if info.field_name == "replacement" and regex is not None:
+            try:
+                _compile(regex).sub(value, "")  # compiles the template: bad group references fail here
+            except re.error as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Rewrite:
+        if self.path is not None and self.regex is None and self.replacement is None:
+            return self
+        if self.path is None and self.regex is not None and self.replacement is not None:
+            return self
+        raise ValueError("give {regex, replacement} or {path}")
+
+    def apply(self, path: bytes) -> bytes:
+        """The rewritten path; a result that does not start with '/' gets one."""
+        if self.path is not None:
+            return self.path.encode("ascii")
+        assert self.regex is not None and self.replacement is not None
+        result = _compile_cached(self.regex).sub(self.replacement, path.decode("latin-1")).encode("latin-1")
+        return result if result.startswith(b"/") else b"/" + result
+
+
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _compile_cached(regex: str) -> re.Pattern[str]:
+    pattern = _PATTERNS.get(regex)
+    if pattern is None:
+        pattern = _PATTERNS[regex] = re.compile(regex)
+    return pattern
+
+
+class HeaderRules(_Model):
+    """Header changes on one hop: ``set`` replaces (or adds), ``add`` appends, ``remove`` drops; names lower-cased.
+
+    >>> HeaderRules(set={"X-A": "1"}, remove=["Server"]).remove
+    ('server',)
+    """
+
+    set: dict[HeaderName, HeaderValue] = {}
+    add: dict[HeaderName, HeaderValue] = {}
+    remove: tuple[HeaderName, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_protected(self) -> HeaderRules:
+        for key, names in (("set", self.set), ("add", self.add), ("remove", self.remove)):
+            for name in names:
+                if name in _PROTECTED_HEADERS:
+                    raise ValueError(f"{key}: {name} is a framing or hop-by-hop header; fastgate manages it")
+        return self
+
+
+class PluginSpec(_Model):
+    """A plugin on a route: ``use`` is an import path ``pkg.mod:Name`` or a built-in name.
+
+    >>> PluginSpec(use="mypkg.auth:TokenCheck", options={"realm": "api"})  # doctest: +SKIP
+    """
+
+    use: str
+    options: dict[str, Any] = {}
+
+    @field_validator("use")
+    @classmethod
+    def _check_use(cls, value: str) -> str:
+        resolve_plugin(value)  # the one place user code is imported at load time, so a typo fails `fastgate check`
+        return value
+
+
+def _plugin_entry(value: object) -> object:
+    return {"use": value} if isinstance(value, str) else value
+
+
+class RouteTimeouts(_Model):
+    """Per-route overrides of the upstream's :class:`Timeouts`: only the keys given replace the upstream's.
+
+    >>> RouteTimeouts(read=5).over(Timeouts()).read
+    5.0
+    """
+
+    connect: float | None = Field(None, gt=0)
+    read: float | None = Field(None, gt=0)
+    write: float | None = Field(None, gt=0)
+    pool: float | None = Field(None, gt=0)
+    stream_idle: float | None = Field(None, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if key in self.model_fields_set}  # unset != null
+
+    def over(self, base: Timeouts) -> Timeouts:
+        return base.model_copy(update={key: getattr(self, key) for key in self.model_fields_set})
+
+
+def _method(value: object) -> object:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError(f"not an HTTP method: {value!r}")
+    return value.upper()
+
+
+def _host_pattern(value: str) -> str:
+    host = value.lower().removesuffix(".")
+    if _IPV6.fullmatch(host):
+        return host
+    if ":" in host:
+        raise ValueError(f"hosts are compared without the port: write {host.rpartition(':')[0]!r}, not {value!r}")
+    labels = host.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if not labels:
+            raise ValueError("'*' alone is no host: leave host out to match every host")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"must be a host name, optionally with one leading '*.' label, got {value!r}")
+    return host
+
 
 class RouteConfig(_Model):
-    """Requests whose path starts with ``prefix`` go to ``upstream``."""
+    """Which requests go to ``upstream``, and what changes on the way. See docs/config.md for precedence.
 
-    prefix: str = "/"
+    >>> RouteConfig(host="*.example.com", prefix="/api", methods=["get"], upstream="api").methods
+    ('GET',)
+
+    A route matches with one of ``prefix`` (the default, ``/``), ``path`` (exact) or ``regex`` (searched in the
+    normalised path), and every one of ``host``, ``methods``, ``headers`` and ``query`` it gives.
+    """
+
+    host: str | None = None
+    prefix: str | None = None
+    path: str | None = None
+    regex: str | None = None
+    methods: tuple[Annotated[str, BeforeValidator(_method)], ...] | None = None
+    headers: dict[HeaderName, HeaderValue] | None = None
+    query: dict[str, HeaderValue] | None = None
     upstream: str
     strip_prefix: bool = False
+    rewrite: Rewrite | None = None
+    request_headers: HeaderRules = HeaderRules()
+    response_headers: HeaderRules = HeaderRules()
+    timeouts: RouteTimeouts = RouteTimeouts()
+    retries: RetryPolicy | None = None
+    plugins: tuple[Annotated[PluginSpec, BeforeValidator(_plugin_entry)], ...] = ()
+    priority: int = 0
     request_buffering: bool = False
 
-    @field_validator("prefix")
+    @model_validator(mode="before")
     @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"must start with '/', got {value!r}")
+    def _default_prefix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and all(data.get(key) is None for key in ("prefix", "path", "regex")):
+            return {**data, "prefix": "/"}
+        return data
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        return None if value is None else _host_pattern(value)
+
+    @field_validator("prefix", "path")
+    @classmethod
+    def _check_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _route_path(value, str(info.field_name))
+
+    @field_validator("regex")
+    @classmethod
+    def _check_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            _compile(value)
         return value
+
+    @field_validator("query")
+    @classmethod
+    def _check_query(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and "" in value:
+            raise ValueError("a query parameter name may not be empty")
+        return value
+
+    @field_validator("strip_prefix")
+    @classmethod
+    def _check_strip(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("regex") is not None:
+            raise ValueError("needs prefix or path: a regex route has no prefix to strip")
+        return value
+
+    @model_validator(mode="after")
+    def _one_path_matcher(self) -> RouteConfig:
+        given = [key for key in ("prefix", "path", "regex") if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of prefix, path or regex, not {' and '.join(given)}")
+        return self
+
+    def retry_policy(self, upstream: UpstreamConfig) -> RetryPolicy:
+        """This route's ``retries`` when given (it replaces the upstream's policy whole), else the upstream's."""
+        return self.retries if self.retries is not None else upstream.retries
+
+    def effective_timeouts(self, upstream: UpstreamConfig) -> Timeouts:
+        """The upstream's timeouts with this route's ``timeouts`` keys put over them."""
+        return self.timeouts.over(upstream.timeouts)
 
 
 class BodyRate(_Model):
@@ -220,6 +749,8 @@ class ServerConfig(_Model):
     ws_client_ping_interval: float | None = Field(20.0, gt=0)
     ws_client_ping_timeout: float | None = Field(20.0, gt=0)
     ws_per_message_deflate: bool = False
+    # Collapse runs of '/' in the path routes are matched against (Envoy's merge_slashes); see proxy/paths.py.
+    merge_slashes: bool = False
 
 
 class GatewayConfig(_Model):
@@ -256,6 +787,8 @@ def _format_error(error: ValidationError) -> str:
     for item in error.errors():
         path = ""
         for part in item["loc"]:
+            if part == "[key]":  # pydantic's marker for a bad dict key: the key itself is already in the path
+                continue
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {message}" if path else message)

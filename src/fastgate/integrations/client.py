@@ -69,7 +69,7 @@ class _FastgateHttpxTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         if (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)) != self._origin:
-            raise ValueError(f"upstream client {self.name!r} only sends to {self.config.url}, not to {url}")
+            raise ValueError(f"upstream client {self.name!r} only sends to {self.config.targets[0].url}, not to {url}")
         headers: list[tuple[bytes, bytes]] = []
         body_length: int | None = None
         for name, value in request.headers.raw:
@@ -110,7 +110,7 @@ class UpstreamClient(httpx.AsyncClient):
             config = UpstreamConfig(url=config)
         self._fastgate = _FastgateHttpxTransport(name, config)
         super().__init__(
-            base_url=config.url,
+            base_url=config.targets[0].url,
             transport=self._fastgate,
             cookies=NoCookieJar(),
             follow_redirects=False,
@@ -136,4 +136,4 @@ class UpstreamClient(httpx.AsyncClient):
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
-        return f"<UpstreamClient {self.name!r} {self.config.url} {state} {self._fastgate.transport!r}>"
+        return f"<UpstreamClient {self.name!r} {self.config.targets[0].url} {state} {self._fastgate.transport!r}>"
