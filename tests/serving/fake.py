@@ -20,7 +20,8 @@ from fastgate.serving.protocol import HttpProtocol
 @dataclass
 class FakeTransport:
     written: bytearray = field(default_factory=bytearray)
-    closed: bool = False
+    closed: bool = False  # the server ended its side: close, abort, or FIN (write_eof)
+    eof: bool = False
     aborted: bool = False
     reading: bool = True
     protocol: Any = None
@@ -35,6 +36,12 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closed = self.eof = True
 
     def abort(self) -> None:
         self.closed = self.aborted = True

@@ -87,9 +87,12 @@ class _HookScope:
             self._task.cancel()
 
     async def __aenter__(self) -> _HookScope:
-        self._hooks.on_disconnect = self
         if self._hooks.disconnected:
-            self()
+            # Gone before the exchange began (the server found its body broken, or it left): nothing to cancel;
+            # the caller sees ``disconnected`` and sends nothing upstream.
+            self.disconnected = True
+        else:
+            self._hooks.on_disconnect = self
         return self
 
     def watch(self) -> None:
@@ -253,6 +256,8 @@ async def forward_http(
             scope["method"].encode("ascii"), options.rules.path_prefix + target, head.headers, head.body_length
         )
         async with _HookScope(hooks) if hooks is not None else _WatcherScope(receive) as disconnect:
+            if disconnect.disconnected:
+                return
             body: AsyncGenerator[bytes] | None = None
             try:
                 if head.body_length and buffer_body is not None:

@@ -58,6 +58,8 @@ from .head import check_host, check_target, check_version
 from .limits import ServerLimits
 from .sweeper import Sweeper
 
+LINGER_SECONDS = 1.0  # after an error answer, how long input is drained before the socket is closed
+
 # Connection phases: what the deadline, if any, is counting.
 _FIRST, _IDLE, _HEAD, _BUSY = range(4)
 
@@ -102,7 +104,8 @@ class HttpProtocol(asyncio.Protocol):
         self.root_path = config.root_path
         self.sweeper = Sweeper.of(server_state, self.loop, self.limits.sweep_interval)
         self.parser = httptools.HttpRequestParser(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        # Versions are judged by serving/head.py (1.x above 1.1 is served as 1.1, others get 505), not by llhttp.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True, lenient_version=True)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
@@ -128,6 +131,8 @@ class HttpProtocol(asyncio.Protocol):
         self._paused_at = 0.0
         self._in_head = False
         self._framing_bytes = 0
+        self._line_bytes = 0  # the unfinished line of a head being received
+        self._linger_until = 0.0
         self._pending_error: ClientError | None = None
 
     @property
@@ -167,9 +172,11 @@ class HttpProtocol(asyncio.Protocol):
         return None  # a client that half-closes is gone, as Uvicorn treats it: the transport closes
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # lingering after an error answer: input is read and dropped
         if self.phase == _IDLE or self.phase == _FIRST:
             self._arm(_HEAD, self.limits.header_timeout)
-            self._head_bytes = 0
+            self._head_bytes = self._line_bytes = 0
         try:
             while data:
                 if self.phase != _HEAD:
@@ -182,12 +189,22 @@ class HttpProtocol(asyncio.Protocol):
                             BadRequest(f"chunk framing or trailers over {self.limits.max_header_bytes} bytes")
                         )
                     return
-                room = self.limits.max_header_bytes - self._head_bytes
+                limits = self.limits
+                room = limits.max_header_bytes - self._head_bytes
                 piece, data = (data[:room], data[room:]) if len(data) > room else (data, b"")
                 self._head_bytes += len(piece)
+                newline = piece.rfind(b"\n")
+                self._line_bytes = len(piece) - newline - 1 if newline >= 0 else self._line_bytes + len(piece)
                 self.parser.feed_data(piece)
-                if data and self.phase == _HEAD:
-                    raise _Reject(HeadersTooLarge(f"request head over {self.limits.max_header_bytes} bytes"))
+                if self.phase == _HEAD:
+                    if data:
+                        raise _Reject(HeadersTooLarge(f"request head over {limits.max_header_bytes} bytes"))
+                    if self._line_bytes > limits.max_header_field_bytes:
+                        # One line still growing past the field limit (llhttp only reports a field once it ends).
+                        raise _Reject(HeadersTooLarge(f"a header field over {limits.max_header_field_bytes} bytes"))
+                    if self._url and b"\n" in piece and self.parser.get_http_version() == "0.0":
+                        # A request line without a version: HTTP/0.9, which llhttp would wait on for headers.
+                        raise _Reject(VersionNotSupported("HTTP/0.9 is not supported; use HTTP/1.1"))
         except _Reject as exc:
             self._fail(exc.error)
         except httptools.HttpParserUpgrade as exc:
@@ -255,15 +272,16 @@ class HttpProtocol(asyncio.Protocol):
         if cycle is not self._cycle:
             return
         self._cycle = None
+        if not cycle.keep_alive or self.closed:
+            if not self.closed:
+                self.closed = True
+                self.transport.close()  # for a close-delimited body the close is its end
+            return
         if self._pipeline:
             self._start(self._pipeline.popleft())
             return
         if self._pending_error is not None:
             self._respond_error(self._pending_error, method="-")
-            return
-        if not cycle.keep_alive or self.closed:
-            self.closed = True
-            self.transport.close()  # for a close-delimited body the close is its end
             return
         if self._parsing is None:
             self._arm(_IDLE, self.limits.keepalive_timeout)
@@ -283,6 +301,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def check(self, now: float) -> None:
         if self.closed:
+            if self._linger_until and now >= self._linger_until:
+                self._linger_until = 0.0
+                self.transport.abort()
             return
         if self.deadline and now >= self.deadline:
             if self.phase == _IDLE:
@@ -510,7 +531,7 @@ class HttpProtocol(asyncio.Protocol):
         self._respond_error(error, method=self.parser.get_method().decode("latin-1", "replace") or "-")
 
     def _respond_error(
-        self, error: FastgateError, *, method: str, target: bytes | None = None, quiet: bool = False
+        self, error: FastgateError, *, method: str, target: bytes | None = None, linger: bool = True
     ) -> None:
         if self.closed:
             return
@@ -528,7 +549,14 @@ class HttpProtocol(asyncio.Protocol):
         )
         self.closed = True
         self.transport.write(head + body)
-        self.transport.close()
+        if linger and self.transport.can_write_eof():
+            # Lingering close, as nginx does: closing a socket with unread input makes the kernel send RST, which
+            # can destroy the answer before the client reads it (a client still sending an oversized head, say).
+            # So: FIN after the answer, read and discard for a moment, then close.
+            self.transport.write_eof()
+            self._linger_until = self.loop.time() + LINGER_SECONDS
+        else:
+            self.transport.close()
         if access_logger.isEnabledFor(logging.INFO):
             access_logger.info(
                 '%s - "%s %s" %d 0 0.0ms request_id=%s (%s: %s)',
@@ -542,7 +570,7 @@ class HttpProtocol(asyncio.Protocol):
             )
 
     def _refuse(self, error: FastgateError) -> None:
-        self._respond_error(error, method="-", target=b"-")
+        self._respond_error(error, method="-", target=b"-", linger=False)
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
