@@ -92,7 +92,9 @@ class RequestCycle:
         self.buffered = 0
         self.more_body = True
         self.body_bytes = 0
-        self.body_since = 0.0  # loop time the app first asked for the body; 0 until then (the rate clock)
+        # The body-rate clock (loop time): from when the request is served, or, with 100-continue, from our
+        # "100 Continue" (the client waits for it); 0 until then.
+        self.body_since = 0.0
         self.body_taken = False  # the app has had the last body message
         self.response_started = False
         self.response_complete = False

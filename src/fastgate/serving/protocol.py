@@ -465,6 +465,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start(self, cycle: RequestCycle) -> None:
         self._cycle = cycle
+        if cycle.more_body and not cycle.expect_100:
+            # The rate counts the client's bytes whether or not the app reads them yet (a request queued for an
+            # upstream connection must not keep its place by trickling); only time we stop reading is not counted.
+            cycle.body_since = self.loop.time()
         task = self.loop.create_task(self._run(cycle))
         tasks = self.server_state.tasks
         tasks.add(task)
