@@ -173,7 +173,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
-            return  # lingering after an error answer: input is read and dropped
+            return  # lingering after an error answer: input already read is dropped
         if self.phase == _IDLE or self.phase == _FIRST:
             self._arm(_HEAD, self.limits.header_timeout)
             self._head_bytes = self._line_bytes = 0
@@ -293,6 +293,9 @@ class HttpProtocol(asyncio.Protocol):
             if not self.closed:
                 self.closed = True
                 self.transport.close()
+            elif self._linger_until:
+                self._linger_until = 0.0
+                self.transport.abort()
         else:
             self._cycle.keep_alive = False
             self._pipeline.clear()
@@ -554,10 +557,13 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = True
         self.transport.write(head + body)
         if linger and self.transport.can_write_eof():
-            # Lingering close, as nginx does: closing a socket with unread input makes the kernel send RST, which
-            # can destroy the answer before the client reads it (a client still sending an oversized head, say).
-            # So: FIN after the answer, read and discard for a moment, then close.
+            # A lingering close: closing a socket with unread input makes the kernel send RST at once, which can
+            # destroy the answer before the client reads it (a client still sending an oversized head, say). So the
+            # answer is followed by FIN, and the socket is left open for a moment before it is closed. Unlike
+            # nginx, nothing more is read meanwhile: a hostile client costs no further reads.
             self.transport.write_eof()
+            self._reading = False
+            self.transport.pause_reading()
             self._linger_until = self.loop.time() + LINGER_SECONDS
         else:
             self.transport.close()
