@@ -31,6 +31,9 @@ class FastgateError(Exception):
     code: str = "internal_error"
     close_code: int = 1011
 
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    """Extra response headers for the JSON error answer (``Retry-After``, ``WWW-Authenticate``, ``RateLimit``...)."""
+
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail)
         self.detail = detail
@@ -160,5 +163,5 @@ class UpstreamRefused(UpstreamError):
         super().__init__(detail, upstream, target)
         self.status_code = status
         self.close_code = 1008 if 400 <= status < 500 else 1014
-        self.headers = headers
+        self.headers = tuple(headers)
         self.body = body

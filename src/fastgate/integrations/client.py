@@ -84,7 +84,14 @@ class _FastgateHttpxTransport(httpx.AsyncBaseTransport):
         if body_length is not None:
             assert isinstance(request.stream, httpx.AsyncByteStream), "UpstreamClient needs an async request body"
             body = aiter(request.stream)
-        upstream_request = UpstreamRequest(request.method.encode("ascii"), url.raw_path, headers, body_length)
+        target = url.raw_path
+        prefix = self.config.path_prefix  # the transport adds it again
+        if prefix:
+            if not target.startswith(prefix) or target[len(prefix) : len(prefix) + 1] not in (b"", b"/", b"?"):
+                raise ValueError(f"upstream client {self.name!r} only sends below {prefix.decode()}, not to {url}")
+            target = target[len(prefix) :]
+            target = target if target.startswith(b"/") else b"/" + target
+        upstream_request = UpstreamRequest(request.method.encode("ascii"), target, headers, body_length)
         response = await self.transport.send(upstream_request, body)
         return httpx.Response(
             response.status,

@@ -17,6 +17,7 @@ async def error_response(send: Send, exc: FastgateError, request_id: bytes) -> N
         (b"content-length", b"%d" % len(body)),
         (b"x-request-id", request_id),
     ]
+    headers.extend(exc.headers)
     if exc.status_code in (431, 400):
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})

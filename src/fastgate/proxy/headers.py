@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import ServerConfig, UpstreamConfig
@@ -205,7 +206,7 @@ def _body_length(lengths: list[bytes], encodings: list[bytes]) -> int | None:
     return None
 
 
-def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Apply the response rules to the upstream's headers (names in any case)."""
     out: list[tuple[bytes, bytes]] = []
     connection: set[bytes] | None = None

@@ -253,7 +253,7 @@ async def forward_http(
             return
         request_id = head.request_id
         request = UpstreamRequest(
-            scope["method"].encode("ascii"), options.rules.path_prefix + target, head.headers, head.body_length
+            scope["method"].encode("ascii"), target, head.headers, head.body_length, client=_client_address(scope)
         )
         async with _HookScope(hooks) if hooks is not None else _WatcherScope(receive) as disconnect:
             if disconnect.disconnected:

@@ -81,6 +81,7 @@ class HttpxTransport:
         self.target = config.target
         t, limits = config.timeouts, config.limits
         self._base = f"{config.scheme}://{config.authority.decode()}"
+        self._prefix = config.path_prefix
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
             limits=httpx.Limits(
@@ -112,7 +113,7 @@ class HttpxTransport:
             headers.append((b"content-length", b"%d" % request.body_length))
         outgoing = httpx.Request(
             request.method.decode("ascii"),
-            httpx.URL(self._base + request.target.decode("latin-1")),
+            httpx.URL(self._base + (self._prefix + request.target).decode("latin-1")),
             headers=headers,
             content=body if body is not None else b"",
         )

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import anyio
 
-from ..config import UpstreamConfig
+from ..config import RetryPolicy, Timeouts, UpstreamConfig
 from ..exceptions import BadRequest, UpstreamProtocolError
 from ..observability.logging import TRACE, upstream_logger
 from .connection import Connection
@@ -33,13 +33,17 @@ class UpstreamRequest:
     """A request ready to go upstream: ``headers`` are final (Host included, hop-by-hop removed).
 
     ``body_length`` is the Content-Length to send, ``CHUNKED`` for a body of unknown length, or None when the
-    request has no body framing at all (a plain GET).
+    request has no body framing at all (a plain GET). ``target`` is the origin-form target as the upstream should
+    see it below its URL's path prefix, which the transport adds (each target of an upstream may have its own).
     """
 
     method: bytes
     target: bytes
     headers: list[tuple[bytes, bytes]]
     body_length: int | None = None
+    client: bytes = b""  # the client's address, for hash_on: client_ip
+    timeouts: Timeouts | None = None  # a route's timeouts over the upstream's (RouteConfig.effective_timeouts)
+    retry: RetryPolicy | None = None  # a route's retry policy instead of the upstream's
 
 
 class UpstreamResponse(Protocol):
@@ -141,7 +145,7 @@ class FastgateTransport:
             self.pool.sweep(loop.time())
 
     async def send(self, request: UpstreamRequest, body: AsyncIterator[bytes] | None) -> UpstreamResponse:
-        head = _request_head(request)
+        head = _request_head(request, self.config.path_prefix)
         no_body = request.method == b"HEAD"
         timeouts = self.config.timeouts
         retried = False
@@ -199,8 +203,8 @@ class FastgateTransport:
             raise BadRequest(f"request body ended after {sent} of its {length} bytes")
 
 
-def _request_head(request: UpstreamRequest) -> bytes:
-    parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+def _request_head(request: UpstreamRequest, path_prefix: bytes = b"") -> bytes:
+    parts = [request.method, b" ", path_prefix + request.target, b" HTTP/1.1\r\n"]
     for name, value in request.headers:
         parts += (name, b": ", value, b"\r\n")
     length = request.body_length
