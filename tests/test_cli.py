@@ -16,6 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from fastgate import Gateway, GatewayConfig
 from fastgate.cli import main
 from tests.servers import RunningServer, _children, fastgate_process, free_port, wait_for_port, wait_until
 
@@ -220,14 +221,23 @@ async def test_sigterm_drains_in_flight_requests_and_refuses_new_connections(
     assert "Traceback" not in gw.log()
 
 
-def test_startup_does_not_open_pools_at_import() -> None:
-    # Importing the package and building a gateway opens nothing: pools belong to the lifespan.
-    code = (
-        "import fastgate, gc, asyncio; g = fastgate.Gateway(fastgate.GatewayConfig.single('http://127.0.0.1:9'));"
-        "print(len(g.transports))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert result.stdout.strip() == "0"
+def _open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:  # the directory listing's own descriptor, closed by now
+            pass
+    return count
+
+
+def test_building_a_gateway_opens_no_connection() -> None:
+    # Pools belong to the lifespan (tests/test_app.py opens and closes them there): a Gateway built at import time,
+    # as an app factory or a module-level ``app = Gateway(...)`` does, holds no socket.
+    before = _open_sockets()
+    gateway = Gateway(GatewayConfig.single("http://127.0.0.1:9"))
+    assert _open_sockets() == before
+    assert gateway.transports == {}
 
 
 async def test_gateway_process_serves_example_upstream(tmp_path: Path) -> None:

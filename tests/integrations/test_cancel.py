@@ -18,6 +18,7 @@ from starlette.routing import Route
 from fastgate import cancel_on_disconnect
 from fastgate.integrations.cancel import DisconnectGuard
 from tests.integrations.conftest import send_then_disconnect, serve
+from tests.servers import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +30,8 @@ class Work:
         self.started = anyio.Event()
         self.cancelled = anyio.Event()
         self.finished = anyio.Event()
+        self.entered = anyio.Event()  # the endpoint was called
+        self.handled = anyio.Event()  # the endpoint returned (or raised)
         self.guards: list[DisconnectGuard] = []
 
     async def run(self, seconds: float) -> str:
@@ -70,6 +73,16 @@ def build_app(work: Work) -> FastAPI:
             result = await work.run(payload["seconds"])
         return guard.response if guard.disconnected else {"result": result, "payload": payload}
 
+    @app.post("/work-ignoring-body")
+    async def work_ignoring_body(request: Request) -> Any:
+        work.entered.set()
+        try:
+            async with cancel_on_disconnect(request) as guard:  # reads the body first, to watch for a disconnect
+                result = await work.run(10)  # the work itself does not need the body: only the guard stops it
+            return guard.response if guard.disconnected else {"result": result}
+        finally:
+            work.handled.set()
+
     @app.post("/body-param")
     @cancel_on_disconnect
     async def body_param(payload: Payload, request: Request) -> dict[str, Any]:
@@ -95,8 +108,8 @@ async def test_cancel_on_disconnect_context_manager_cancels_the_work_when_client
     work = Work()
     async with serve(build_app(work), server_path) as server:
         await _disconnect_during_work(server.port, b"GET /block?seconds=10 HTTP/1.1\r\nHost: a\r\n\r\n", work)
-        await anyio.sleep(0.05)
-    assert work.guards[0].disconnected and not work.guards[0].watching
+        await wait_until(lambda: not work.guards[0].watching)
+    assert work.guards[0].disconnected
 
 
 async def test_cancel_on_disconnect_when_client_never_disconnects(server_path: str) -> None:
@@ -107,11 +120,9 @@ async def test_cancel_on_disconnect_when_client_never_disconnects(server_path: s
             tasks_before = len(asyncio.all_tasks())
             second = await client.get("/decorated", params={"seconds": "0.05"})  # same keep-alive connection
             third = await client.get("/block", params={"seconds": "0"})
-        await anyio.sleep(0.05)
-        tasks_after = len(asyncio.all_tasks())
+        await wait_until(lambda: len(asyncio.all_tasks()) <= tasks_before)  # the watchers' tasks ended: no leak
     assert first.json() == second.json() == third.json() == {"result": "done"}
-    assert [g.watching or g.disconnected for g in work.guards] == [False, False]  # watchers stopped, no leak
-    assert tasks_after <= tasks_before
+    assert [g.watching or g.disconnected for g in work.guards] == [False, False]
 
 
 async def test_cancel_on_disconnect_with_an_endpoint_that_reads_the_body(server_path: str) -> None:
@@ -141,13 +152,19 @@ async def test_cancel_on_disconnect_with_a_fastapi_body_parameter() -> None:
 
 
 async def test_cancel_on_disconnect_when_client_leaves_during_the_body() -> None:
+    # The endpoint's work does not wait for the body, so without the guard it would run its 10 s: the guard reads
+    # the body on entry, sees the client leave part-way, and the block is cancelled at its first await.
     work = Work()
     async with serve(build_app(work)) as server:
         async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
-            await stream.send(b'POST /reads-body HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{"seco')
-            await anyio.sleep(0.1)
-        await anyio.sleep(0.2)
-    assert not work.started.is_set()  # the block never ran its work: it was cancelled on entry
+            await stream.send(b'POST /work-ignoring-body HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{"seco')
+            with anyio.fail_after(3):
+                await work.entered.wait()
+        with anyio.fail_after(3):  # a guard that ignored the disconnect would wait for the body forever
+            await work.handled.wait()
+    # the block was cancelled on entry: its work's first await was cancelled, it never ran its 10 s
+    assert work.cancelled.is_set()
+    assert not work.finished.is_set()
 
 
 def test_cancel_on_disconnect_hides_its_request_parameter_from_the_openapi_schema() -> None:
