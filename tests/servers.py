@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -116,10 +117,57 @@ class Spec24:
 
 
 def free_port() -> int:
+    """A port for a child process that binds it by number (fastgate's CLI, an example script).
+
+    In-process servers get a socket bound to port 0 instead (``bind_socket``): no race at all. For a child process
+    the port is closed here and bound there, a window another process on this loopback would have to hit.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# A port whose connections are refused: bound but never listening, and held for the whole run, so nothing else can
+# take it meanwhile (a port found free and closed again could be anybody's by the time it is dialled).
+_REFUSING = socket.socket()
+_REFUSING.bind(("127.0.0.1", 0))
+REFUSED_PORT: int = _REFUSING.getsockname()[1]
+
+
+# Every server path the project supports, for tests that must hold on each: fastgate's own protocol (a disconnect
+# callback), and stock Uvicorn's two (a watcher task), each also as an ASGI spec 2.4 server (send raises once the
+# client is gone).
+SERVER_PATHS: dict[str, tuple[Any, bool]] = {
+    "fastgate-protocol": (FastgateHttpProtocol, False),
+    "httptools": ("httptools", False),
+    "httptools-spec-2.4": ("httptools", True),
+    "h11": ("h11", False),
+    "h11-spec-2.4": ("h11", True),
+}
+
+
+class LogCapture(logging.Handler):
+    """Keeps the records a logger receives at ``level`` and above (Uvicorn's logging config stops them short of
+    pytest's own capture). Attach it once the servers run: starting one reconfigures logging."""
+
+    def __init__(self, level: int = logging.DEBUG) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def captured_logs(name: str, level: int = logging.DEBUG) -> Iterator[LogCapture]:
+    handler = LogCapture(level)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 @dataclass

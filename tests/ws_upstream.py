@@ -10,7 +10,7 @@
                         X-Refusal and a Set-Cookie header and the body ``refused STATUS``
 /ws/redirect            refuses with a 302 to /ws/echo
 
-``raw_upstream()`` is the websockets library's own server, for what an ASGI app cannot do:
+``misbehaving_ws_upstream()`` is the websockets library's own server, for what an ASGI app cannot do:
 
 /drop                   aborts the TCP connection, without a close frame, on the first message
 /fragments              answers each text message with the same text sent as three fragments
@@ -159,7 +159,7 @@ async def _raw_handler(connection: ServerConnection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def raw_upstream() -> AsyncIterator[RawUpstream]:
+async def misbehaving_ws_upstream() -> AsyncIterator[RawUpstream]:
     """The websockets library's server on 127.0.0.1, for upstreams that misbehave (see the module docstring)."""
     sock = bind_socket()
     async with serve(_raw_handler, sock=sock, compression=None, ping_interval=None, close_timeout=1):
@@ -215,11 +215,3 @@ def stalled_upstream() -> Any:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         yield RawUpstream("127.0.0.1", sock.getsockname()[1])
-
-
-def refused_port() -> int:
-    """A port nothing listens on: connections to it are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port

@@ -21,29 +21,10 @@ from typing import Any
 import anyio
 import pytest
 
-from fastgate._protocol import FastgateHttpProtocol
 from fastgate._types import ASGIApp
-from tests.servers import RunningServer, Spec24, run_server
+from tests.servers import SERVER_PATHS, RunningServer, Spec24, captured_logs, run_server, wait_until
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-SERVER_PATHS: dict[str, tuple[Any, bool]] = {
-    "httptools": ("httptools", False),
-    "httptools-spec-2.4": ("httptools", True),
-    "h11": ("h11", False),
-    "h11-spec-2.4": ("h11", True),
-    "fastgate-protocol": (FastgateHttpProtocol, False),
-}
-
-
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @contextlib.asynccontextmanager
@@ -56,15 +37,12 @@ async def serve(
     messages starting with one of ``expected_errors``.
     """
     http, spec24 = SERVER_PATHS[server_path]
-    errors = _Errors()
     async with run_server(Spec24(app) if spec24 else app, http=http, lifespan="on", **options) as server:
-        logger = logging.getLogger("uvicorn.error")  # after uvicorn configured logging, which resets handlers
-        logger.addHandler(errors)
-        try:
+        # after uvicorn configured logging, which resets handlers
+        with captured_logs("uvicorn.error", logging.ERROR) as errors:
             yield server
-            await anyio.sleep(0.02)  # let a request that is still finishing log its failure
-        finally:
-            logger.removeHandler(errors)
+            # a request that is still finishing logs its failure before its task ends
+            await wait_until(lambda: not server.server.server_state.tasks)
     unexpected = [r for r in errors.records if not r.getMessage().startswith(expected_errors or ("\0",))]
     assert not unexpected, [r.getMessage() + str(r.exc_info and r.exc_info[1]) for r in unexpected]
 
@@ -85,13 +63,6 @@ def load_example(name: str) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
-
-
-async def wait_for(predicate: Any, limit: float = 5.0) -> None:
-    """Poll ``predicate()`` until it is true, failing after ``limit`` seconds."""
-    with anyio.fail_after(limit):
-        while not predicate():  # noqa: ASYNC110 - polls state that nothing signals (an app's counters)
-            await anyio.sleep(0.01)
 
 
 async def send_then_disconnect(port: int, request: bytes, ready: Any) -> None:

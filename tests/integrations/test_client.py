@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from fastgate import UpstreamClient, UpstreamConfig, UpstreamConnectError, UpstreamTimeout
-from tests.servers import RunningServer, free_port
+from tests.servers import REFUSED_PORT, RunningServer
 from tests.upstream_app import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -57,7 +57,7 @@ async def test_upstream_client_refuses_other_hosts(upstream: RunningServer) -> N
 
 
 async def test_upstream_client_raises_fastgate_errors() -> None:
-    async with UpstreamClient("api", f"http://127.0.0.1:{free_port()}") as api:
+    async with UpstreamClient("api", f"http://127.0.0.1:{REFUSED_PORT}") as api:
         with pytest.raises(UpstreamConnectError) as caught:
             await api.get("/")
     assert caught.value.upstream == "api"

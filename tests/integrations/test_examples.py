@@ -19,8 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from fastgate._types import Receive, Scope, Send
-from tests.integrations.conftest import EXAMPLES, load_example, send_then_disconnect, serve, wait_for
-from tests.servers import RunningServer, free_port, run_server
+from tests.integrations.conftest import EXAMPLES, load_example, send_then_disconnect, serve
+from tests.servers import REFUSED_PORT, RunningServer, free_port, run_server, wait_until
 from tests.upstream_app import Recorder
 from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
 
@@ -160,7 +160,7 @@ async def test_bff_example_cancels_both_downstream_calls() -> None:
 async def test_bff_example_answers_502_when_a_downstream_fails() -> None:
     users, orders = Service("users"), Service("orders", delay=10)
     async with services(users) as (u,):
-        app = load_example("library_bff").build_app(u.url, f"http://127.0.0.1:{free_port()}")
+        app = load_example("library_bff").build_app(u.url, f"http://127.0.0.1:{REFUSED_PORT}")
         async with serve(app) as server, httpx.AsyncClient(base_url=server.url) as client:
             refused = await client.get("/dashboard/7")
         users.status = 500
@@ -195,9 +195,9 @@ async def test_compute_example_stops_computing_when_client_disconnects() -> None
         await send_then_disconnect(
             server.port,
             b"GET /primes?below=100000000000 HTTP/1.1\r\nHost: a\r\n\r\n",
-            lambda: wait_for(lambda: stats.chunks >= 2),
+            lambda: wait_until(lambda: stats.chunks >= 2),
         )
-        await wait_for(lambda: stats.cancelled == 1, 3)
+        await wait_until(lambda: stats.cancelled == 1, 3)
         chunks = stats.chunks
         await anyio.sleep(0.2)
     assert stats.chunks == chunks and stats.finished == 0  # no chunk ran after the cancellation

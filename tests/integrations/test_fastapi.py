@@ -18,8 +18,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from fastgate import Gateway, GatewayConfig, ProxyApp, UpstreamClient, Upstreams, forward, upstream_client
-from tests.integrations.conftest import send_then_disconnect, serve, wait_for
-from tests.servers import RunningServer, free_port
+from tests.integrations.conftest import send_then_disconnect, serve
+from tests.servers import REFUSED_PORT, RunningServer, wait_until
 from tests.upstream_app import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -247,7 +247,7 @@ async def test_forward_target_reaches_the_upstream_as_given(upstream: RunningSer
 
 
 async def test_forward_answers_502_when_the_upstream_is_unreachable() -> None:
-    async with client_for(proxy_app(f"http://127.0.0.1:{free_port()}")) as client:
+    async with client_for(proxy_app(f"http://127.0.0.1:{REFUSED_PORT}")) as client:
         response = await client.get("/anything")
     assert response.status_code == 502
     assert response.json()["error"] == "upstream_connect_error"
@@ -333,7 +333,7 @@ async def test_forward_closes_the_upstream_response_when_client_disconnects_mid_
                 assert b"chunk 0" in await stream.receive()
         # The connection is aborted (the body was not read to its end) and leaves the pool.
         pool = clients[0]._fastgate.transport.pool  # type: ignore[attr-defined]
-        await wait_for(lambda: (pool.stats().busy, pool.stats().idle) == (0, 0), 3)
+        await wait_until(lambda: (pool.stats().busy, pool.stats().idle) == (0, 0), 3)
 
 
 async def test_upstream_client_dependency_shares_the_lifespan_client(upstream: RunningServer) -> None:

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fastgate import Gateway, GatewayConfig, ProxyApp, Upstreams, forward_websocket
 from tests.integrations.conftest import serve
-from tests.servers import RunningServer, free_port
+from tests.servers import REFUSED_PORT, RunningServer
 from tests.ws_upstream import WebSocketRecorder
 
 pytestmark = pytest.mark.anyio
@@ -88,7 +88,7 @@ async def test_forward_websocket_passes_the_client_close_code_upstream(
 
 
 async def test_forward_websocket_refuses_with_502_when_the_upstream_is_unreachable() -> None:
-    async with serve_ws(relay_app(f"http://127.0.0.1:{free_port()}"), DENIAL_LOGGED) as url:
+    async with serve_ws(relay_app(f"http://127.0.0.1:{REFUSED_PORT}"), DENIAL_LOGGED) as url:
         with pytest.raises(InvalidStatus) as caught:
             async with client(f"{url}/relay/lobby"):
                 pass

@@ -14,30 +14,22 @@ import anyio
 import pytest
 
 from fastgate import Gateway, GatewayConfig
-from fastgate._protocol import FastgateHttpProtocol
 from fastgate._types import ASGIApp
 from fastgate.config import UpstreamConfig
 from fastgate.exceptions import UpstreamProtocolError
 from fastgate.proxy.http import ForwardOptions, forward_http
 from fastgate.upstream.transport import UpstreamRequest
-from tests.servers import RunningServer, Spec24, run_gateway, wait_until
+from tests.servers import SERVER_PATHS, RunningServer, Spec24, run_gateway, wait_until
 from tests.upstream_app import Recorder
 
 pytestmark = pytest.mark.anyio
 
 
-SERVER_PATHS = {
-    "fastgate-protocol": (FastgateHttpProtocol, lambda app: app),
-    "h11-watcher": ("h11", lambda app: app),
-    "h11-watcher-spec-2.4": ("h11", Spec24),
-}
-
-
 @pytest.fixture(params=list(SERVER_PATHS))
 async def served(request: pytest.FixtureRequest, upstream: RunningServer) -> Any:
-    http, wrap = SERVER_PATHS[request.param]
+    http, spec24 = SERVER_PATHS[request.param]
     gateway = Gateway(GatewayConfig.single(upstream.url))
-    app: ASGIApp = wrap(gateway)
+    app: ASGIApp = Spec24(gateway) if spec24 else gateway
     async with run_gateway(app, http=http) as server:
         server.app = gateway
         yield server
@@ -163,7 +155,7 @@ class _FakeTransport:
         return self.responses[-1]
 
 
-@pytest.mark.parametrize("server_path", ["fastgate-protocol", "h11-watcher"])
+@pytest.mark.parametrize("server_path", ["fastgate-protocol", "h11"])
 async def test_disconnect_during_the_shielded_upstream_close_does_not_interrupt_it(server_path: str) -> None:
     transport = _FakeTransport()
     options = ForwardOptions.from_config("fake", transport, UpstreamConfig(url="http://127.0.0.1:1"))

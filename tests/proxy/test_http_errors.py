@@ -13,7 +13,7 @@ import pytest
 from fastgate import PoolLimits
 from tests.conftest import GatewayFactory
 from tests.misbehaving import raw_upstream, read_head
-from tests.servers import RunningServer, free_port, run_server
+from tests.servers import REFUSED_PORT, RunningServer, run_server
 from tests.upstream_app import Recorder, UpstreamApp
 
 pytestmark = pytest.mark.anyio
@@ -29,7 +29,7 @@ async def test_upstream_refused_gives_502_with_json_body_and_one_log_line(
     gateway_for: GatewayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "fastgate")
-    async with gateway_for(f"http://127.0.0.1:{free_port()}") as gw, httpx.AsyncClient(base_url=gw.url) as client:
+    async with gateway_for(f"http://127.0.0.1:{REFUSED_PORT}") as gw, httpx.AsyncClient(base_url=gw.url) as client:
         response = await client.get("/anything")
     assert response.status_code == 502
     body = response.json()
@@ -187,7 +187,7 @@ async def test_malformed_upstream_response_gives_502(gateway_for: GatewayFactory
 
 @pytest.mark.parametrize("transport", ["fastgate", "httpx"])
 async def test_transports_map_errors_to_the_same_statuses(gateway_for: GatewayFactory, transport: str) -> None:
-    async with gateway_for(f"http://127.0.0.1:{free_port()}", transport=transport) as gw:
+    async with gateway_for(f"http://127.0.0.1:{REFUSED_PORT}", transport=transport) as gw:
         async with httpx.AsyncClient(base_url=gw.url) as client:
             response = await client.get("/")
     assert response.status_code == 502
@@ -199,7 +199,7 @@ async def test_upstream_failures_name_their_target_in_the_log(
     gateway_for: GatewayFactory, caplog: pytest.LogCaptureFixture, transport: str
 ) -> None:
     caplog.set_level(logging.INFO, "fastgate")
-    port = free_port()
+    port = REFUSED_PORT
     async with gateway_for(f"http://127.0.0.1:{port}", transport=transport) as gw:
         async with httpx.AsyncClient(base_url=gw.url) as client:
             response = await client.get("/")

@@ -29,11 +29,10 @@ from fastgate.exceptions import (
     UpstreamUnavailable,
 )
 from fastgate.proxy.websocket import client_close_code, close_for, upstream_close_code
-from tests.servers import RunningServer, run_gateway
+from tests.servers import REFUSED_PORT, RunningServer, run_gateway
 from tests.ws_upstream import (
     WebSocketRecorder,
-    raw_upstream,
-    refused_port,
+    misbehaving_ws_upstream,
     silent_upstream,
     stalled_upstream,
 )
@@ -153,7 +152,7 @@ async def test_upstream_redirect_is_relayed_not_followed(
 
 
 async def test_unreachable_upstream_is_502() -> None:
-    async with ws_gateway(f"http://127.0.0.1:{refused_port()}") as gateway:
+    async with ws_gateway(f"http://127.0.0.1:{REFUSED_PORT}") as gateway:
         with pytest.raises(InvalidStatus) as info:
             async with client(ws_url(gateway)):
                 pass
@@ -201,7 +200,7 @@ async def test_client_leaving_during_the_upstream_handshake_is_logged_499(caplog
 
 async def test_without_the_denial_extension_errors_close_after_accept() -> None:
     """Under an ASGI server without ``websocket.http.response``, a failed dial is a close with its code."""
-    gateway = Gateway(GatewayConfig.single(f"http://127.0.0.1:{refused_port()}"))
+    gateway = Gateway(GatewayConfig.single(f"http://127.0.0.1:{REFUSED_PORT}"))
     scope = {
         "type": "websocket",
         "path": "/ws",
@@ -264,7 +263,11 @@ async def test_fragmented_messages_are_relayed_whole(gateway: RunningServer) -> 
         with anyio.fail_after(5):
             assert await ws.recv() == "frag-1 frag-2 frag-3"
             assert await ws.recv() == b"\x01\x02\x03"
-    async with raw_upstream() as upstream, ws_gateway(upstream.url) as gw, client(ws_url(gw, "/fragments")) as ws:
+    async with (
+        misbehaving_ws_upstream() as upstream,
+        ws_gateway(upstream.url) as gw,
+        client(ws_url(gw, "/fragments")) as ws,
+    ):
         await ws.send("upstream fragments this")  # the upstream answers in three frames
         with anyio.fail_after(5):
             assert await ws.recv() == "upstream fragments this"
@@ -369,7 +372,7 @@ def test_reserved_close_codes_are_mapped() -> None:
 
 
 async def test_abnormal_upstream_drop_closes_client_with_1011() -> None:
-    async with raw_upstream() as upstream, ws_gateway(upstream.url) as gateway:
+    async with misbehaving_ws_upstream() as upstream, ws_gateway(upstream.url) as gateway:
         async with client(ws_url(gateway, "/drop")) as ws:
             await ws.send("drop now")
             code, _ = await closed_with(ws)
@@ -398,7 +401,11 @@ def _open_fds() -> int:
 
 
 async def test_no_leaked_tasks_or_sockets(ws_recorder: WebSocketRecorder, ws_upstream: RunningServer) -> None:
-    async with raw_upstream() as raw, ws_gateway(ws_upstream.url) as gateway, ws_gateway(raw.url) as raw_gateway:
+    async with (
+        misbehaving_ws_upstream() as raw,
+        ws_gateway(ws_upstream.url) as gateway,
+        ws_gateway(raw.url) as raw_gateway,
+    ):
         async with client(ws_url(gateway)) as ws:  # warm up lazily created objects
             await ws.send("warm")
             await ws.recv()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,36 +18,26 @@ from fastgate import Gateway
 from fastgate._ws_protocol import FastgateWebSocketProtocol
 from fastgate.config import build_config
 from fastgate.observability.logging import WebSocketNoiseFilter
-from tests.servers import RunningServer, fastgate_process, run_gateway, run_server, wait_until
-from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp, refused_port
+from tests.servers import (
+    REFUSED_PORT,
+    LogCapture,
+    RunningServer,
+    captured_logs,
+    fastgate_process,
+    run_gateway,
+    run_server,
+    wait_until,
+)
+from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
 
 pytestmark = pytest.mark.anyio
 
 HANDSHAKE_ERROR = "ASGI callable returned without completing handshake."
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextlib.contextmanager
-def uvicorn_records() -> Iterator[_Records]:
-    """Records reaching ``uvicorn.error`` (Uvicorn's logging config stops them short of pytest's root handler).
-
-    Enter it once the servers run: starting one reconfigures logging, which removes the logger's handlers.
-    """
-    handler = _Records()
-    logger = logging.getLogger("uvicorn.error")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
+def uvicorn_records() -> contextlib.AbstractContextManager[LogCapture]:
+    """Records reaching ``uvicorn.error``; enter it once the servers run (starting one reconfigures logging)."""
+    return captured_logs("uvicorn.error")
 
 
 async def refused_with(url: str) -> int:
@@ -71,7 +60,7 @@ async def test_denial_responses_leave_no_error_in_the_server_log(
     async with run_server(WebSocketUpstreamApp(ws_recorder), ws=FastgateWebSocketProtocol) as upstream:
         config = build_config(
             {
-                "upstreams": {"up": {"url": upstream.url}, "down": {"url": f"http://127.0.0.1:{refused_port()}"}},
+                "upstreams": {"up": {"url": upstream.url}, "down": {"url": f"http://127.0.0.1:{REFUSED_PORT}"}},
                 "routes": [{"prefix": "/ws", "upstream": "up"}, {"prefix": "/down", "upstream": "down"}],
             }
         )

@@ -11,7 +11,7 @@ from fastgate.exceptions import UpstreamConnectError, UpstreamUnavailable
 from fastgate.upstream.pool import ConnectionPool, PoolStats
 from fastgate.upstream.transport import FastgateTransport, UpstreamRequest
 from tests.misbehaving import raw_upstream, read_head
-from tests.servers import free_port, wait_until
+from tests.servers import REFUSED_PORT, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -205,7 +205,7 @@ async def test_pool_stats_count_connects_reuses_and_errors() -> None:
         assert pool.stats().discards == 1 and pool.stats().idle == 0
         pool.aclose()
 
-    refused = ConnectionPool("test", UpstreamConfig(url=f"http://127.0.0.1:{free_port()}"))
+    refused = ConnectionPool("test", UpstreamConfig(url=f"http://127.0.0.1:{REFUSED_PORT}"))
     with pytest.raises(UpstreamConnectError) as caught:
         await refused.acquire()
     assert refused.stats().connect_errors == 1 and refused.stats().connecting == 0
