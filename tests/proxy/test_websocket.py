@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
+import tomllib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from packaging.requirements import Requirement
 from starlette.exceptions import WebSocketException
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fastgate import Gateway, GatewayConfig
@@ -39,6 +44,8 @@ from tests.ws_upstream import (
 )
 
 pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).parents[2]
 
 
 def ws_url(server: Any, path: str = "/ws/echo") -> str:
@@ -296,6 +303,15 @@ async def test_1000_messages_arrive_in_order(gateway: RunningServer) -> None:
                 for _ in range(count):
                     received.append(await ws.recv())
     assert received == [f"message {i}" if i % 2 else f"message {i}".encode() for i in range(count)]
+
+
+def test_websockets_pin_requires_the_send_text_argument() -> None:
+    """The relay sends a text message as its UTF-8 bytes with ``send(data, text=True)``, new in websockets 14.0."""
+    assert "text" in inspect.signature(Connection.send).parameters
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [Requirement(d) for d in dependencies if Requirement(d).name == "websockets"]
+    assert not pin.specifier.contains("13.1")  # has no ``text`` argument
+    assert pin.specifier.contains("14.0")
 
 
 # Keep-alive and idle timeout
