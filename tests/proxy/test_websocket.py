@@ -206,9 +206,8 @@ async def test_client_leaving_during_the_upstream_handshake_is_logged_499(caplog
             assert not gateway.server.server_state.connections
 
 
-async def test_without_the_denial_extension_errors_close_after_accept() -> None:
-    """Under an ASGI server without ``websocket.http.response``, a failed dial is a close with its code."""
-    gateway = Gateway(GatewayConfig.single(f"http://127.0.0.1:{refused_port()}"))
+async def _run_without_denial_extension(gateway: Gateway) -> list[dict[str, Any]]:
+    """Run one handshake through ``gateway`` as an ASGI server without ``websocket.http.response`` would."""
     scope = {
         "type": "websocket",
         "path": "/ws",
@@ -230,6 +229,14 @@ async def test_without_the_denial_extension_errors_close_after_accept() -> None:
 
     with anyio.fail_after(5):
         await gateway(scope, receive, send)
+    return sent
+
+
+async def test_without_the_denial_extension_errors_close_after_accept() -> None:
+    """Under an ASGI server without ``websocket.http.response``, a failed dial is a close with its code."""
+    gateway = Gateway(GatewayConfig.single(f"http://127.0.0.1:{refused_port()}"))
+    async with gateway.lifespan():
+        sent = await _run_without_denial_extension(gateway)
     assert sent == [
         {"type": "websocket.accept"},
         {"type": "websocket.close", "code": 1014, "reason": "upstream_connect_error"},
@@ -249,6 +256,29 @@ async def test_websocket_without_a_route_is_refused_with_404(ws_upstream: Runnin
         async with client(ws_url(gateway, "/api/ws")) as ws:  # and a routed path works
             await ws.send("routed")
             assert await ws.recv() == "routed"
+
+
+async def test_websocket_before_the_lifespan_is_refused_with_503(
+    ws_upstream: RunningServer, ws_recorder: WebSocketRecorder
+) -> None:
+    """As HTTP is: no upstream is dialed before the lifespan opened the gateway's upstreams."""
+    async with run_gateway(Gateway(GatewayConfig.single(ws_upstream.url)), lifespan="off") as gateway:
+        with pytest.raises(InvalidStatus) as info:
+            async with client(ws_url(gateway)):
+                pass
+    response = info.value.response
+    assert response.status_code == 503
+    body = json.loads(response.body)
+    assert (body["error"], body["detail"]) == ("upstream_unavailable", "gateway is not running")
+    assert body["request_id"] == response.headers["X-Request-Id"]
+    assert ws_recorder.handshakes == []
+    # Under a server without the denial extension: accepted, then closed with 1013 (try again later).
+    sent = await _run_without_denial_extension(Gateway(GatewayConfig.single(ws_upstream.url)))
+    assert sent == [
+        {"type": "websocket.accept"},
+        {"type": "websocket.close", "code": 1013, "reason": "upstream_unavailable"},
+    ]
+    assert ws_recorder.handshakes == []
 
 
 # Messages
