@@ -46,6 +46,7 @@ from .._types import Headers, Message, Receive, Scope, Send
 from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import FastgateError, UpstreamError, UpstreamRefused
 from ..observability.logging import access_logger, error_logger
+from ..upstream.tls import client_context
 from ..upstream.websocket import WebSocketTarget, dial
 from .errors import error_response
 from .headers import HeaderRules, response_headers
@@ -91,8 +92,7 @@ class WebSocketForwardOptions:
             name,
             upstream.host,
             upstream.port,
-            secure=upstream.scheme == "https",
-            ca_file=upstream.ca_file,
+            tls=client_context(upstream.ca_file) if upstream.scheme == "https" else None,
             connect_timeout=upstream.timeouts.connect,
             ping_interval=ws.ping_interval,
             ping_timeout=ws.ping_timeout,
