@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import socket
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from fastgate.exceptions import (
     UpstreamUnavailable,
 )
 from fastgate.proxy.websocket import client_close_code, close_for, upstream_close_code
-from tests.servers import RunningServer, run_gateway
+from tests.servers import RunningServer, run_gateway, wait_until
 from tests.ws_upstream import (
     WebSocketRecorder,
     raw_upstream,
@@ -437,6 +438,26 @@ async def test_client_drop_closes_upstream_with_1001(gateway: RunningServer, ws_
         assert await ws.recv() == "hello"
         ws.transport.abort()  # no close frame
     assert await ws_recorder.wait_closed() == (1001, "client went away")
+
+
+async def test_close_to_a_client_that_stopped_reading_is_bounded_by_the_close_timeout(
+    ws_upstream: RunningServer, ws_recorder: WebSocketRecorder
+) -> None:
+    """The closing handshake is shielded from cancellation; without a deadline, a client whose TCP window stays full
+    would hold the session's task (and a graceful shutdown) forever, and its upstream would never hear the close."""
+    options = {"idle_timeout": 0.3, "close_timeout": 0.5}
+    async with ws_gateway(ws_upstream.url, websocket=options) as gateway:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # a small window, fixed (no autotuning)
+        sock.connect((gateway.host, gateway.port))
+        async with client(ws_url(gateway), sock=sock) as ws:
+            ws.transport.pause_reading()  # the client stops reading
+            # Far more than the client's window and the gateway's socket buffer hold: the gateway's writes stall,
+            # then the idle timeout ends the session and the gateway's close frame to the client waits behind them.
+            await ws.send("big:12000000")
+            assert await ws_recorder.wait_closed() == (1001, "idle timeout")
+            await wait_until(lambda: not gateway.server.server_state.tasks)  # the session's task is over
+            ws.transport.abort()
 
 
 def _open_fds() -> int:
