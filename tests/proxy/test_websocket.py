@@ -17,11 +17,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import websockets
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from starlette.exceptions import WebSocketException
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close, Frame, Opcode
+from websockets.server import ServerProtocol
 
 from fastgate import Gateway, GatewayConfig
 from fastgate.config import build_config
@@ -38,6 +42,8 @@ from fastgate.proxy.websocket import client_close_code, close_for, upstream_clos
 from tests.servers import RunningServer, run_gateway, wait_until
 from tests.ws_upstream import (
     WebSocketRecorder,
+    close_between_fragments,
+    close_code_of,
     raw_upstream,
     refused_port,
     silent_upstream,
@@ -336,13 +342,17 @@ async def test_1000_messages_arrive_in_order(gateway: RunningServer) -> None:
     assert received == [f"message {i}" if i % 2 else f"message {i}".encode() for i in range(count)]
 
 
+def websockets_pin() -> SpecifierSet:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [Requirement(d) for d in dependencies if Requirement(d).name == "websockets"]
+    return pin.specifier
+
+
 def test_websockets_pin_requires_the_send_text_argument() -> None:
     """The relay sends a text message as its UTF-8 bytes with ``send(data, text=True)``, new in websockets 14.0."""
     assert "text" in inspect.signature(Connection.send).parameters
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (pin,) = [Requirement(d) for d in dependencies if Requirement(d).name == "websockets"]
-    assert not pin.specifier.contains("13.1")  # has no ``text`` argument
-    assert pin.specifier.contains("14.0")
+    assert not websockets_pin().contains("13.1")  # has no ``text`` argument
+    assert websockets_pin().contains(websockets.__version__)
 
 
 # Keep-alive and idle timeout
@@ -458,6 +468,41 @@ async def test_close_to_a_client_that_stopped_reading_is_bounded_by_the_close_ti
             assert await ws_recorder.wait_closed() == (1001, "idle timeout")
             await wait_until(lambda: not gateway.server.server_state.tasks)  # the session's task is over
             ws.transport.abort()
+
+
+async def test_close_frame_between_fragments_closes_cleanly_autobahn_7_1_5(
+    gateway: RunningServer, ws_recorder: WebSocketRecorder
+) -> None:
+    """RFC 6455 §5.4: a close frame may come between fragments; the client hop answers it (1000), not 1002."""
+    with anyio.fail_after(5):
+        async with await anyio.connect_tcp(gateway.host, gateway.port) as stream:
+            head = "".join(f"{name}: {value}\r\n" for name, value in UPGRADE_HEADERS.items())
+            await stream.send(f"GET /ws/echo HTTP/1.1\r\nHost: gateway\r\n{head}\r\n".encode())
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive()
+            assert received.startswith(b"HTTP/1.1 101 ")
+            await stream.send(close_between_fragments(mask=True))
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:  # until the gateway closes the TCP connection
+                    received += await stream.receive()
+    frames = received.split(b"\r\n\r\n", 1)[1]
+    assert frames == Frame(Opcode.CLOSE, Close(1000, "").serialize()).serialize(mask=False)  # the close, echoed
+    assert await ws_recorder.wait_closed() == (1000, "")  # and the upstream is closed the same way
+
+
+async def test_upstream_close_frame_between_fragments_closes_the_client_with_its_code() -> None:
+    """The same on the upstream hop: the upstream's close (1000) reaches the client, not 1014 for a protocol error."""
+    async with silent_upstream() as upstream, ws_gateway(upstream.url, websocket={"close_timeout": 0.2}) as gateway:
+        async with client(ws_url(gateway, "/close-between-fragments")) as ws:
+            assert await closed_with(ws) == (1000, "")
+    assert close_code_of(upstream.received) == 1000  # the upstream's close frame, echoed; not failed with 1002
+
+
+def test_websockets_pin_has_the_fragment_state_that_close_between_fragments_resets() -> None:
+    """``fastgate._ws_frames`` resets websockets' ``Protocol.current_size``, so named since websockets 16.0."""
+    assert ServerProtocol().current_size is None
+    assert not websockets_pin().contains("15.0.1")  # ``cur_size`` there
 
 
 def _open_fds() -> int:

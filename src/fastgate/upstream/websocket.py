@@ -24,13 +24,13 @@ from typing import Any
 
 import anyio
 from websockets.asyncio.client import ClientConnection
-from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from .._ws_frames import FastgateClientProtocol
 from ..exceptions import (
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -60,8 +60,9 @@ class WebSocketTarget:
     max_message_size: int | None = 16 * 1024 * 1024
 
 
-class _HandshakeProtocol(ClientProtocol):
-    """``websockets``' client protocol, sending our request line and headers instead of its own."""
+class _HandshakeProtocol(FastgateClientProtocol):
+    """``websockets``' client protocol, sending our request line and headers instead of its own (and honouring a
+    close frame between fragments, see ``fastgate._ws_frames``)."""
 
     def __init__(self, target: WebSocketTarget, path: str, headers: Sequence[tuple[str, str]], **kwargs: Any) -> None:
         scheme = "wss" if target.tls else "ws"
