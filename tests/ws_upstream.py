@@ -17,7 +17,9 @@
 
 ``silent_upstream()`` completes the handshake and then never answers anything, pings and close frames
 included, nor closes the connection; on /garbage it first writes a frame with a reserved opcode (a protocol
-violation), on /bad-accept its handshake answer carries the wrong Sec-WebSocket-Accept.
+violation), on /close-between-fragments it sends the first fragment of a text message, a close frame (1000) and
+the last fragment (Autobahn's case 7.1.5, RFC 6455 §5.4), on /bad-accept its handshake answer carries the wrong
+Sec-WebSocket-Accept.
 ``stalled_upstream()`` accepts TCP connections and never answers the handshake.
 """
 
@@ -33,10 +35,28 @@ from typing import Any
 
 import anyio
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Close, Frame, Opcode
 from websockets.utils import accept_key
 
 from fastgate._types import Receive, Scope, Send
 from tests.servers import bind_socket
+
+
+def close_code_of(frame: bytes) -> int:
+    """The code of the masked close frame (a client's) at the start of ``frame``."""
+    assert frame[0] == 0x88 and frame[1] & 0x80, frame  # FIN + close, masked
+    mask, payload = frame[2:6], frame[6 : 6 + (frame[1] & 0x7F)]
+    return int.from_bytes(bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload[:2])))
+
+
+def close_between_fragments(*, mask: bool) -> bytes:
+    """Autobahn's case 7.1.5 on the wire: a text fragment, a close frame with 1000, then the final fragment."""
+    frames = [
+        Frame(Opcode.TEXT, b"fragment1", fin=False),
+        Frame(Opcode.CLOSE, Close(1000, "").serialize()),
+        Frame(Opcode.CONT, b"fragment2"),
+    ]
+    return b"".join(frame.serialize(mask=mask) for frame in frames)
 
 
 @dataclass
@@ -137,6 +157,7 @@ class WebSocketUpstreamApp:
 class RawUpstream:
     host: str
     port: int
+    received: bytearray = field(default_factory=bytearray)  # silent_upstream(): the bytes after the handshake
 
     @property
     def url(self) -> str:
@@ -171,6 +192,7 @@ async def silent_upstream() -> AsyncIterator[RawUpstream]:
     """Completes the WebSocket handshake, then reads and never answers: no pong, no close."""
 
     writers: set[asyncio.StreamWriter] = set()
+    upstream = RawUpstream("127.0.0.1", 0)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.add(writer)
@@ -189,8 +211,10 @@ async def silent_upstream() -> AsyncIterator[RawUpstream]:
             )
             if head.startswith(b"GET /garbage "):
                 writer.write(b"\x83\x00")  # FIN + reserved opcode 0x3, empty payload: a protocol violation
-            while await reader.read(65536):
-                pass
+            if head.startswith(b"GET /close-between-fragments "):
+                writer.write(close_between_fragments(mask=False))
+            while data := await reader.read(65536):
+                upstream.received += data
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -198,9 +222,9 @@ async def silent_upstream() -> AsyncIterator[RawUpstream]:
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    upstream.port = server.sockets[0].getsockname()[1]
     try:
-        yield RawUpstream("127.0.0.1", port)
+        yield upstream
     finally:
         server.close()
         for writer in list(writers):

@@ -1,4 +1,5 @@
-"""Uvicorn's websockets-sansio protocol, without the false error after a WebSocket denial response.
+"""Uvicorn's websockets-sansio protocol, without the false error after a WebSocket denial response, and honouring a
+close frame between the fragments of a message (RFC 6455 §5.4, see ``fastgate._ws_frames``).
 
 fastgate answers a handshake it will not proxy with an HTTP response through the ASGI denial-response extension
 (``websocket.http.response.start``/``.body``): the upstream's own 401/404, or fastgate's 502/504. Uvicorn 0.54's
@@ -9,21 +10,45 @@ its answer (its ``send_500_response`` does nothing once a denial response has st
 wrong). :class:`FastgateWebSocketProtocol` sets the flag once the last body message of the denial has gone out.
 
 A denial left unfinished (``more_body`` and then nothing) is still reported. This leans on that one attribute
-of ``uvicorn.protocols.websockets.websockets_sansio_impl``, which is why pyproject pins uvicorn to one minor
-release; ``tests/proxy/test_websocket_logging.py`` shows the stock protocol's error, and fails loudly if it moves.
+of ``uvicorn.protocols.websockets.websockets_sansio_impl``, and on ``conn``, the websockets server protocol it
+drives, which is replaced by ``_ws_frames.FastgateServerProtocol``; that is why pyproject pins uvicorn to one minor
+release. ``tests/proxy/test_websocket_logging.py`` shows the stock protocol's error, and
+``test_close_frame_between_fragments_closes_cleanly_autobahn_7_1_5`` the 1002; both fail loudly if this moves.
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from uvicorn._types import ASGISendEvent
+from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+
+from ._ws_frames import FastgateServerProtocol
 
 
 class FastgateWebSocketProtocol(WebSocketsSansIOProtocol):
-    """``ws=`` for Uvicorn: websockets-sansio whose denial responses count as a completed handshake.
+    """``ws=`` for Uvicorn: websockets-sansio whose denial responses count as a completed handshake, and which
+    closes cleanly on a close frame between fragments (Autobahn case 7.1.5) instead of failing with 1002.
 
     >>> uvicorn.run(app, ws=FastgateWebSocketProtocol)
     """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # The same websockets server protocol as Uvicorn's (its permessage-deflate settings, size limit and logger),
+        # as the subclass of ``_ws_frames``.
+        self.conn = FastgateServerProtocol(
+            extensions=self.conn.available_extensions, max_size=config.ws_max_size, logger=self.conn.logger
+        )
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)

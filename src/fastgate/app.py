@@ -109,14 +109,21 @@ class Gateway:
                 await error_response(send, FastgateError("internal error"), request_id)
 
     async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal: FastgateError
         try:
             route, target = self._route(scope, b"GET", request_target(scope))
         except (RouteNotFound, PathAboveRoot) as exc:
-            if (await receive())["type"] == "websocket.connect":
-                await refuse_websocket(scope, send, exc, new_request_id())
-            return
-        options = self._websocket_options[route.upstream]
-        await forward_websocket(scope, receive, send, options, target)
+            refusal = exc
+        else:
+            if route.upstream in self._options:
+                options = self._websocket_options[route.upstream]
+                await forward_websocket(scope, receive, send, options, target)
+                return
+            # As for HTTP: no session before the lifespan opened the upstreams.
+            error_logger.error("WebSocket before the gateway's lifespan started (mounted without entering it?)")
+            refusal = UpstreamUnavailable("gateway is not running", route.upstream)
+        if (await receive())["type"] == "websocket.connect":
+            await refuse_websocket(scope, send, refusal, new_request_id())
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
+import socket
+import tomllib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+import websockets
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from starlette.exceptions import WebSocketException
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close, Frame, Opcode
+from websockets.server import ServerProtocol
 
 from fastgate import Gateway, GatewayConfig
 from fastgate.config import build_config
@@ -29,15 +39,19 @@ from fastgate.exceptions import (
     UpstreamUnavailable,
 )
 from fastgate.proxy.websocket import client_close_code, close_for, upstream_close_code
-from tests.servers import REFUSED_PORT, RunningServer, run_gateway
+from tests.servers import REFUSED_PORT, RunningServer, run_gateway, wait_until
 from tests.ws_upstream import (
     WebSocketRecorder,
+    close_between_fragments,
+    close_code_of,
     misbehaving_ws_upstream,
     silent_upstream,
     stalled_upstream,
 )
 
 pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).parents[2]
 
 
 def ws_url(server: Any, path: str = "/ws/echo") -> str:
@@ -198,9 +212,8 @@ async def test_client_leaving_during_the_upstream_handshake_is_logged_499(caplog
             assert not gateway.server.server_state.connections
 
 
-async def test_without_the_denial_extension_errors_close_after_accept() -> None:
-    """Under an ASGI server without ``websocket.http.response``, a failed dial is a close with its code."""
-    gateway = Gateway(GatewayConfig.single(f"http://127.0.0.1:{REFUSED_PORT}"))
+async def _run_without_denial_extension(gateway: Gateway) -> list[dict[str, Any]]:
+    """Run one handshake through ``gateway`` as an ASGI server without ``websocket.http.response`` would."""
     scope = {
         "type": "websocket",
         "path": "/ws",
@@ -222,6 +235,14 @@ async def test_without_the_denial_extension_errors_close_after_accept() -> None:
 
     with anyio.fail_after(5):
         await gateway(scope, receive, send)
+    return sent
+
+
+async def test_without_the_denial_extension_errors_close_after_accept() -> None:
+    """Under an ASGI server without ``websocket.http.response``, a failed dial is a close with its code."""
+    gateway = Gateway(GatewayConfig.single(f"http://127.0.0.1:{REFUSED_PORT}"))
+    async with gateway.lifespan():
+        sent = await _run_without_denial_extension(gateway)
     assert sent == [
         {"type": "websocket.accept"},
         {"type": "websocket.close", "code": 1014, "reason": "upstream_connect_error"},
@@ -241,6 +262,29 @@ async def test_websocket_without_a_route_is_refused_with_404(ws_upstream: Runnin
         async with client(ws_url(gateway, "/api/ws")) as ws:  # and a routed path works
             await ws.send("routed")
             assert await ws.recv() == "routed"
+
+
+async def test_websocket_before_the_lifespan_is_refused_with_503(
+    ws_upstream: RunningServer, ws_recorder: WebSocketRecorder
+) -> None:
+    """As HTTP is: no upstream is dialed before the lifespan opened the gateway's upstreams."""
+    async with run_gateway(Gateway(GatewayConfig.single(ws_upstream.url)), lifespan="off") as gateway:
+        with pytest.raises(InvalidStatus) as info:
+            async with client(ws_url(gateway)):
+                pass
+    response = info.value.response
+    assert response.status_code == 503
+    body = json.loads(response.body)
+    assert (body["error"], body["detail"]) == ("upstream_unavailable", "gateway is not running")
+    assert body["request_id"] == response.headers["X-Request-Id"]
+    assert ws_recorder.handshakes == []
+    # Under a server without the denial extension: accepted, then closed with 1013 (try again later).
+    sent = await _run_without_denial_extension(Gateway(GatewayConfig.single(ws_upstream.url)))
+    assert sent == [
+        {"type": "websocket.accept"},
+        {"type": "websocket.close", "code": 1013, "reason": "upstream_unavailable"},
+    ]
+    assert ws_recorder.handshakes == []
 
 
 # Messages
@@ -299,6 +343,19 @@ async def test_1000_messages_arrive_in_order(gateway: RunningServer) -> None:
                 for _ in range(count):
                     received.append(await ws.recv())
     assert received == [f"message {i}" if i % 2 else f"message {i}".encode() for i in range(count)]
+
+
+def websockets_pin() -> SpecifierSet:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [Requirement(d) for d in dependencies if Requirement(d).name == "websockets"]
+    return pin.specifier
+
+
+def test_websockets_pin_requires_the_send_text_argument() -> None:
+    """The relay sends a text message as its UTF-8 bytes with ``send(data, text=True)``, new in websockets 14.0."""
+    assert "text" in inspect.signature(Connection.send).parameters
+    assert not websockets_pin().contains("13.1")  # has no ``text`` argument
+    assert websockets_pin().contains(websockets.__version__)
 
 
 # Keep-alive and idle timeout
@@ -394,6 +451,61 @@ async def test_client_drop_closes_upstream_with_1001(gateway: RunningServer, ws_
         assert await ws.recv() == "hello"
         ws.transport.abort()  # no close frame
     assert await ws_recorder.wait_closed() == (1001, "client went away")
+
+
+async def test_close_to_a_client_that_stopped_reading_is_bounded_by_the_close_timeout(
+    ws_upstream: RunningServer, ws_recorder: WebSocketRecorder
+) -> None:
+    """The closing handshake is shielded from cancellation; without a deadline, a client whose TCP window stays full
+    would hold the session's task (and a graceful shutdown) forever, and its upstream would never hear the close."""
+    options = {"idle_timeout": 0.3, "close_timeout": 0.5}
+    async with ws_gateway(ws_upstream.url, websocket=options) as gateway:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # a small window, fixed (no autotuning)
+        sock.connect((gateway.host, gateway.port))
+        async with client(ws_url(gateway), sock=sock) as ws:
+            ws.transport.pause_reading()  # the client stops reading
+            # Far more than the client's window and the gateway's socket buffer hold: the gateway's writes stall,
+            # then the idle timeout ends the session and the gateway's close frame to the client waits behind them.
+            await ws.send("big:12000000")
+            assert await ws_recorder.wait_closed() == (1001, "idle timeout")
+            await wait_until(lambda: not gateway.server.server_state.tasks)  # the session's task is over
+            ws.transport.abort()
+
+
+async def test_close_frame_between_fragments_closes_cleanly_autobahn_7_1_5(
+    gateway: RunningServer, ws_recorder: WebSocketRecorder
+) -> None:
+    """RFC 6455 §5.4: a close frame may come between fragments; the client hop answers it (1000), not 1002."""
+    with anyio.fail_after(5):
+        async with await anyio.connect_tcp(gateway.host, gateway.port) as stream:
+            head = "".join(f"{name}: {value}\r\n" for name, value in UPGRADE_HEADERS.items())
+            await stream.send(f"GET /ws/echo HTTP/1.1\r\nHost: gateway\r\n{head}\r\n".encode())
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive()
+            assert received.startswith(b"HTTP/1.1 101 ")
+            await stream.send(close_between_fragments(mask=True))
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:  # until the gateway closes the TCP connection
+                    received += await stream.receive()
+    frames = received.split(b"\r\n\r\n", 1)[1]
+    assert frames == Frame(Opcode.CLOSE, Close(1000, "").serialize()).serialize(mask=False)  # the close, echoed
+    assert await ws_recorder.wait_closed() == (1000, "")  # and the upstream is closed the same way
+
+
+async def test_upstream_close_frame_between_fragments_closes_the_client_with_its_code() -> None:
+    """The same on the upstream hop: the upstream's close (1000) reaches the client, not 1014 for a protocol error."""
+    async with silent_upstream() as upstream, ws_gateway(upstream.url, websocket={"close_timeout": 0.2}) as gateway:
+        async with client(ws_url(gateway, "/close-between-fragments")) as ws:
+            assert await closed_with(ws) == (1000, "")
+    assert close_code_of(upstream.received) == 1000  # the upstream's close frame, echoed; not failed with 1002
+
+
+def test_websockets_pin_has_the_fragment_state_that_close_between_fragments_resets() -> None:
+    """``fastgate._ws_frames`` resets websockets' ``Protocol.current_size``, so named since websockets 16.0."""
+    assert ServerProtocol().current_size is None
+    assert not websockets_pin().contains("15.0.1")  # ``cur_size`` there
 
 
 def _open_fds() -> int:

@@ -10,6 +10,9 @@ import pytest
 import trustme
 from websockets.asyncio.client import connect
 
+from fastgate.config import UpstreamConfig
+from fastgate.proxy.websocket import WebSocketForwardOptions
+from fastgate.upstream.websocket import dial
 from tests.conftest import GatewayFactory
 from tests.servers import RunningServer, run_server
 from tests.upstream_app import Recorder, UpstreamApp
@@ -86,3 +89,20 @@ async def test_wss_upstream_is_verified_against_its_ca_file(
             async with connect(f"ws://127.0.0.1:{gw.port}/ws/echo") as ws:
                 await ws.send("over tls")
                 assert await ws.recv() == "over tls"
+
+
+async def test_wss_dials_share_one_tls_context_per_upstream(ca_file: Path, server_cert: tuple[str, str]) -> None:
+    """Building a context loads the CA bundle (tens of ms of CPU on the loop): once per upstream, not per dial."""
+    key, chain = server_cert
+    async with run_server(
+        WebSocketUpstreamApp(WebSocketRecorder()), ws="websockets-sansio", ssl_keyfile=key, ssl_certfile=chain
+    ) as up:
+        config = UpstreamConfig(url=f"https://127.0.0.1:{up.port}", ca_file=str(ca_file))
+        options = WebSocketForwardOptions.from_config("tls", config)
+        contexts = []
+        for _ in range(2):
+            upstream = await dial(options.target, "/ws/echo", [("host", "127.0.0.1")], [])
+            contexts.append(upstream.transport.get_extra_info("ssl_object").context)
+            await upstream.close()
+    assert contexts[0] is contexts[1]
+    assert contexts[0] is options.target.tls  # built with the options, before any dial

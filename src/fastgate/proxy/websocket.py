@@ -22,8 +22,9 @@ How this works
    client that dropped its connection gives the upstream 1001. A policy failure (Starlette's
    ``WebSocketException``: a message above ``max_message_size`` 1009, a forbidden origin 1008) closes the client
    with its code and the upstream with 1001; a fastgate error closes the client with its ``close_code``.
-6. ``finally``: the upstream socket is closed (after at most ``close_timeout`` of closing handshake) or aborted,
-   whatever happened, so no task or socket outlives the session.
+6. Both closes run at once, shielded from cancellation but bounded by ``close_timeout``: a peer that stopped
+   reading cannot hold the session. ``finally``: the upstream socket is closed or aborted, whatever happened, so
+   no task or socket outlives the session.
 
 Pings are per hop: Uvicorn pings the client (``ServerConfig.ws_client_ping_interval``), websockets pings the upstream
 (``WebSocketOptions.ping_interval``), and neither hop's pings or pongs are relayed.
@@ -46,6 +47,7 @@ from .._types import Headers, Message, Receive, Scope, Send
 from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import FastgateError, UpstreamError, UpstreamRefused
 from ..observability.logging import access_logger, error_logger
+from ..upstream.tls import client_context
 from ..upstream.websocket import WebSocketTarget, dial
 from .errors import error_response
 from .headers import HeaderRules, response_headers
@@ -91,8 +93,7 @@ class WebSocketForwardOptions:
             name,
             upstream.host,
             upstream.port,
-            secure=upstream.scheme == "https",
-            ca_file=upstream.ca_file,
+            tls=client_context(upstream.ca_file) if upstream.scheme == "https" else None,
             connect_timeout=upstream.timeouts.connect,
             ping_interval=ws.ping_interval,
             ping_timeout=ws.ping_timeout,
@@ -328,15 +329,23 @@ class _Session:
                     group.start_soon(self._watch_idle, self.options.idle_timeout)
                 await self._upstream_to_client()
         ending = self.ending or _Ending((1011, "internal_error"), (1001, "gateway error"), "relay ended")
-        with anyio.CancelScope(shield=True):
-            if ending.client is not None:
-                code, reason = ending.client
-                with contextlib.suppress(OSError):
-                    await self.send({"type": "websocket.close", "code": code, "reason": _clip(reason)})
-            if ending.upstream is not None:
-                code, reason = ending.upstream
-                await upstream.close(code, _clip(reason))  # waits for the upstream's answer, close_timeout at most
+        # Shielded, so that a shutdown or a cancelled session still closes both sides, and bounded, since either
+        # send can wait forever on a peer that stopped reading (its TCP window full): the client's, under Uvicorn's
+        # flow control, and the upstream's, in websockets' drain(). Both sides close at once, within
+        # close_timeout; then the upstream is aborted (``forward_websocket``) and the client's connection is left
+        # to Uvicorn, which closes it when the app returns.
+        with anyio.move_on_after(self.options.target.close_timeout, shield=True):
+            async with anyio.create_task_group() as group:
+                if ending.client is not None:
+                    group.start_soon(self._close_client, *ending.client)
+                if ending.upstream is not None:
+                    code, reason = ending.upstream
+                    group.start_soon(upstream.close, code, _clip(reason))
         return ending.note
+
+    async def _close_client(self, code: int, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            await self.send({"type": "websocket.close", "code": code, "reason": _clip(reason)})
 
     async def _client_to_upstream(self) -> None:
         receive = self.receive

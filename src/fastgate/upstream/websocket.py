@@ -17,26 +17,26 @@ the upstream's answer and goes back to the client like any refusal.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from websockets.asyncio.client import ClientConnection
-from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from .._ws_frames import FastgateClientProtocol
 from ..exceptions import (
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamRefused,
     UpstreamTimeout,
 )
-from .tls import client_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +44,15 @@ class WebSocketTarget:
     """Where one upstream's WebSockets are dialed, and the limits of that hop.
 
     >>> WebSocketTarget("api", "127.0.0.1", 9000, connect_timeout=2.0, ping_interval=None)
-    WebSocketTarget(name='api', host='127.0.0.1', port=9000, secure=False, connect_timeout=2.0, ...)
+    WebSocketTarget(name='api', host='127.0.0.1', port=9000, tls=None, connect_timeout=2.0, ...)
     """
 
     name: str
     host: str
     port: int
-    secure: bool = False
-    ca_file: str | None = None
+    # Built once per upstream (``tls.client_context``), never per dial: loading the CA bundle costs tens of
+    # milliseconds of CPU on the event loop. None: plain ``ws://``.
+    tls: ssl.SSLContext | None = None
     connect_timeout: float | None = 5.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
@@ -59,11 +60,12 @@ class WebSocketTarget:
     max_message_size: int | None = 16 * 1024 * 1024
 
 
-class _HandshakeProtocol(ClientProtocol):
-    """``websockets``' client protocol, sending our request line and headers instead of its own."""
+class _HandshakeProtocol(FastgateClientProtocol):
+    """``websockets``' client protocol, sending our request line and headers instead of its own (and honouring a
+    close frame between fragments, see ``fastgate._ws_frames``)."""
 
     def __init__(self, target: WebSocketTarget, path: str, headers: Sequence[tuple[str, str]], **kwargs: Any) -> None:
-        scheme = "wss" if target.secure else "ws"
+        scheme = "wss" if target.tls else "ws"
         host = f"[{target.host}]" if ":" in target.host else target.host
         super().__init__(parse_uri(f"{scheme}://{host}:{target.port}/"), **kwargs)
         self._path = path
@@ -128,9 +130,8 @@ async def dial(
     connection: ClientConnection | None = None
     try:
         with anyio.fail_after(target.connect_timeout):
-            context = client_context(target.ca_file) if target.secure else None
             _, connection = await loop.create_connection(
-                factory, target.host, target.port, ssl=context, server_hostname=target.host if context else None
+                factory, target.host, target.port, ssl=target.tls, server_hostname=target.host if target.tls else None
             )
             await connection.handshake(None, None)
     except TimeoutError:
