@@ -117,6 +117,7 @@ class FastgateTransport:
         self.name = name
         self.config = config
         self.pool = ConnectionPool(name, config)
+        self._path_prefix = config.path_prefix  # computed from the URL: once, not per request
         self._task_group: anyio.abc.TaskGroup | None = None
 
     def __repr__(self) -> str:
@@ -145,7 +146,7 @@ class FastgateTransport:
             self.pool.sweep(loop.time())
 
     async def send(self, request: UpstreamRequest, body: AsyncIterator[bytes] | None) -> UpstreamResponse:
-        head = _request_head(request, self.config.path_prefix)
+        head = _request_head(request, self._path_prefix)
         no_body = request.method == b"HEAD"
         timeouts = self.config.timeouts
         retried = False
