@@ -25,7 +25,9 @@ PROXY_CPU = "1"
 SMALL, MEDIUM, LARGE = 256, 1024 * 1024, 64 * 1024 * 1024
 FILES = {"256b": SMALL, "1m": MEDIUM, "64m": LARGE}
 PROXIES = ("direct", "nginx", "fastgate", "aiohttp", "fastapi-proxy-lib", "httpx-seed")
-OPTIONAL_PROXIES = ("fastgate-w2", "fastgate-base")  # fastgate-base: $FASTGATE_BASE_CMD, for A/B runs
+# fastgate-base: $FASTGATE_BASE_CMD, for A/B runs; fastgate-granian / fastgate-uvicorn: the same Gateway under Granian
+# or stock Uvicorn (httptools) instead of fastgate's own server protocol.
+OPTIONAL_PROXIES = ("fastgate-w2", "fastgate-base", "fastgate-granian", "fastgate-uvicorn")
 
 
 class Unavailable(Exception):
@@ -317,6 +319,10 @@ def proxy_command(name: str, port: int, upstream: int, root: Path, nginx_buffer_
     }
     if name in scripts:
         return [py, str(HERE / "proxies" / scripts[name]), "--port", str(port), "--upstream", up], PROXY_CPU
+    servers = {"fastgate-granian": "granian", "fastgate-uvicorn": "uvicorn-httptools"}
+    if name in servers:
+        script = str(HERE / "proxies" / "fastgate_servers.py")
+        return [py, script, "--server", servers[name], "--port", str(port), "--upstream", up], PROXY_CPU
     raise ValueError(f"unknown proxy {name!r}")
 
 

@@ -30,14 +30,14 @@ install_debian() {
 install_python() {
     if "$PY" - <<'PYEOF' 2>/dev/null
 import importlib.util, sys
-mods = ["matplotlib", "aiohttp", "fastapi_proxy_lib", "httpx", "fastapi", "uvicorn", "uvloop", "httptools"]
+mods = ["matplotlib", "aiohttp", "fastapi_proxy_lib", "httpx", "fastapi", "uvicorn", "uvloop", "httptools", "granian"]
 sys.exit(0 if all(importlib.util.find_spec(m) for m in mods) else 1)
 PYEOF
     then
         return 0
     fi
     echo "bench: installing Python packages into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
-    "$PY" -m pip install -q matplotlib aiohttp fastapi-proxy-lib 'httpx<1' fastapi 'uvicorn[standard]' \
+    "$PY" -m pip install -q matplotlib aiohttp fastapi-proxy-lib 'httpx<1' fastapi 'uvicorn[standard]' granian \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
