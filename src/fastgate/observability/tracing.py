@@ -21,6 +21,7 @@ Parsing is by position and ``bytes.translate``, no regex: a ``traceparent`` is 5
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 from collections.abc import Mapping
@@ -230,14 +231,14 @@ class Tracer:
         if not tracing_wanted(config, environ):
             return cls()
         try:
-            from . import _otel
+            otel = importlib.import_module(f"{__package__}._otel")
         except ImportError:
             from ..exceptions import ConfigError
 
             raise ConfigError(
                 "tracing: needs OpenTelemetry's SDK and OTLP exporter: pip install 'fastgate[otel]'"
             ) from None
-        return cls(_otel.build_provider(config, environ))
+        return cls(otel.build_provider(config, environ))
 
     def begin(
         self,
