@@ -8,14 +8,14 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
-from fastgate.config import TracingConfig  # noqa: E402
-from fastgate.observability.record import ExchangeRecord  # noqa: E402
-from fastgate.observability.tracing import Tracer, parse_traceparent  # noqa: E402
+from fastgate.config import TracingConfig
+from fastgate.observability.record import ExchangeRecord
+from fastgate.observability.tracing import Tracer, parse_traceparent
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_PARENT = "00f067aa0ba902b7"
