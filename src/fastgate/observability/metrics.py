@@ -42,7 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.process_collector import ProcessCollector
 
 from .._types import Receive, Scope, Send
-from .record import ExchangeRecord, method_label
+from .record import STANDARD_METHODS, ExchangeRecord
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -218,7 +218,8 @@ class Metrics:
 
     def observe(self, record: ExchangeRecord) -> None:
         """Count one finished exchange (WebSocket sessions count as requests, not in the duration histogram)."""
-        key = (record.route, record.upstream, method_label(record.method), record.logged_status)
+        method = record.method
+        key = (record.route, record.upstream, method if method in STANDARD_METHODS else "other", record.logged_status)
         exchange = self._exchanges.get(key) or self._exchange(key)
         exchange.requests.inc()
         if not record.websocket:

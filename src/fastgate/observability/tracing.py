@@ -25,8 +25,7 @@ import importlib
 import os
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .record import ExchangeRecord
 
@@ -37,14 +36,13 @@ Headers = list[tuple[bytes, bytes]]
 
 TRACEPARENT = b"traceparent"
 TRACESTATE = b"tracestate"
-_HEX = b"0123456789abcdef"
+_HEX_AND_DASH = b"0123456789abcdef-"
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 SAMPLED = 0x01
 
 
-@dataclass(slots=True, frozen=True)
-class TraceParent:
+class TraceParent(NamedTuple):
     """A parsed ``traceparent``: 32 hex digits of trace id, 16 of parent (span) id, the flags byte.
 
     >>> TraceParent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 1).header()
@@ -63,10 +61,6 @@ class TraceParent:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags:02x}".encode("ascii")
 
 
-def _is_hex(value: bytes) -> bool:
-    return not value.translate(None, _HEX)
-
-
 def parse_traceparent(value: bytes) -> TraceParent | None:
     """The parsed header, or ``None`` when it is not valid (then a new trace starts).
 
@@ -78,23 +72,21 @@ def parse_traceparent(value: bytes) -> TraceParent | None:
     is invalid.
     """
     value = value.strip(b" \t")
-    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
+    if len(value) != 55:
+        # A later version may add fields after the flags, each behind a '-'; version 00 may not.
+        if len(value) < 55 or value[55] != 0x2D or value.startswith(b"00-"):
+            return None
+        value = value[:55]
+    # Dashes exactly at 2, 35 and 52 and nowhere else; every other byte a lowercase hex digit.
+    if value[2] != 0x2D or value[35] != 0x2D or value[52] != 0x2D or value.count(b"-") != 3:
         return None
-    version = value[:2]
-    if not _is_hex(version) or version == b"ff":
+    if value.translate(None, _HEX_AND_DASH) or value.startswith(b"ff"):
         return None
-    if version == b"00" and len(value) != 55:
-        return None
-    if len(value) > 55 and value[55:56] != b"-":
-        return None
-    trace_id, span_id, flags = value[3:35], value[36:52], value[53:55]
-    if not (_is_hex(trace_id) and _is_hex(span_id) and _is_hex(flags)):
-        return None
-    trace = trace_id.decode("ascii")
-    span = span_id.decode("ascii")
+    text = value.decode("ascii")
+    trace, span = text[3:35], text[36:52]
     if trace == _ZERO_TRACE or span == _ZERO_SPAN:
         return None
-    return TraceParent(trace, span, int(flags, 16))
+    return TraceParent(trace, span, int(text[53:55], 16))
 
 
 def new_trace_id() -> str:
@@ -115,14 +107,16 @@ def new_span_id() -> str:
 
 def incoming_context(headers: Headers) -> tuple[TraceParent | None, list[bytes]]:
     """The client's ``traceparent`` (``None`` if absent, repeated or invalid) and its ``tracestate`` values."""
-    parents: list[bytes] = []
+    found: bytes | None = None
+    repeated = False
     states: list[bytes] = []
     for name, value in headers:
         if name == TRACEPARENT:
-            parents.append(value)
+            repeated = found is not None
+            found = value
         elif name == TRACESTATE:
             states.append(value)
-    parent = parse_traceparent(parents[0]) if len(parents) == 1 else None
+    parent = parse_traceparent(found) if found is not None and not repeated else None
     return parent, states if parent is not None else []
 
 
