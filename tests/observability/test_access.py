@@ -105,3 +105,11 @@ def test_access_log_format_picks_the_formatter() -> None:
     assert ServerConfig().access_log_format == "text"
     assert access_formatter(ServerConfig().access_log_format) is format_text
     assert access_formatter(ServerConfig(access_log_format="json").access_log_format) is format_json
+
+
+def test_json_access_lines_are_logged_without_a_prefix() -> None:
+    from fastgate.observability.logging import LOGGING_CONFIG, logging_config
+
+    assert logging_config("text") is LOGGING_CONFIG
+    assert logging_config("json")["formatters"]["access"] == {"format": "%(message)s"}
+    assert LOGGING_CONFIG["formatters"]["access"] == {"format": "%(asctime)s %(message)s"}  # left as it was
