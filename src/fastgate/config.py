@@ -732,6 +732,8 @@ class ServerConfig(_Model):
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_config: str | None = None
     access_log: bool = True
+    # text: today's line; json: one object a line with stable field names (observability/access.py).
+    access_log_format: Literal["text", "json"] = "text"
     graceful_timeout: float = Field(30.0, ge=0)
     max_header_bytes: int = Field(65536, ge=1024)
     max_header_field_bytes: int = Field(32768, ge=256)
@@ -753,12 +755,47 @@ class ServerConfig(_Model):
     merge_slashes: bool = False
 
 
+class TracingConfig(_Model):
+    """OpenTelemetry spans exported over OTLP/HTTP; tracing is off when the ``tracing`` key is absent.
+
+    >>> TracingConfig(otlp_endpoint="http://collector:4318", sample_ratio=0.1).sample_ratio
+    0.1
+
+    Unset keys fall back to the standard environment: ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` (default
+    ``http://localhost:4318``), ``OTEL_TRACES_SAMPLER(_ARG)``. ``service_name`` defaults to ``OTEL_SERVICE_NAME``,
+    else ``fastgate``. A ``sample_ratio`` applies to new traces; a client's sampled flag is followed.
+    """
+
+    otlp_endpoint: str | None = None
+    service_name: str | None = None
+    sample_ratio: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics (observability/metrics.py), served at ``/metrics``; on by default.
+
+    >>> MetricsConfig(enabled=False).enabled
+    False
+    """
+
+    enabled: bool = True
+
+
 class GatewayConfig(_Model):
     """A whole gateway: server settings, named upstreams and the routes to them."""
 
     server: ServerConfig = ServerConfig()
     upstreams: dict[str, UpstreamConfig]
     routes: list[RouteConfig]
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:

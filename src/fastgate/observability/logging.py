@@ -13,6 +13,7 @@ debug``, and a ``--log-config`` of your own sees them as Uvicorn writes them.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -84,6 +85,18 @@ LOGGING_CONFIG: dict[str, Any] = {
         "fastgate.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
     },
 }
+
+
+def logging_config(access_log_format: str = "text") -> dict[str, Any]:
+    """The default configuration for ``server.access_log_format``: a JSON access line is the message alone.
+
+    >>> uvicorn.run(..., log_config=server.log_config or logging_config(server.access_log_format))
+    """
+    if access_log_format != "json":
+        return LOGGING_CONFIG
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["access"] = {"format": "%(message)s"}  # the line carries its own "time"
+    return config
 
 
 def apply_log_level(level: str) -> None:
