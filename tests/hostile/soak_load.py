@@ -13,9 +13,10 @@ How a soak runs (``run_soak``)
 3. Settle, then the baseline: poll until the gateway holds no client and no upstream socket and its descriptor
    count has stopped moving (bounded by a deadline; never a bare sleep).
 4. The soak: ``clients`` concurrent connections, each doing 1-3 requests (small GET, streamed GET, large GET,
-   upload; a quarter of them through the flapping upstream), about a third of the requests aborted at a random
-   moment: mid-head, mid-upload, mid-download (half of the aborts with a TCP reset). The figures are sampled
-   every ``sample_every`` seconds meanwhile.
+   upload; 3 in 10 of them through the flapping upstream), about a third of the requests aborted at a random
+   moment: mid-head, mid-upload, mid-download (half of the aborts with a TCP reset). One connection in ten is a
+   WebSocket session to the normal upstream's echo instead, a third of them dropped mid-session without a close
+   frame. The figures are sampled every ``sample_every`` seconds meanwhile.
 5. Settle again: first until each pool holds at most ``max_keepalive_connections`` upstream sockets (the idle ones
    it may keep), then until ``keepalive_expiry`` has emptied them and every figure is back within its tolerance.
 6. The log must hold no ``Traceback``, ``LocalProtocolError`` or ``Exception in ASGI``.
@@ -42,11 +43,14 @@ from typing import Any
 import anyio
 import anyio.abc
 import httptools
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.hostile.support import gateway_process
 from tests.rawhttp import raw_exchange
 from tests.servers import GatewayProcess, run_server
 from tests.upstream_app import Recorder, UpstreamApp
+from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
 
 FORBIDDEN = ("Traceback", "LocalProtocolError", "Exception in ASGI")
 MIB = 1024 * 1024
@@ -319,6 +323,7 @@ KINDS = [
     Kind("flap-post", b"POST", b"/flap/x", body=FLAP_UPLOAD, flapping=True),
 ]
 WEIGHTS = [3, 2, 1, 1, 1, 1, 1]  # flapping kinds: 3 of 10
+WEBSOCKET_SHARE = 0.1  # of the client connections, a WebSocket session instead of 1-3 HTTP requests
 
 
 @dataclass
@@ -520,6 +525,42 @@ async def _connection(port: int, rng: random.Random, abort_share: float, result:
                 return
 
 
+async def _websocket_session(port: int, rng: random.Random, abort_share: float, result: LoadResult) -> None:
+    """A WebSocket session to the normal upstream's echo: 1-6 messages (some up to 200 KB), then a clean close, or,
+    for about a third, the TCP connection dropped without a close frame after a random number of them."""
+    result.requests += 1
+    count = rng.randint(1, 6)
+    cut = rng.randrange(count) if rng.random() < abort_share else None
+    outcome = "closed cleanly"
+    try:
+        with anyio.fail_after(15):
+            async with websocket_connect(
+                f"ws://127.0.0.1:{port}/ws/echo", ping_interval=None, compression=None, close_timeout=5
+            ) as ws:
+                for i in range(count):
+                    if i == cut:
+                        ws.transport.abort()
+                        outcome = "aborted mid-session"
+                        break
+                    message = f"message {i}" if rng.random() < 0.7 else f"big:{rng.randint(1, 200_000)}"
+                    await ws.send(message)
+                    reply = await ws.recv()
+                    size = int(message[4:]) if message.startswith("big:") else None
+                    if (size is None and reply != message) or (size is not None and len(reply) != size):
+                        outcome = "wrong echo"
+                        break
+    except ConnectionClosed as exc:
+        if outcome != "aborted mid-session":
+            outcome = f"closed by gateway ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+    except (InvalidHandshake, OSError) as exc:
+        outcome = f"failed ({type(exc).__name__})"
+    except TimeoutError:
+        outcome = "no answer in 15 s"
+    result.outcomes[f"websocket: {outcome}"] += 1
+    if outcome not in ("closed cleanly", "aborted mid-session"):
+        result.failures.append(f"websocket: {outcome}")
+
+
 async def run_load(
     port: int, *, duration: float, clients: int, seed: int, abort_share: float = 1 / 3, max_requests: int = 1_000_000
 ) -> LoadResult:
@@ -531,7 +572,10 @@ async def run_load(
         rng = random.Random(seed * 1000 + number)
         while time.monotonic() < deadline and result.requests < max_requests:
             try:
-                await _connection(port, rng, abort_share, result)
+                if rng.random() < WEBSOCKET_SHARE:
+                    await _websocket_session(port, rng, abort_share, result)
+                else:
+                    await _connection(port, rng, abort_share, result)
             except OSError as exc:  # connect refused or reset: the gateway is in trouble
                 result.failures.append(f"connect: {type(exc).__name__}: {exc}")
                 await anyio.sleep(0.1)
@@ -707,8 +751,14 @@ class _Forgetful(list[Any]):
 @contextlib.asynccontextmanager
 async def soak_upstreams(period: float = 1.5) -> AsyncIterator[tuple[str, FlappingUpstream]]:
     flapping = FlappingUpstream(period)
-    recorder = Recorder(requests=_Forgetful())  # a soak of minutes must not grow this process's memory
-    async with run_server(UpstreamApp(recorder), backlog=4096) as main, anyio.create_task_group() as tg:
+    # A soak of minutes must not grow this process's memory: the recorders forget what they are told.
+    http_app = UpstreamApp(Recorder(requests=_Forgetful()))
+    ws_app = WebSocketUpstreamApp(WebSocketRecorder(handshakes=_Forgetful(), closes=_Forgetful()))
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await (ws_app if scope["type"] == "websocket" else http_app)(scope, receive, send)
+
+    async with run_server(app, backlog=4096, ws="websockets-sansio") as main, anyio.create_task_group() as tg:
         await tg.start(flapping.run)
         yield main.url, flapping
         tg.cancel_scope.cancel()
