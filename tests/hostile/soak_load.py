@@ -408,6 +408,8 @@ class _Response:
     async def _chunked(self, stop_after: int | None) -> bool:
         while True:
             while b"\r\n" not in self.buffer:
+                if stop_after is not None and self.received + len(self.buffer) >= stop_after:
+                    return False
                 await self._more()
             line_end = self.buffer.index(b"\r\n")
             size = int(bytes(self.buffer[:line_end]).split(b";")[0], 16)
