@@ -219,3 +219,43 @@ async def test_a_websocket_handshake_passes_the_routes_request_plugins(
             await ws.send("hi")
             assert await ws.recv() == "hi"
         assert ws_recorder.header("x-identity") == ["tester"]
+
+
+class _RecordingTransport:
+    """Passes requests to the real transport, keeping each UpstreamRequest (the seam the cluster reads)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.requests: list[Any] = []
+
+    async def send(self, request: Any, body: Any) -> Any:
+        self.requests.append(request)
+        return await self.inner.send(request, body)
+
+
+async def test_route_timeouts_and_retries_travel_on_the_upstream_request(upstream: RunningServer) -> None:
+    routes = (
+        {"prefix": "/limited", "upstream": "main", "timeouts": {"read": 0.5}, "retries": {"max_retries": 0}},
+        {"prefix": "/", "upstream": "main"},
+    )
+    gateway = Gateway(_config(upstream.url, *routes))
+    async with run_gateway(gateway) as gw, await _client(gw) as client:
+        recording = _RecordingTransport(gateway._options["main"].transport)
+        gateway._options["main"].transport = recording  # type: ignore[assignment]
+        assert (await client.get("/limited/x")).status_code == 200
+        assert (await client.get("/echo")).status_code == 200
+        limited, plain = recording.requests
+        assert limited.timeouts.read == 0.5 and limited.timeouts.connect == 5.0  # the upstream's, under the route's
+        assert limited.retry.max_retries == 0
+        assert plain.timeouts is None and plain.retry is None  # no override: the upstream's own
+
+
+@pytest.mark.xfail(reason="the upstream cluster (traffic branch) honours UpstreamRequest.timeouts", strict=False)
+async def test_a_route_read_timeout_gives_504_from_a_slow_upstream(upstream: RunningServer) -> None:
+    routes = (
+        {"prefix": "/limited", "upstream": "main", "timeouts": {"read": 0.5}, "strip_prefix": True},
+        {"prefix": "/", "upstream": "main"},
+    )
+    async with run_gateway(Gateway(_config(upstream.url, *routes))) as gw, await _client(gw) as client:
+        assert (await client.get("/slow?delay=1")).status_code == 200
+        assert (await client.get("/limited/slow?delay=1")).status_code == 504
