@@ -319,14 +319,15 @@ async def forward_http(
             await error_response(send, exc, request_id)
             return
         request_id = head.request_id
+        # positional: a few dozen ns cheaper than keywords, on every request
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
             target,
             head.headers,
             head.body_length,
-            client=_client_address(scope),
-            timeouts=route.timeouts,
-            retry=route.retry,
+            _client_address(scope),
+            route.timeouts,
+            route.retry,
         )
         async with _HookScope(hooks) if hooks is not None else _WatcherScope(receive) as disconnect:
             if disconnect.disconnected:
