@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+
 from fastgate import Answer, Exchange, Plugin, RequestContext, ResponseHead
 
 EVENTS: list[str] = []  # lifespan events, in order
@@ -61,6 +63,36 @@ class StatusAndFinish(Plugin):
 
     async def on_finish(self, request: RequestContext, exchange: Exchange) -> None:
         FINISHED.append(exchange)
+
+
+class BadTarget(Plugin):
+    """Sets a target that may not go on a request line."""
+
+    async def on_request(self, request: RequestContext) -> None:
+        request.target = b"/x HTTP/1.1\r\nX-Smuggled: 1"
+
+
+class Stall(Plugin):
+    """An on_request that waits (a slow auth service); records whether it was cancelled and the finished record."""
+
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    async def on_request(self, request: RequestContext) -> None:
+        Stall.started.append(request.request_id)
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            Stall.cancelled.append(request.request_id)
+            raise
+
+    async def on_finish(self, request: RequestContext, exchange: Exchange) -> None:
+        FINISHED.append(exchange)
+
+
+class FailingStartup(Plugin):
+    async def startup(self) -> None:
+        raise OSError("redis is down")
 
 
 class Lifespan(Plugin):

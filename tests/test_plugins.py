@@ -259,3 +259,56 @@ async def test_a_route_read_timeout_gives_504_from_a_slow_upstream(upstream: Run
     async with run_gateway(Gateway(_config(upstream.url, *routes))) as gw, await _client(gw) as client:
         assert (await client.get("/slow?delay=1")).status_code == 200
         assert (await client.get("/limited/slow?delay=1")).status_code == 504
+
+
+async def test_a_target_a_plugin_sets_must_fit_a_request_line(upstream: RunningServer, recorder: Recorder) -> None:
+    route = {"prefix": "/", "upstream": "main", "plugins": [{"use": "tests.plugin_fixtures:BadTarget"}]}
+    async with run_gateway(Gateway(_config(upstream.url, route))) as gw, await _client(gw) as client:
+        response = await client.get("/echo")
+        assert (response.status_code, response.json()["error"]) == (500, "internal_error")
+        assert not recorder.requests
+
+
+async def test_a_client_leaving_cancels_a_waiting_request_plugin(upstream: RunningServer, recorder: Recorder) -> None:
+    plugin_fixtures.Stall.started.clear()
+    plugin_fixtures.Stall.cancelled.clear()
+    route = {"prefix": "/", "upstream": "main", "plugins": [{"use": "tests.plugin_fixtures:Stall"}]}
+    async with run_gateway(Gateway(_config(upstream.url, route))) as gw:
+        with anyio.fail_after(5):
+            stream = await anyio.connect_tcp("127.0.0.1", gw.port)
+            await stream.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            while not plugin_fixtures.Stall.started:  # noqa: ASYNC110 - the plugin's own record
+                await anyio.sleep(0.01)
+            await stream.aclose()
+            while not plugin_fixtures.FINISHED:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert plugin_fixtures.Stall.cancelled == plugin_fixtures.Stall.started
+        (exchange,) = plugin_fixtures.FINISHED
+        assert (exchange.status, exchange.outcome) == (499, "client disconnected")
+        assert not recorder.requests
+
+
+async def test_a_plugin_startup_failure_fails_the_lifespan(upstream: RunningServer) -> None:
+    route = {"prefix": "/", "upstream": "main", "plugins": [{"use": "tests.plugin_fixtures:FailingStartup"}]}
+    gateway = Gateway(_config(upstream.url, route))
+    with pytest.raises(RuntimeError, match=r"plugin tests.plugin_fixtures:FailingStartup failed in startup: OSError"):
+        async with gateway.lifespan():
+            pass
+
+
+async def test_a_plugin_raising_on_a_websocket_handshake_gives_500(
+    ws_upstream: RunningServer, ws_recorder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugin = {"use": "tests.plugin_fixtures:Boom"}
+    config = build_config(
+        {"upstreams": {"ws": {"url": ws_upstream.url}}, "routes": [{"upstream": "ws", "plugins": [plugin]}]}
+    )
+    caplog.set_level(logging.INFO, logger="fastgate.error")
+    async with run_gateway(Gateway(config)) as gw:
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://127.0.0.1:{gw.port}/boom", open_timeout=5):
+                pass
+        assert info.value.response.status_code == 500
+        assert ws_recorder.handshakes == []
+        lines = [r.getMessage() for r in caplog.records if r.name == "fastgate.error"]
+        assert len(lines) == 1 and "tests.plugin_fixtures:Boom failed in on_request" in lines[0]

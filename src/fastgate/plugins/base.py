@@ -17,6 +17,7 @@ Nothing here imports the rest of fastgate (``config`` imports this package to re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,16 @@ PROTECTED_HEADERS = frozenset(
 )
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+# A request target a plugin may leave: origin-form, visible ASCII (no space, no control byte, no '#').
+_TARGET = re.compile(rb"/[\x21-\x22\x24-\x7e]*")
+
+
+def valid_target(target: bytes) -> bool:
+    """Whether ``target`` can go on the upstream request line as it is."""
+    return _TARGET.fullmatch(target) is not None
+
+
 def _name(name: str | bytes) -> bytes:
     return (name.encode("latin-1") if isinstance(name, str) else name).lower()
 
@@ -51,6 +62,8 @@ def _value(value: str | bytes) -> bytes:
 
 def _settable(name: str | bytes) -> bytes:
     key = _name(name)
+    if _TOKEN.fullmatch(key) is None:
+        raise ValueError(f"not a valid header name: {key[:64]!r}")
     if key in PROTECTED_HEADERS:
         raise ValueError(f"{key.decode('latin-1')} is a framing or hop-by-hop header; fastgate manages it")
     return key

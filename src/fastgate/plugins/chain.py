@@ -19,7 +19,7 @@ from typing import Any
 
 from ..exceptions import FastgateError
 from ..observability.logging import error_logger
-from .base import Answer, Exchange, Plugin, RequestContext, ResponseHead
+from .base import Answer, Exchange, Plugin, RequestContext, ResponseHead, valid_target
 
 __all__ = ["PluginChain", "PluginError"]
 
@@ -90,15 +90,23 @@ class PluginChain:
     async def request(self, request: RequestContext) -> tuple[str, Answer] | None:
         """Run the request-head hooks in order; the first answer ends the chain: ``(plugin name, answer)``."""
         for name, hook in self._request:
+            target = request.target
             try:
                 answer = await hook(request)
             except FastgateError:
                 raise
             except Exception as exc:
                 raise PluginError(name, "on_request", exc) from exc
+            if request.target is not target and not valid_target(request.target):
+                problem = ValueError(f"set target {request.target[:100]!r}: not an origin-form path and query")
+                raise PluginError(name, "on_request", problem)
             if answer is not None:
                 if not isinstance(answer, Answer):
                     raise PluginError(name, "on_request", TypeError(f"returned {answer!r}, not an Answer or None"))
+                try:
+                    answer.raw_headers(b"-")  # framing or malformed headers fail here, as the plugin's error
+                except Exception as exc:
+                    raise PluginError(name, "on_request", exc) from exc
                 return name, answer
         return None
 

@@ -348,6 +348,7 @@ async def forward_http(
                     status = answered[1].status
                     outcome = f"answered by {answered[0]}"
                     await send_answer(send, answered[1], request_id)
+                    sent = len(answered[1].body)
                     return
                 target = request.target = context.target
                 request.headers = context.headers.raw
