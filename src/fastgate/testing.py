@@ -77,6 +77,7 @@ class PluginRunner:
             method,
             raw_target,
             HeaderList(_raw(headers)),
+            raw_target.partition(b"?")[0].decode("latin-1"),
             client=client,
             request_id=new_request_id().decode("latin-1"),
             upstream=upstream,

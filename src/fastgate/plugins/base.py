@@ -170,7 +170,6 @@ class RequestContext:
         method: str,
         target: bytes,
         headers: HeaderList,
-        *,
         path: str = "",
         client: tuple[str, int] | None = None,
         request_id: str = "",
@@ -182,7 +181,7 @@ class RequestContext:
         self.method = method
         self.target = target
         self.headers = headers
-        self.path = path or target.partition(b"?")[0].decode("latin-1")
+        self.path = path
         self.client = client
         self.request_id = request_id
         self.upstream = upstream

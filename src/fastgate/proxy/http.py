@@ -244,18 +244,18 @@ def request_target(scope: Scope) -> bytes:
 def _plugin_context(
     scope: Scope, head: RequestHead, target: bytes, options: ForwardOptions, route: int
 ) -> RequestContext:
-    client = scope.get("client")
+    # positional, and the scope's own values as they are: this runs on every request of a route with plugins
     return RequestContext(
         scope["method"],
         target,
         HeaderList(head.headers),
-        path=scope.get("path", ""),
-        client=(client[0], client[1]) if client else None,
-        request_id=head.request_id.decode("latin-1"),
-        upstream=options.name,
-        route=route,
-        has_body=bool(head.body_length),
-        scope=scope,
+        scope["path"],
+        scope.get("client"),
+        head.request_id.decode("latin-1"),
+        options.name,
+        route,
+        bool(head.body_length),
+        scope,
     )
 
 
