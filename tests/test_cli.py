@@ -330,6 +330,11 @@ routes:
             "{upstream: api, plugins: [rc_missing_mod:Check]}",
             "routes[0].plugins[0].use: cannot import",
         ),
+        (
+            "{url: 'http://127.0.0.1:9000'}",
+            "{upstream: api, plugins: [{use: rewrite, options: {nope: 1}}]}",
+            "routes[0].plugins[0].options: rewrite did not accept them",
+        ),
     ],
 )
 def test_check_exits_2_on_traffic_config_errors(tmp_path: Path, upstream: str, route: str, message: str) -> None:

@@ -33,6 +33,7 @@ from .exceptions import (
     UriTooLong,
     VersionNotSupported,
 )
+from .plugins import Answer, Exchange, HeaderList, Plugin, RequestContext, ResponseHead
 
 if _TYPE_CHECKING:
     from .integrations.cancel import cancel_on_disconnect
@@ -66,19 +67,25 @@ def __getattr__(name: str) -> object:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Answer",
     "BadRequest",
     "BodyRate",
     "ClientDisconnected",
     "ClientError",
     "ConfigError",
+    "Exchange",
     "FastgateError",
     "Gateway",
     "GatewayConfig",
+    "HeaderList",
     "HeadersTooLarge",
     "Overloaded",
+    "Plugin",
     "PoolLimits",
     "ProxyApp",
+    "RequestContext",
     "RequestTimeout",
+    "ResponseHead",
     "RouteConfig",
     "RouteNotFound",
     "ServerConfig",

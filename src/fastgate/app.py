@@ -4,7 +4,9 @@
 >>> uvicorn.run(gateway)  # or mount it, entering ``gateway.lifespan()`` in the host app's lifespan
 
 The upstream transports (and their pools) are created when the lifespan starts, inside the worker process that
-serves, and closed when it ends: never at import, never per request.
+serves, and closed when it ends: never at import, never per request. Each route's plugins are built once, here in
+``__init__`` (a plugin that rejects its options is a :class:`ConfigError`); their ``startup`` hooks run when the
+lifespan starts, after the transports open, and their ``shutdown`` hooks when it ends, in reverse order.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ._types import Receive, Scope, Send
-from .config import GatewayConfig
+from .config import GatewayConfig, RouteConfig
 from .exceptions import FastgateError, RouteNotFound, UpstreamUnavailable
 from .observability.logging import error_logger
+from .plugins.chain import PluginChain
+from .plugins.registry import route_plugins
 from .proxy.errors import error_response
 from .proxy.headers import new_request_id
-from .proxy.http import ForwardOptions, forward_http, request_target
+from .proxy.http import ForwardOptions, RouteOptions, forward_http, request_target
 from .proxy.paths import PathAboveRoot, normalize_path
 from .proxy.websocket import WebSocketForwardOptions, forward_websocket, refuse_websocket
 from .routing import Route, RouteTable
@@ -33,11 +37,27 @@ class Gateway:
         self._merge_slashes = config.server.merge_slashes
         self.server_limits = ServerLimits.from_config(config.server)  # read by fastgate's server protocol
         self.transports: dict[str, Transport] = {}
+        self._route_options = [self._route_options_for(index, route) for index, route in enumerate(config.routes)]
         self._options: dict[str, ForwardOptions] = {}
         self._websocket_options = {
             name: WebSocketForwardOptions.from_config(name, upstream, config.server)
             for name, upstream in config.upstreams.items()
         }
+
+    def _route_options_for(self, index: int, route: RouteConfig) -> RouteOptions:
+        upstream = self.config.upstreams[route.upstream]
+        return RouteOptions(
+            index=index,
+            plugins=route_plugins(route, index),
+            timeouts=route.effective_timeouts(upstream) if route.timeouts.model_fields_set else None,
+            retry=route.retry_policy(upstream) if route.retries is not None else None,
+            buffer_body=self.config.server.request_buffer_memory_bytes if route.request_buffering else None,
+        )
+
+    @property
+    def plugin_chains(self) -> list[PluginChain]:
+        """The plugin chains of the routes that have plugins, in route order."""
+        return [options.plugins for options in self._route_options if options.plugins is not None]
 
     def __repr__(self) -> str:
         state = "running" if self._options else "stopped"
@@ -53,6 +73,9 @@ class Gateway:
                 self.transports[name] = transport
                 self._options[name] = ForwardOptions.from_config(name, transport, upstream, server)
             try:
+                for chain in self.plugin_chains:
+                    await chain.startup()
+                    stack.push_async_callback(chain.shutdown)
                 yield dict(self.transports)
             finally:
                 self._options.clear()
@@ -96,8 +119,7 @@ class Gateway:
             await error_response(send, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
             return
         try:
-            buffer_body = self.config.server.request_buffer_memory_bytes if route.config.request_buffering else None
-            await forward_http(scope, receive, send, options, target, buffer_body=buffer_body)
+            await forward_http(scope, receive, send, options, target, route=self._route_options[route.index])
         except Exception:
             # A bug of ours: the traceback goes to the log, the client gets a short JSON 500 (or, when the response
             # had already started, an aborted connection).
@@ -117,7 +139,8 @@ class Gateway:
         else:
             if route.upstream in self._options:
                 options = self._websocket_options[route.upstream]
-                await forward_websocket(scope, receive, send, options, target)
+                plugins = self._route_options[route.index].plugins
+                await forward_websocket(scope, receive, send, options, target, plugins=plugins)
                 return
             # As for HTTP: no session before the lifespan opened the upstreams.
             error_logger.error("WebSocket before the gateway's lifespan started (mounted without entering it?)")

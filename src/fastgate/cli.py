@@ -12,6 +12,7 @@ from . import __version__
 from .config import GatewayConfig, build_config, load_config
 from .exceptions import ConfigError
 from .observability.logging import LOG_LEVELS
+from .plugins.registry import route_plugins
 from .routing import unreachable_routes
 
 
@@ -199,6 +200,8 @@ def run(config_file: str, **overrides: Any) -> None:
         config = load_config(config_file)
         server = {**config.server.model_dump(), **_server_overrides(**overrides)}
         config = build_config({**config.model_dump(), "server": server})
+        for index, route in enumerate(config.routes):
+            route_plugins(route, index)  # a plugin rejecting its options: exit 2 here, not a traceback per worker
     except ConfigError as exc:
         _fail(exc)
     _serve(config)
@@ -214,6 +217,8 @@ def check(config_file: str) -> None:
     _import_from_cwd()
     try:
         config = load_config(config_file)
+        for index, route in enumerate(config.routes):
+            route_plugins(route, index)  # builds each plugin as the gateway will: options it rejects fail here
     except ConfigError as exc:
         _fail(exc)
     for problem in unreachable_routes(config.routes, merge_slashes=config.server.merge_slashes):

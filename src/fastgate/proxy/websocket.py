@@ -47,6 +47,8 @@ from .._types import Headers, Message, Receive, Scope, Send
 from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import FastgateError, UpstreamError, UpstreamRefused
 from ..observability.logging import access_logger, error_logger
+from ..plugins.base import Answer, HeaderList, RequestContext
+from ..plugins.chain import PluginChain, PluginError
 from ..upstream.tls import client_context
 from ..upstream.websocket import WebSocketTarget, dial
 from .errors import error_response
@@ -184,9 +186,18 @@ def _upstream_ended(exc: ConnectionClosed) -> _Ending:
 
 
 async def forward_websocket(
-    scope: Scope, receive: Receive, send: Send, options: WebSocketForwardOptions, target: bytes
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    options: WebSocketForwardOptions,
+    target: bytes,
+    *,
+    plugins: PluginChain | None = None,
 ) -> None:
     """Forward one WebSocket session to ``options``'s upstream at ``target`` (path and query) and relay it.
+
+    ``plugins``: the route's plugin chain; its request-head hooks see the handshake (a ``GET``) before the upstream
+    is dialed, and an :class:`Answer` from one is the client's answer (``refuse_websocket_answer``).
 
     >>> options = WebSocketForwardOptions.from_config("chat", UpstreamConfig(url="http://127.0.0.1:9000"))
     >>> await forward_websocket(scope, receive, send, options, b"/chat?room=1")  # returns when the session ends
@@ -207,10 +218,37 @@ async def forward_websocket(
                 scope["headers"], client=client[0].encode("latin-1") if client else b"unknown", scheme=scheme
             )
             request_id = head.request_id
+            headers = head.headers
+            if plugins is not None:
+                context = RequestContext(
+                    "GET",
+                    target,
+                    HeaderList(headers),
+                    path=scope.get("path", ""),
+                    client=(client[0], client[1]) if client else None,
+                    request_id=request_id.decode("latin-1"),
+                    upstream=options.target.name,
+                    scope=scope,
+                )
+                try:
+                    answered = await plugins.request(context)
+                except PluginError as exc:
+                    error_logger.error(
+                        "WebSocket %s -> 500: %s (request_id %s)",
+                        target.decode("latin-1"),
+                        exc.describe(),
+                        request_id.decode("latin-1"),
+                    )
+                    raise
+                if answered is not None:
+                    status, note = await refuse_websocket_answer(scope, send, answered[1], request_id)
+                    note = note or f"answered by {answered[0]}"
+                    return
+                target, headers = context.target, context.headers.raw
             upstream = await dial(
                 options.target,
                 (options.rules.path_prefix + target).decode("latin-1"),
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers if k not in HANDSHAKE_HEADERS],
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in HANDSHAKE_HEADERS],
                 scope.get("subprotocols") or (),
             )
         except (FastgateError, WebSocketException) as exc:
@@ -272,6 +310,23 @@ async def refuse_websocket(
         await send({"type": "websocket.close", "code": code, "reason": _clip(reason)})
         return 101, f"closed with {code}: {reason}"
     except OSError:  # the client went away meanwhile (ASGI 2.4 servers raise on send after a disconnect)
+        return 499, "client disconnected"
+
+
+async def refuse_websocket_answer(scope: Scope, send: Send, answer: Answer, request_id: bytes) -> tuple[int, str]:
+    """Send a plugin's :class:`Answer` to a handshake: through the denial-response extension when the server has it,
+    else as an accept and an immediate close (1008 for a 4xx, 1011 otherwise). Returns the status and why."""
+    try:
+        if DENIAL_EXTENSION in scope.get("extensions", {}):
+            headers = answer.raw_headers(request_id)
+            await send({"type": "websocket.http.response.start", "status": answer.status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": answer.body})
+            return answer.status, ""
+        code = 1008 if 400 <= answer.status < 500 else 1011
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": f"refused with {answer.status}"})
+        return 101, ""
+    except OSError:
         return 499, "client disconnected"
 
 
