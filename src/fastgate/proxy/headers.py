@@ -142,8 +142,9 @@ def request_headers(
                 raise BadRequest("more than one Host header")
             host = value
         elif rule == _REQUEST_ID:
-            request_id = value
-            out.append(pair)
+            if not request_id:  # one id per request: the first the client sent (found by a property test)
+                request_id = value
+                out.append(pair)
         elif rule == _CONNECTION:
             connection = (connection or set()) | _connection_tokens(value)
         elif rule == _LENGTH:
