@@ -27,7 +27,18 @@ FILES = {"256b": SMALL, "1m": MEDIUM, "64m": LARGE}
 PROXIES = ("direct", "nginx", "fastgate", "aiohttp", "fastapi-proxy-lib", "httpx-seed")
 # fastgate-base: $FASTGATE_BASE_CMD, for A/B runs; fastgate-granian / fastgate-uvicorn: the same Gateway under Granian
 # or stock Uvicorn (httptools) instead of fastgate's own server protocol.
-OPTIONAL_PROXIES = ("fastgate-w2", "fastgate-base", "fastgate-granian", "fastgate-uvicorn")
+# nginx-rr2 / fastgate-rr2: two upstream servers behind (smooth weighted) round robin; nginx-routes100 /
+# fastgate-routes100: 100 routes, the benchmark's paths matching the last (the traffic issue's rows).
+OPTIONAL_PROXIES = (
+    "fastgate-w2",
+    "fastgate-base",
+    "fastgate-granian",
+    "fastgate-uvicorn",
+    "nginx-rr2",
+    "fastgate-rr2",
+    "nginx-routes100",
+    "fastgate-routes100",
+)
 
 
 class Unavailable(Exception):
@@ -196,6 +207,7 @@ _UPSTREAM_BODY = """\
     upstream self_ok {{ server 127.0.0.1:{port}; keepalive 16; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port2} backlog=4096;
         root {prefix}/www;
         location = /upload {{
             client_max_body_size 0;
@@ -230,6 +242,56 @@ _PROXY_BODY = """\
 """
 
 
+_PROXY_LOCATION = """\
+            client_max_body_size 0;
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_buffer_size {buffer};
+            proxy_buffers 4 {buffer};
+            proxy_busy_buffers_size {busy};
+"""
+
+ROUTES = 100  # the "100 routes" rows: 99 prefixes that do not match the benchmark's paths, then a catch-all
+
+
+def nginx_variant_body(variant: str, port: int, upstream: int, buffer_kib: int) -> str:
+    """nginx doing what a fastgate variant does: two servers in the upstream block (rr2), or 100 locations."""
+    location = _PROXY_LOCATION.format(buffer=f"{buffer_kib}k", busy=f"{2 * buffer_kib}k")
+    servers = f"server 127.0.0.1:{upstream};"
+    if variant == "rr2":
+        servers += f" server 127.0.0.1:{SECOND_UPSTREAM_PORT};"
+    locations = ""
+    if variant == "routes100":
+        locations = "".join(
+            f"        location /api/v1/service{i}/ {{\n{location}        }}\n" for i in range(ROUTES - 1)
+        )
+    return (
+        f"    upstream backend {{ {servers} keepalive 64; keepalive_requests 1000000; }}\n"
+        f"    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n{locations}"
+        f"        location / {{\n{location}        }}\n    }}\n"
+    )
+
+
+def fastgate_variant_config(variant: str, port: int, upstream: int) -> dict[str, object]:
+    """The config of a fastgate variant: two targets behind round_robin (rr2), or 100 routes."""
+    url = f"http://127.0.0.1:{upstream}"
+    upstreams: dict[str, object] = {"api": {"url": url}}
+    routes: list[dict[str, object]] = [{"prefix": "/", "upstream": "api"}]
+    if variant == "rr2":
+        second = f"http://127.0.0.1:{SECOND_UPSTREAM_PORT}"
+        upstreams = {"api": {"targets": [{"url": url}, {"url": second}], "balancer": "round_robin"}}
+    if variant == "routes100":
+        routes = [{"prefix": f"/api/v1/service{i}/", "upstream": "api"} for i in range(ROUTES - 1)] + routes
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "access_log": False, "log_level": "warning"},
+        "upstreams": upstreams,
+        "routes": routes,
+    }
+
+
 def nginx_binary() -> str:
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if found is None:
@@ -245,6 +307,9 @@ def write_nginx_conf(prefix: Path, body: str) -> Path:
     return conf
 
 
+SECOND_UPSTREAM_PORT = 0  # the upstream nginx listens on two ports: two "servers" for the balancing rows
+
+
 def start_upstream(procs: Procs, root: Path) -> int:
     root.chmod(0o755)  # mkdtemp makes it 0700; nginx workers run as nobody when we are root
     prefix = root / "upstream"
@@ -257,8 +322,9 @@ def start_upstream(procs: Procs, root: Path) -> int:
                 f.write(chunk[: min(len(chunk), size - off)])
         (www / name).chmod(0o644)
     www.chmod(0o755)
-    port = free_port()
-    conf = write_nginx_conf(prefix, _UPSTREAM_BODY.format(port=port, prefix=prefix))
+    global SECOND_UPSTREAM_PORT
+    port, SECOND_UPSTREAM_PORT = free_port(), free_port()
+    conf = write_nginx_conf(prefix, _UPSTREAM_BODY.format(port=port, port2=SECOND_UPSTREAM_PORT, prefix=prefix))
     proc = procs.start(
         "upstream-nginx", [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", "stderr"], UPSTREAM_CPU
     )
@@ -296,6 +362,14 @@ def proxy_command(name: str, port: int, upstream: int, root: Path, nginx_buffer_
             ),
         )
         return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], PROXY_CPU
+    if name in ("nginx-rr2", "nginx-routes100"):
+        body = nginx_variant_body(name.split("-", 1)[1], port, upstream, nginx_buffer_kib)
+        conf = write_nginx_conf(root / f"proxy-{name}-{port}", body)
+        return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], PROXY_CPU
+    if name in ("fastgate-rr2", "fastgate-routes100"):
+        path = root / f"{name}-{port}.json"
+        path.write_text(json.dumps(fastgate_variant_config(name.split("-", 1)[1], port, upstream)))
+        return [*fastgate_prefix(), "run", str(path)], PROXY_CPU
     if name in ("fastgate", "fastgate-w2", "fastgate-base"):
         workers, cpus = ("2", f"{UPSTREAM_CPU},{PROXY_CPU}") if name == "fastgate-w2" else ("1", PROXY_CPU)
         argv = [
