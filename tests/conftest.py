@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from fastgate import Gateway, GatewayConfig
+from tests.redis_server import RedisServer
 from tests.servers import RunningServer, run_gateway, run_server
 from tests.upstream_app import Recorder, UpstreamApp
 from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
@@ -68,4 +69,18 @@ def ws_recorder() -> WebSocketRecorder:
 async def ws_upstream(ws_recorder: WebSocketRecorder) -> AsyncIterator[RunningServer]:
     """A WebSocket upstream on stock uvicorn (the gateway's own server protocol is what is under test)."""
     async with run_server(WebSocketUpstreamApp(ws_recorder), ws="websockets-sansio") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session, on a private Unix socket; tests use keys of their own."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def private_redis_server() -> Iterator[RedisServer]:
+    """A redis-server for one test, which it may stop, restart or pause."""
+    with RedisServer() as server:
         yield server

@@ -30,6 +30,7 @@ from pydantic import (
 
 from .exceptions import ConfigError
 from .plugins import resolve_plugin
+from .policies.ratelimit import KeyPart, RateLimitPolicy, parse_key, parse_period
 from .proxy.paths import PathAboveRoot, normalize_path
 
 
@@ -626,6 +627,77 @@ def _host_pattern(value: str) -> str:
     return host
 
 
+def _period(value: object) -> object:
+    return parse_period(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else value
+
+
+class RateLimitConfig(_Model):
+    """A route's rate limit: ``burst`` requests at once, then ``rate`` per ``per``, counted per ``key``.
+
+    >>> RateLimitConfig(rate=100, per="1s", burst=50, key="header:x-api-key,client_ip").policy().interval
+    10000
+
+    ``per`` is a duration (``"1s"``, ``"500ms"``, ``"1m"``, ``"1h"``) or seconds; ``burst`` defaults to ``rate``.
+    ``key``: ``client_ip``, ``header:NAME``, ``route``, ``identity``, or several joined by ``,``; a missing header or
+    identity counts under the client IP. ``store: memory`` is per worker process (N workers: N times looser);
+    ``store: redis`` shares the limit through the top-level ``redis``. See docs/security.md.
+    """
+
+    rate: StrictInt = Field(ge=1)
+    per: Annotated[float, BeforeValidator(_period)] = 1.0
+    burst: StrictInt | None = Field(None, ge=1)
+    key: str = "client_ip"
+    store: Literal["memory", "redis"] = "memory"
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        return ",".join(str(part) for part in parse_key(value))
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> RateLimitConfig:
+        self.policy()  # rates finer than the limiter resolves fail here, with the reason
+        return self
+
+    def policy(self, name: str = "default") -> RateLimitPolicy:
+        """The pure policy this config describes; ``name`` labels the RateLimit header fields."""
+        return RateLimitPolicy(rate=self.rate, period=self.per, burst=self.burst or self.rate, name=name)
+
+    @property
+    def key_parts(self) -> tuple[KeyPart, ...]:
+        return parse_key(self.key)
+
+
+class RedisConfig(_Model):
+    """The Redis that ``store: redis`` rate limits share: every worker and every gateway instance on it.
+
+    >>> RedisConfig(url="redis://127.0.0.1:6379/0", on_error="deny").timeout
+    0.005
+
+    ``on_error`` decides while Redis fails or is slower than ``timeout`` seconds per decision: ``allow`` lets
+    requests through (fail open), ``deny`` answers 429 (fail closed). Redis is tried again ``retry_interval`` seconds
+    after a failure. ``max_connections`` bounds the pool of each worker.
+    """
+
+    url: str
+    on_error: Literal["allow", "deny"] = "allow"
+    timeout: float = Field(0.005, gt=0, le=10)
+    retry_interval: float = Field(0.5, ge=0)
+    max_connections: int = Field(64, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError(f"a unix:// URL needs a socket path, got {value!r}")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"has no host: {value!r}")
+        return value
+
+
 class RouteConfig(_Model):
     """Which requests go to ``upstream``, and what changes on the way. See docs/config.md for precedence.
 
@@ -653,6 +725,7 @@ class RouteConfig(_Model):
     plugins: tuple[Annotated[PluginSpec, BeforeValidator(_plugin_entry)], ...] = ()
     priority: int = 0
     request_buffering: bool = False
+    rate_limit: RateLimitConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -796,6 +869,7 @@ class GatewayConfig(_Model):
     routes: list[RouteConfig]
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig | None = None
+    redis: RedisConfig | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:
@@ -805,6 +879,10 @@ class GatewayConfig(_Model):
             if route.upstream not in self.upstreams:
                 known = ", ".join(sorted(self.upstreams)) or "none"
                 raise ValueError(f"routes[{index}].upstream: unknown upstream {route.upstream!r} (known: {known})")
+            if route.rate_limit is not None and route.rate_limit.store == "redis" and self.redis is None:
+                raise ValueError(
+                    f"routes[{index}].rate_limit.store: 'redis' needs a top-level redis: {{url: redis://host:6379/0}}"
+                )
         return self
 
     @classmethod

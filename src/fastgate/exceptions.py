@@ -6,6 +6,7 @@
         BadRequest                400
         RouteNotFound             404
         RequestTimeout            408 (head not complete in time, request body too slow)
+        RateLimited               429 (with Retry-After and the RateLimit header fields)
         UriTooLong                414
         HeadersTooLarge           431
         VersionNotSupported       505
@@ -68,6 +69,21 @@ class HeadersTooLarge(ClientError):
 class RequestTimeout(ClientError):
     status_code = 408
     code = "request_timeout"
+
+
+class RateLimited(ClientError):
+    """Over a route's rate limit: 429, and ``headers`` carry Retry-After, RateLimit-Policy and RateLimit.
+
+    >>> RateLimited("rate limit exceeded", headers=[(b"retry-after", b"1")]).headers
+    ((b'retry-after', b'1'),)
+    """
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, detail: str = "", headers: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = ()):
+        super().__init__(detail)
+        self.headers = tuple(headers)
 
 
 class UriTooLong(ClientError):
