@@ -22,9 +22,9 @@ async def test_response_streams_chunk_by_chunk(client: httpx.AsyncClient) -> Non
         async for chunk in response.aiter_raw():
             arrivals.append((time.monotonic() - started, chunk))
     assert b"".join(c for _, c in arrivals) == b"chunk 0\nchunk 1\nchunk 2\n"
-    # the first chunk arrives long before the upstream has finished producing the stream (>= 1.2 s)
-    assert arrivals[0][0] < 0.3
-    assert arrivals[-1][0] > 0.7
+    # chunks arrive as the upstream produces them (0.4 s apart), not all at once when it has finished: no absolute
+    # bound, which a loaded machine cannot keep, only the spacing that buffering would erase
+    assert arrivals[-1][0] - arrivals[0][0] > 0.5
 
 
 async def test_sse_events_reach_the_client_as_they_are_produced(client: httpx.AsyncClient) -> None:
@@ -36,8 +36,9 @@ async def test_sse_events_reach_the_client_as_they_are_produced(client: httpx.As
             if line.startswith("data:"):
                 times.append(time.monotonic() - started)
     assert len(times) == 3
-    assert times[0] < 0.15
+    # each event arrives when it is produced (0.2 s apart), not when the stream ends: buffering would erase the gaps
     assert times[1] - times[0] > 0.1
+    assert times[2] - times[1] > 0.1
 
 
 async def test_bytes_are_relayed_raw_without_decompression(client: httpx.AsyncClient) -> None:

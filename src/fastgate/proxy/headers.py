@@ -142,7 +142,7 @@ def request_headers(
                 raise BadRequest("more than one Host header")
             host = value
         elif rule == _REQUEST_ID:
-            if not request_id:  # one id per request: the first the client sent (found by a property test)
+            if value and not request_id:  # one id per request: the first the client sent (found by a property test)
                 request_id = value
                 out.append(pair)
         elif rule == _CONNECTION:
