@@ -36,6 +36,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.exceptions import WebSocketException
@@ -46,7 +47,10 @@ from .._types import Headers, Message, Receive, Scope, Send
 from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import FastgateError, UpstreamError, UpstreamRefused
 from ..observability.logging import access_logger, error_logger
-from ..upstream.websocket import WebSocketTarget, dial
+from ..upstream.websocket import WebSocketTarget, dial, dial_cluster
+
+if TYPE_CHECKING:
+    from ..upstream.cluster import Cluster
 from .errors import error_response
 from .headers import HeaderRules, response_headers
 
@@ -81,6 +85,7 @@ class WebSocketForwardOptions:
     idle_timeout: float | None = None
     max_message_size: int = 16 * 1024 * 1024
     allowed_origins: frozenset[str] | None = None
+    cluster: Cluster | None = None  # the upstream's targets, once the lifespan has started them
 
     @classmethod
     def from_config(
@@ -206,12 +211,22 @@ async def forward_websocket(
                 scope["headers"], client=client[0].encode("latin-1") if client else b"unknown", scheme=scheme
             )
             request_id = head.request_id
-            upstream = await dial(
-                options.target,
-                (options.rules.path_prefix + target).decode("latin-1"),
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers if k not in HANDSHAKE_HEADERS],
-                scope.get("subprotocols") or (),
-            )
+            if options.cluster is not None:
+                upstream = await dial_cluster(
+                    options.cluster,
+                    options.target,
+                    target,
+                    [(k, v) for k, v in head.headers if k not in HANDSHAKE_HEADERS],
+                    scope.get("subprotocols") or (),
+                    client[0].encode("latin-1") if client else b"",
+                )
+            else:
+                upstream = await dial(
+                    options.target,
+                    (options.rules.path_prefix + target).decode("latin-1"),
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers if k not in HANDSHAKE_HEADERS],
+                    scope.get("subprotocols") or (),
+                )
         except (FastgateError, WebSocketException) as exc:
             status, note = await refuse_websocket(scope, send, exc, request_id)
             if isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamRefused):

@@ -443,8 +443,16 @@ class Cluster:
             )
 
     def pick(self, request: UpstreamRequest, tried: list[int] | None = None) -> ClusterTarget:
-        """A target for a request that does not go through ``send`` (a WebSocket handshake)."""
-        return self.targets[0] if self._n == 1 else self.targets[self._pick(request, tried)]
+        """A target for a request that does not go through ``send`` (a WebSocket handshake); Host set as in send."""
+        target = self.targets[0] if self._n == 1 else self.targets[self._pick(request, tried)]
+        if self._rewrite_host:
+            request.headers[0] = (b"host", target.authority)
+        return target
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The upstream's retry policy."""
+        return self._default_retry.policy
 
     def stats(self) -> list[TargetStats]:
         """Per-target state and counters."""
