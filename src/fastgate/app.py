@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from ._types import Receive, Scope, Send
 from .config import GatewayConfig, RouteConfig
@@ -27,6 +28,7 @@ from .proxy.paths import PathAboveRoot, normalize_path
 from .proxy.websocket import WebSocketForwardOptions, forward_websocket, refuse_websocket
 from .routing import Route, RouteTable
 from .serving.limits import ServerLimits
+from .upstream.cluster import Cluster
 from .upstream.transport import Transport, create_transport
 
 
@@ -72,6 +74,8 @@ class Gateway:
                 transport = await stack.enter_async_context(create_transport(name, upstream))
                 self.transports[name] = transport
                 self._options[name] = ForwardOptions.from_config(name, transport, upstream, server)
+                if isinstance(transport, Cluster) and len(upstream.targets) > 1:  # WebSockets pick targets there too
+                    self._websocket_options[name] = replace(self._websocket_options[name], cluster=transport)
             try:
                 for chain in self.plugin_chains:
                     await chain.startup()
@@ -80,6 +84,8 @@ class Gateway:
             finally:
                 self._options.clear()
                 self.transports.clear()
+                for name, options in self._websocket_options.items():
+                    self._websocket_options[name] = replace(options, cluster=None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

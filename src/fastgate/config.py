@@ -266,16 +266,17 @@ class OutlierDetection(_Model):
     """Passive health: a target that fails ``consecutive_failures`` requests in a row is ejected for a while.
 
     >>> OutlierDetection().max_ejection_percent
-    10.0
+    50.0
 
     The ejection lasts ``base_ejection_time`` times the number of times it was ejected, at most
-    ``max_ejection_time`` (Envoy's names and defaults); at most ``max_ejection_percent`` of the targets are out at once.
+    ``max_ejection_time`` (Envoy's names and defaults); at most ``max_ejection_percent`` of the targets are out at
+    once (50 by default, where Envoy says 10: with fewer than ten targets 10% would eject none; see health_state.py).
     """
 
     consecutive_failures: int = Field(5, ge=1)
     base_ejection_time: float = Field(30.0, gt=0)
     max_ejection_time: float = Field(300.0, gt=0)
-    max_ejection_percent: float = Field(10.0, ge=0, le=100)
+    max_ejection_percent: float = Field(50.0, ge=0, le=100)
 
 
 RETRY_ON_CONDITIONS = ("connect_error", "timeout", "reset")
@@ -318,7 +319,9 @@ class RetryPolicy(_Model):
 
     ``retry_on`` takes ``connect_error``, ``timeout``, ``reset`` and status codes. ``non_idempotent`` allows
     retrying POST, PATCH, LOCK after the request was sent. At most ``budget_percent`` of the active requests
-    may be retries, but ``min_retry_concurrency`` retries are always allowed (Envoy's retry budget).
+    may be retries, but ``min_retry_concurrency`` retries are always allowed (Envoy's retry budget). A request body
+    that was already sent is replayed on a retry only if it fit in ``replay_buffer_bytes``; larger bodies are never
+    buffered for a retry, so their requests are not retried once the body started to go out.
     """
 
     max_retries: int = Field(1, ge=0)
@@ -328,6 +331,7 @@ class RetryPolicy(_Model):
     budget_percent: float = Field(20.0, ge=0, le=100)
     min_retry_concurrency: int = Field(3, ge=0)
     non_idempotent: bool = False
+    replay_buffer_bytes: int = Field(65536, ge=0)
 
 
 Balancer = Literal["round_robin", "least_request", "random", "consistent_hash"]

@@ -17,6 +17,7 @@
         UpstreamProtocolError     502 (malformed or truncated response, connection dropped)
         UpstreamUnavailable       503 (pool exhausted past its wait)
         UpstreamTimeout           504 (connect, read, write)
+          UpstreamConnectTimeout  504 (no connection within the connect timeout: nothing was sent)
         UpstreamRefused           the upstream's own non-101 answer to a WebSocket handshake, relayed as it is
 
 Each HTTP-facing class has a ``status_code`` and a stable ``code`` for the JSON error body
@@ -151,6 +152,10 @@ class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
     close_code = 1013
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """No connection within the connect timeout: like a refused connection, nothing was sent, so a retry is safe."""
 
 
 class UpstreamRefused(UpstreamError):

@@ -37,6 +37,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.exceptions import WebSocketException
@@ -50,7 +51,10 @@ from ..observability.logging import access_logger, error_logger
 from ..plugins.base import Answer, HeaderList, RequestContext
 from ..plugins.chain import PluginChain, PluginError
 from ..upstream.tls import client_context
-from ..upstream.websocket import WebSocketTarget, dial
+from ..upstream.websocket import WebSocketTarget, dial, dial_cluster
+
+if TYPE_CHECKING:
+    from ..upstream.cluster import Cluster
 from .errors import error_response
 from .headers import HeaderRules, response_headers
 
@@ -85,6 +89,7 @@ class WebSocketForwardOptions:
     idle_timeout: float | None = None
     max_message_size: int = 16 * 1024 * 1024
     allowed_origins: frozenset[str] | None = None
+    cluster: Cluster | None = None  # the upstream's targets, once the lifespan has started them
 
     @classmethod
     def from_config(
@@ -95,7 +100,8 @@ class WebSocketForwardOptions:
             name,
             upstream.host,
             upstream.port,
-            tls=client_context(upstream.ca_file) if upstream.scheme == "https" else None,
+            # one context per upstream, shared by its https targets (ca_file is an upstream key)
+            tls=client_context(upstream.ca_file) if any(t.scheme == "https" for t in upstream.targets) else None,
             connect_timeout=upstream.timeouts.connect,
             ping_interval=ws.ping_interval,
             ping_timeout=ws.ping_timeout,
@@ -245,12 +251,22 @@ async def forward_websocket(
                     note = note or f"answered by {answered[0]}"
                     return
                 target, headers = context.target, context.headers.raw
-            upstream = await dial(
-                options.target,
-                (options.rules.path_prefix + target).decode("latin-1"),
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in HANDSHAKE_HEADERS],
-                scope.get("subprotocols") or (),
-            )
+            if options.cluster is not None:
+                upstream = await dial_cluster(
+                    options.cluster,
+                    options.target,
+                    target,
+                    [(k, v) for k, v in headers if k not in HANDSHAKE_HEADERS],
+                    scope.get("subprotocols") or (),
+                    client[0].encode("latin-1") if client else b"",
+                )
+            else:
+                upstream = await dial(
+                    options.target,
+                    (options.rules.path_prefix + target).decode("latin-1"),
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in HANDSHAKE_HEADERS],
+                    scope.get("subprotocols") or (),
+                )
         except (FastgateError, WebSocketException) as exc:
             status, note = await refuse_websocket(scope, send, exc, request_id)
             if isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamRefused):

@@ -262,6 +262,10 @@ class HealthState:
             return TargetState.EJECTED
         return TargetState.HEALTHY
 
+    def ejected_until(self, target: int) -> float | None:
+        """When ``target``'s ejection ends (the clock of ``now``), None if it was not ejected or it ended already."""
+        return self._targets[target].ejected_until
+
     def ejected_count(self, now: float) -> int:
         return sum(1 for t in self._targets if t.ejected_until is not None and t.ejected_until > now)
 

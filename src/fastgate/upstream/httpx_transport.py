@@ -14,9 +14,10 @@ from types import TracebackType
 
 import httpx
 
-from ..config import UpstreamConfig
+from ..config import Timeouts, UpstreamConfig
 from ..exceptions import (
     UpstreamConnectError,
+    UpstreamConnectTimeout,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -39,6 +40,8 @@ class NoCookieJar(http.cookiejar.CookieJar):
 def _translate(exc: httpx.HTTPError, upstream: str, target: str) -> UpstreamError:
     if isinstance(exc, httpx.PoolTimeout):
         return UpstreamUnavailable(f"connection pool exhausted: {exc}", upstream, target)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamConnectTimeout(f"connect timeout: {exc or type(exc).__name__}", upstream, target)
     if isinstance(exc, httpx.TimeoutException):
         kind = {httpx.ConnectTimeout: "connect", httpx.ReadTimeout: "read", httpx.WriteTimeout: "write"}
         detail = f"{kind.get(type(exc), 'upstream')} timeout: {exc or type(exc).__name__}"
@@ -56,6 +59,8 @@ class HttpxResponse:
         self._upstream = upstream
         self._target = target
         self._chunks = response.aiter_raw()
+        self.target = target
+        self.tries = 1
         self.status = response.status_code
         self.headers = list(response.headers.raw)
 
@@ -72,6 +77,10 @@ class HttpxResponse:
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+def _timeout(t: Timeouts) -> dict[str, float | None]:
+    return {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.pool}
 
 
 class HttpxTransport:
@@ -116,6 +125,7 @@ class HttpxTransport:
             httpx.URL(self._base + (self._prefix + request.target).decode("latin-1")),
             headers=headers,
             content=body if body is not None else b"",
+            extensions={"timeout": _timeout(request.timeouts)} if request.timeouts is not None else None,
         )
         if body is None:
             # httpx would add Content-Length: 0 to a body-less request; send exactly what the client sent.

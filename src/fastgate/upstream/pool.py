@@ -23,8 +23,8 @@ import asyncio
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from ..config import UpstreamConfig
-from ..exceptions import UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
+from ..config import Timeouts, UpstreamConfig
+from ..exceptions import UpstreamConnectError, UpstreamConnectTimeout, UpstreamTimeout, UpstreamUnavailable
 from ..observability.logging import TRACE, upstream_logger
 from .connection import Connection
 from .tls import client_context
@@ -96,14 +96,17 @@ class ConnectionPool:
     def size(self) -> int:
         return len(self._busy) + len(self._idle) + self._connecting
 
-    async def acquire(self, *, fresh: bool = False) -> Connection:
-        """A connection for one exchange. ``fresh``: a new one if the limit allows (else an idle one, as usual)."""
+    async def acquire(self, *, fresh: bool = False, timeouts: Timeouts | None = None) -> Connection:
+        """A connection for one exchange. ``fresh``: a new one if the limit allows (else an idle one, as usual).
+
+        ``timeouts``: a route's, whose ``connect`` and ``pool`` replace the upstream's for this wait.
+        """
         if self._closed:
             raise UpstreamUnavailable("gateway is shutting down", self.name, self.target)
         loop = self._loop or self._bind_loop()
         if fresh and self.size < self.limits.max_connections:
             # Never at the cost of an idle connection: it may be healthy, and closing it gains nothing here.
-            return await self._connect()
+            return await self._connect(timeouts=timeouts)
         idle = self._idle
         if idle:
             expiry = self.limits.keepalive_expiry
@@ -119,8 +122,8 @@ class ConnectionPool:
                     upstream_logger.log(TRACE, "%s: reusing %r", self.name, conn)
                 return conn
         if self.size < self.limits.max_connections:
-            return await self._connect()
-        return await self._wait_for_connection()
+            return await self._connect(timeouts=timeouts)
+        return await self._wait_for_connection(timeouts or self.timeouts)
 
     def release(self, conn: Connection, reusable: bool) -> None:
         self._busy.discard(conn)
@@ -170,14 +173,15 @@ class ConnectionPool:
         self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def _connect(self, *, reserved: bool = False) -> Connection:
+    async def _connect(self, *, reserved: bool = False, timeouts: Timeouts | None = None) -> Connection:
         """Open a connection; ``reserved``: a released slot was already counted for us in ``_connecting``."""
         loop = self._loop or self._bind_loop()
+        connect_timeout = (timeouts or self.timeouts).connect
         if not reserved:
             self._connecting += 1
         try:
             try:
-                async with asyncio.timeout(self.timeouts.connect):
+                async with asyncio.timeout(connect_timeout):
                     _, conn = await loop.create_connection(
                         lambda: Connection(self.name, loop, target=self.target, max_head=self.max_head),
                         self.host,
@@ -187,8 +191,8 @@ class ConnectionPool:
                     )
             except TimeoutError:
                 self._connect_errors += 1
-                raise UpstreamTimeout(
-                    f"connect to {self.target} took over {self.timeouts.connect:g}s", self.name, self.target
+                raise UpstreamConnectTimeout(
+                    f"connect to {self.target} took over {connect_timeout:g}s", self.name, self.target
                 ) from None
             except OSError as exc:
                 self._connect_errors += 1
@@ -207,7 +211,7 @@ class ConnectionPool:
         self._busy.add(conn)
         return conn
 
-    async def _wait_for_connection(self) -> Connection:
+    async def _wait_for_connection(self, timeouts: Timeouts) -> Connection:
         """Queue until a connection (or a free slot) is handed to us, first come first served.
 
         A freed slot is reserved for the waiter it is handed to (counted in ``_connecting``), so a request that
@@ -216,15 +220,14 @@ class ConnectionPool:
         waiter: asyncio.Future[Connection | None] = (self._loop or self._bind_loop()).create_future()
         self._waiters[waiter] = None
         try:
-            async with asyncio.timeout(self.timeouts.pool):
+            async with asyncio.timeout(timeouts.pool):
                 await waiter
         except TimeoutError:
             if waiter.cancelled():
                 self._waiters.pop(waiter, None)
                 self._pool_timeouts += 1
                 raise UpstreamUnavailable(
-                    f"connection pool exhausted: {self.limits.max_connections} connections busy for "
-                    f"{self.timeouts.pool:g}s",
+                    f"connection pool exhausted: {self.limits.max_connections} connections busy for {timeouts.pool:g}s",
                     self.name,
                     self.target,
                 ) from None
@@ -237,7 +240,7 @@ class ConnectionPool:
             raise
         handed = waiter.result()
         if handed is None:
-            return await self._connect(reserved=True)
+            return await self._connect(reserved=True, timeouts=timeouts)
         return handed
 
     def _pass_on(self, handed: Connection | None) -> None:
@@ -265,5 +268,6 @@ class ConnectionPool:
 def sweep_interval(config: UpstreamConfig) -> float:
     """How often the sweeper runs: a tenth of the shortest timeout, between 5 ms and 0.5 s."""
     t = config.timeouts
-    candidates = [v for v in (t.read, t.write, t.stream_idle, config.limits.keepalive_expiry) if v]
+    per_try = config.retries.per_try_timeout
+    candidates = [v for v in (t.read, t.write, t.stream_idle, per_try, config.limits.keepalive_expiry) if v]
     return min(0.5, max(0.005, min(candidates, default=5.0) / 10))

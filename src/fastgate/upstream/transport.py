@@ -49,6 +49,10 @@ class UpstreamRequest:
 class UpstreamResponse(Protocol):
     status: int
     headers: list[tuple[bytes, bytes]]
+    target: str
+    """The ``host:port`` that answered (for access logs and metrics)."""
+    tries: int
+    """How many tries it took (1 when the first try answered; set by the cluster)."""
     aclose_waits: bool
     """True when ``aclose()`` may suspend, so callers must shield it from cancellation."""
 
@@ -76,15 +80,17 @@ class Transport(Protocol):
 
 
 class FastgateResponse:
-    __slots__ = ("status", "headers", "_conn", "_pool", "_idle_timeout")
+    __slots__ = ("status", "headers", "target", "tries", "_conn", "_pool", "_idle_timeout")
     aclose_waits = False
 
-    def __init__(self, pool: ConnectionPool, conn: Connection) -> None:
+    def __init__(self, pool: ConnectionPool, conn: Connection, timeouts: Timeouts) -> None:
         self.status = conn.status
         self.headers = conn.headers
+        self.target = pool.target
+        self.tries = 1
         self._conn: Connection | None = conn
         self._pool = pool
-        self._idle_timeout = pool.timeouts.stream_idle
+        self._idle_timeout = timeouts.stream_idle
 
     async def read(self) -> bytes:
         assert self._conn is not None, "response already closed"
@@ -148,15 +154,15 @@ class FastgateTransport:
     async def send(self, request: UpstreamRequest, body: AsyncIterator[bytes] | None) -> UpstreamResponse:
         head = _request_head(request, self._path_prefix)
         no_body = request.method == b"HEAD"
-        timeouts = self.config.timeouts
+        timeouts = request.timeouts or self.config.timeouts
         retried = False
         while True:
-            conn = await self.pool.acquire(fresh=retried)
+            conn = await self.pool.acquire(fresh=retried, timeouts=request.timeouts)
             reused = conn.requests > 0
             try:
                 conn.start(head, no_body=no_body)
                 if body is not None:
-                    await self._send_body(conn, request.body_length, body)
+                    await self._send_body(conn, request.body_length, body, timeouts.write)
                 await conn.wait_head(timeouts.read)
             except UpstreamProtocolError:
                 conn.finish()
@@ -181,10 +187,11 @@ class FastgateTransport:
                 conn.close(abort=True)
                 self.pool.release(conn, False)
                 raise
-            return FastgateResponse(self.pool, conn)
+            return FastgateResponse(self.pool, conn, timeouts)
 
-    async def _send_body(self, conn: Connection, length: int | None, body: AsyncIterator[bytes]) -> None:
-        write_timeout = self.config.timeouts.write
+    async def _send_body(
+        self, conn: Connection, length: int | None, body: AsyncIterator[bytes], write_timeout: float | None
+    ) -> None:
         chunked = length == CHUNKED
         sent = 0
         async for chunk in body:
@@ -217,10 +224,17 @@ def _request_head(request: UpstreamRequest, path_prefix: bytes = b"") -> bytes:
     return b"".join(parts)
 
 
-def create_transport(name: str, config: UpstreamConfig) -> Transport:
-    """The transport named in ``config.transport``."""
+def create_target_transport(name: str, config: UpstreamConfig) -> Transport:
+    """The transport named in ``config.transport`` for the first (usually the only) target of ``config``."""
     if config.transport == "httpx":
         from .httpx_transport import HttpxTransport
 
         return HttpxTransport(name, config)
     return FastgateTransport(name, config)
+
+
+def create_transport(name: str, config: UpstreamConfig) -> Transport:
+    """The transport for the upstream ``name``: a :class:`~fastgate.upstream.cluster.Cluster` of its targets."""
+    from .cluster import Cluster
+
+    return Cluster(name, config)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from websockets.asyncio.client import ClientConnection
@@ -33,10 +33,15 @@ from websockets.uri import parse_uri
 from .._ws_frames import FastgateClientProtocol
 from ..exceptions import (
     UpstreamConnectError,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamRefused,
     UpstreamTimeout,
 )
+from .transport import UpstreamRequest
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +173,49 @@ async def dial(
 def _abort(connection: ClientConnection | None) -> None:
     if connection is not None:
         connection.transport.abort()
+
+
+async def dial_cluster(
+    cluster: Cluster,
+    base: WebSocketTarget,
+    path: bytes,
+    headers: list[tuple[bytes, bytes]],
+    subprotocols: Sequence[str],
+    client: bytes = b"",
+) -> ClientConnection:
+    """``dial`` a target of ``cluster`` picked as HTTP requests are (balancer, health, Host rewrite).
+
+    ``path`` is below the targets' path prefix; ``headers`` start with Host. A target that cannot be connected to is
+    recorded for passive health and, within the upstream's ``max_retries``, another one is dialed.
+    """
+    from .cluster import failure_kind
+
+    request = UpstreamRequest(b"GET", path, headers, client=client)
+    tried: list[int] = []
+    while True:
+        target = cluster.pick(request, tried or None)
+        config = target.config
+        where = replace(base, host=config.host, port=config.port, tls=base.tls if config.scheme == "https" else None)
+        try:
+            connection = await dial(
+                where,
+                (config.path_prefix + path).decode("latin-1"),
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers],
+                subprotocols,
+            )
+        except UpstreamRefused as exc:
+            cluster.record(target.index, exc.status_code)
+            raise
+        except UpstreamError as exc:
+            target.errors += 1
+            kind = failure_kind(exc)
+            if kind is not None:
+                cluster.record(target.index, kind)
+            if kind != "connect_error" or len(tried) >= cluster.retry.max_retries:
+                raise
+            tried.append(target.index)
+            continue
+        finally:
+            target.requests += 1
+        cluster.record(target.index, 101)
+        return connection
