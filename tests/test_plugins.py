@@ -250,7 +250,6 @@ async def test_route_timeouts_and_retries_travel_on_the_upstream_request(upstrea
         assert plain.timeouts is None and plain.retry is None  # no override: the upstream's own
 
 
-@pytest.mark.xfail(reason="the upstream cluster (traffic branch) honours UpstreamRequest.timeouts", strict=False)
 async def test_a_route_read_timeout_gives_504_from_a_slow_upstream(upstream: RunningServer) -> None:
     routes = (
         {"prefix": "/limited", "upstream": "main", "timeouts": {"read": 0.5}, "strip_prefix": True},
