@@ -223,25 +223,6 @@ _UPSTREAM_BODY = """\
     }}
 """
 
-_PROXY_BODY = """\
-    upstream backend {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            client_max_body_size 0;
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_buffer_size {buffer};
-            proxy_buffers 4 {buffer};
-            proxy_busy_buffers_size {busy};
-        }}
-    }}
-"""
-
-
 _PROXY_LOCATION = """\
             client_max_body_size 0;
             proxy_pass http://backend;
@@ -258,7 +239,8 @@ ROUTES = 100  # the "100 routes" rows: 99 prefixes that do not match the benchma
 
 
 def nginx_variant_body(variant: str, port: int, upstream: int, buffer_kib: int) -> str:
-    """nginx doing what a fastgate variant does: two servers in the upstream block (rr2), or 100 locations."""
+    """nginx as the proxy under test: one upstream server and one location, or what a fastgate variant does: two
+    servers in the upstream block (rr2), or 100 locations (routes100)."""
     location = _PROXY_LOCATION.format(buffer=f"{buffer_kib}k", busy=f"{2 * buffer_kib}k")
     servers = f"server 127.0.0.1:{upstream};"
     if variant == "rr2":
@@ -355,12 +337,7 @@ def proxy_command(name: str, port: int, upstream: int, root: Path, nginx_buffer_
     up = f"http://127.0.0.1:{upstream}"
     py = sys.executable
     if name == "nginx":
-        conf = write_nginx_conf(
-            root / f"proxy-nginx-{port}",
-            _PROXY_BODY.format(
-                port=port, upstream=upstream, buffer=f"{nginx_buffer_kib}k", busy=f"{2 * nginx_buffer_kib}k"
-            ),
-        )
+        conf = write_nginx_conf(root / f"proxy-nginx-{port}", nginx_variant_body("", port, upstream, nginx_buffer_kib))
         return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], PROXY_CPU
     if name in ("nginx-rr2", "nginx-routes100"):
         body = nginx_variant_body(name.split("-", 1)[1], port, upstream, nginx_buffer_kib)
