@@ -269,6 +269,14 @@ async def send_answer(send: Send, answer: Answer, request_id: bytes) -> None:
     await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 
+def _refused_by_plugin(exc: FastgateError, method: str, target: bytes, request_id: bytes) -> tuple[int, str]:
+    """A plugin answered with an error, or failed: the status and outcome to log (a failure logs its one line)."""
+    if isinstance(exc, PluginError):
+        log_plugin_error(exc, method, target, request_id)
+        return exc.status_code, f"plugin {exc.plugin} failed"
+    return exc.status_code, f"{exc.code}: {exc.detail}"
+
+
 def log_plugin_error(exc: PluginError, method: str, target: bytes, request_id: bytes) -> None:
     """The one ``fastgate.error`` line a failing plugin gets (its name, phase, exception and where it was raised)."""
     error_logger.error(
@@ -341,11 +349,7 @@ async def forward_http(
                 try:
                     answered = await chain.request(context)
                 except FastgateError as exc:
-                    status = exc.status_code
-                    outcome = f"{exc.code}: {exc.detail}"
-                    if isinstance(exc, PluginError):
-                        outcome = f"plugin {exc.plugin} failed"
-                        log_plugin_error(exc, scope["method"], target, request_id)
+                    status, outcome = _refused_by_plugin(exc, scope["method"], target, request_id)
                     await error_response(send, exc, request_id)
                     return
                 if answered is not None:
@@ -415,11 +419,7 @@ async def forward_http(
                     try:
                         await chain.response(context, response_head)
                     except FastgateError as exc:  # nothing was sent yet: the client gets this error instead
-                        status = exc.status_code
-                        outcome = f"{exc.code}: {exc.detail}"
-                        if isinstance(exc, PluginError):
-                            outcome = f"plugin {exc.plugin} failed"
-                            log_plugin_error(exc, scope["method"], target, request_id)
+                        status, outcome = _refused_by_plugin(exc, scope["method"], target, request_id)
                         await error_response(send, exc, request_id)
                         return
                     status, headers = response_head.status, response_head.headers.raw
