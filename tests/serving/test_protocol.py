@@ -11,6 +11,7 @@ import pytest
 from uvicorn.server import ServerState
 
 from fastgate.serving.limits import ServerLimits
+from fastgate.serving.protocol import MAX_PIPELINED
 
 from .fake import Echo, connect, settle, status_of
 
@@ -334,3 +335,17 @@ async def test_after_an_error_answer_the_socket_lingers_then_closes() -> None:
     assert len(transport.written) == answered
     protocol.check(protocol.loop.time() + 5)
     assert transport.aborted
+
+
+async def test_pipelined_requests_beyond_the_queue_bound_are_refused_after_those_before_them() -> None:
+    # One read can hold thousands of tiny pipelined requests: only MAX_PIPELINED wait, the next gets 400, the rest
+    # of the read is never turned into requests.
+    app = Echo()
+    protocol, transport = connect(app)
+    protocol.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n" * 5000)
+    assert len(protocol._pipeline) <= MAX_PIPELINED
+    await settle(400)
+    assert len(app.scopes) == MAX_PIPELINED + 1  # the one answered first, then those that waited
+    assert transport.written.count(b"HTTP/1.1 200") == MAX_PIPELINED + 1
+    assert transport.written.count(b"HTTP/1.1 400") == 1
+    assert transport.closed

@@ -59,6 +59,9 @@ from .limits import ServerLimits
 from .sweeper import Sweeper
 
 LINGER_SECONDS = 1.0  # after an error answer, how long input is drained before the socket is closed
+# Requests waiting behind the one being answered. llhttp parses a whole read at once, so without a bound one 256 KiB
+# read of tiny pipelined requests would queue thousands of them before reading pauses.
+MAX_PIPELINED = 16
 
 # Connection phases: what the deadline, if any, is counting.
 _FIRST, _IDLE, _HEAD, _BUSY = range(4)
@@ -439,6 +442,9 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(BadRequest("a request body cannot be sent with an upgrade offer"))
         if self._cycle is None:
             self._start(cycle)
+        elif len(self._pipeline) >= MAX_PIPELINED:
+            # answered after the requests before it, then the connection closes
+            raise _Reject(BadRequest(f"more than {MAX_PIPELINED} pipelined requests waiting"))
         else:
             self._pipeline.append(cycle)
             self.pause_reading()
