@@ -18,7 +18,9 @@ from dataclasses import replace
 from ._types import Receive, Scope, Send
 from .config import GatewayConfig, RouteConfig
 from .exceptions import FastgateError, RouteNotFound, UpstreamUnavailable
+from .observability.exchange import Observability
 from .observability.logging import error_logger
+from .observability.record import route_label
 from .plugins.chain import PluginChain
 from .plugins.registry import route_plugins
 from .proxy.errors import error_response
@@ -33,16 +35,19 @@ from .upstream.transport import Transport, create_transport
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, observability: Observability | None = None) -> None:
         self.config = config
         self.routes = RouteTable(config.routes)
         self._merge_slashes = config.server.merge_slashes
         self.server_limits = ServerLimits.from_config(config.server)  # read by fastgate's server protocol
         self.transports: dict[str, Transport] = {}
+        # Access line, metrics, tracing and live stats of this gateway (the admin API reads it); built from the
+        # config unless given (a library user's own tracer provider, a test's in-memory exporter)
+        self.observability = observability if observability is not None else Observability.from_config(config)
         self._route_options = [self._route_options_for(index, route) for index, route in enumerate(config.routes)]
         self._options: dict[str, ForwardOptions] = {}
         self._websocket_options = {
-            name: WebSocketForwardOptions.from_config(name, upstream, config.server)
+            name: WebSocketForwardOptions.from_config(name, upstream, config.server, observability=self.observability)
             for name, upstream in config.upstreams.items()
         }
 
@@ -54,6 +59,7 @@ class Gateway:
             timeouts=route.effective_timeouts(upstream) if route.timeouts.model_fields_set else None,
             retry=route.retry_policy(upstream) if route.retries is not None else None,
             buffer_body=self.config.server.request_buffer_memory_bytes if route.request_buffering else None,
+            label=route_label(index, getattr(route, "name", None)),
         )
 
     @property
@@ -73,9 +79,12 @@ class Gateway:
             for name, upstream in self.config.upstreams.items():
                 transport = await stack.enter_async_context(create_transport(name, upstream))
                 self.transports[name] = transport
-                self._options[name] = ForwardOptions.from_config(name, transport, upstream, server)
+                self._options[name] = ForwardOptions.from_config(
+                    name, transport, upstream, server, observability=self.observability
+                )
                 if isinstance(transport, Cluster) and len(upstream.targets) > 1:  # WebSockets pick targets there too
                     self._websocket_options[name] = replace(self._websocket_options[name], cluster=transport)
+            await stack.enter_async_context(self.observability.running(self.transports))
             try:
                 for chain in self.plugin_chains:
                     await chain.startup()
@@ -145,8 +154,10 @@ class Gateway:
         else:
             if route.upstream in self._options:
                 options = self._websocket_options[route.upstream]
-                plugins = self._route_options[route.index].plugins
-                await forward_websocket(scope, receive, send, options, target, plugins=plugins)
+                route_options = self._route_options[route.index]
+                await forward_websocket(
+                    scope, receive, send, options, target, plugins=route_options.plugins, route=route_options.label
+                )
                 return
             # As for HTTP: no session before the lifespan opened the upstreams.
             error_logger.error("WebSocket before the gateway's lifespan started (mounted without entering it?)")

@@ -18,7 +18,7 @@ from ._protocol import FastgateHttpProtocol
 from ._ws_protocol import FastgateWebSocketProtocol
 from .app import Gateway
 from .config import GatewayConfig
-from .observability.logging import LOGGING_CONFIG, access_logger, apply_log_level
+from .observability.logging import access_logger, apply_log_level, logging_config
 
 CONFIG_ENV = "FASTGATE_CONFIG_JSON"
 
@@ -58,7 +58,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "ws_ping_timeout": server.ws_client_ping_timeout,
         "ws_per_message_deflate": server.ws_per_message_deflate,
         "lifespan": "on",
-        "log_config": server.log_config or LOGGING_CONFIG,
+        "log_config": server.log_config or logging_config(server.access_log_format),
         "log_level": server.log_level,
         "access_log": False,  # fastgate writes its own access line, with upstream, bytes and request id
         "proxy_headers": False,  # we append the peer to X-Forwarded-For; never trust a client's copy of it
@@ -71,4 +71,14 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
 def run(config: GatewayConfig) -> None:
     """Serve until SIGINT/SIGTERM. Exits 3 when the server cannot start (port in use, say)."""
     os.environ[CONFIG_ENV] = config.model_dump_json()
-    uvicorn.run("fastgate.server:create_app", factory=True, **uvicorn_options(config))
+    cleanup = None
+    if config.server.workers > 1 and config.metrics.enabled:
+        # Before the workers start: they inherit PROMETHEUS_MULTIPROC_DIR, so one scrape sees every worker.
+        from .observability.metrics import prepare_multiprocess_dir
+
+        cleanup = prepare_multiprocess_dir()
+    try:
+        uvicorn.run("fastgate.server:create_app", factory=True, **uvicorn_options(config))
+    finally:
+        if cleanup is not None:
+            cleanup()

@@ -114,6 +114,8 @@ class _SlowClosingResponse:
 
     status = 200
     headers = [(b"content-length", b"100")]
+    target = "127.0.0.1:1"  # UpstreamResponse's address of the target that answered
+    tries = 1
     aclose_waits = True
 
     def __init__(self) -> None:

@@ -1,17 +1,27 @@
 """The three consumers of an :class:`ExchangeRecord` behind one object the proxy holds: the wiring seam.
 
-``Gateway`` builds one :class:`Observability` from its config; ``forward_http``/``forward_websocket`` call
-:meth:`Observability.begin` once the request head is rewritten and :meth:`Observability.finish` in their
-``finally`` (trace end, metrics, the one access line, in that order).
+``Gateway`` builds one :class:`Observability` from its config (``gateway.observability``); ``forward_http`` and
+``forward_websocket`` call :meth:`Observability.begin` once the request head is rewritten and
+:meth:`Observability.finish` in their ``finally`` (trace end, metrics, live stats, the one access line, in that
+order). The gateway's lifespan enters :meth:`Observability.running` with its transports: each cluster gets a
+:class:`~fastgate.observability.upstream.TryObserver` when metrics or tracing are on, its gauges are read at scrape
+time, and, under ``--workers N``, refreshed every few seconds in every worker so that a scrape answered by any
+worker sees them all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio
+
 from .access import Formatter, access_formatter, format_text
+from .live import LiveStats
 from .logging import access_logger
 from .record import ExchangeRecord
 from .tracing import ExchangeTrace, Headers, Tracer
@@ -19,6 +29,9 @@ from .tracing import ExchangeTrace, Headers, Tracer
 if TYPE_CHECKING:
     from ..config import GatewayConfig
     from .metrics import Metrics
+
+# Under --workers N, how often each worker writes its connection and health gauges to the shared files.
+MULTIPROCESS_REFRESH_SECONDS = 2.0
 
 
 @dataclass(slots=True)
@@ -32,6 +45,11 @@ class Observability:
     tracer: Tracer = field(default_factory=Tracer)
     metrics: Metrics | None = None
     format_access: Formatter = format_text
+    live: LiveStats = field(default_factory=LiveStats)
+    tracing: bool = field(init=False, default=False)  # spans are recorded: forward_http hands the trace to tries
+
+    def __post_init__(self) -> None:
+        self.tracing = self.tracer.enabled
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Observability:
@@ -63,8 +81,65 @@ class Observability:
             trace.end(record)
         if self.metrics is not None:
             self.metrics.observe(record)
+        self.live.record(record)
         if access_logger.isEnabledFor(logging.INFO):
             access_logger.info(self.format_access(record))
+
+    def websocket_opened(self, upstream: str) -> None:
+        if self.metrics is not None:
+            self.metrics.websocket_opened(upstream)
+
+    def websocket_closed(self, upstream: str) -> None:
+        if self.metrics is not None:
+            self.metrics.websocket_closed(upstream)
+
+    def watch(self, transports: Mapping[str, object]) -> None:
+        """Observe the clusters among ``transports``: per-try metrics and spans, gauges read at scrape time."""
+        from ..upstream.cluster import Cluster
+        from .upstream import TryObserver, refresh_cluster
+
+        metrics = self.metrics
+        for name, transport in transports.items():
+            if not isinstance(transport, Cluster):
+                continue
+            if metrics is not None or self.tracing:
+                transport.observer = TryObserver(name, transport.config.targets, metrics)
+            if metrics is not None:
+                metrics.add_refresher(("cluster", name), functools.partial(refresh_cluster, metrics, transport))
+
+    def unwatch(self, names: Iterable[str]) -> None:
+        """Stop reading the gauges of the clusters named in ``names`` (they are closing)."""
+        if self.metrics is not None:
+            for name in names:
+                self.metrics.remove_refresher(("cluster", name))
+
+    @contextlib.asynccontextmanager
+    async def running(self, transports: Mapping[str, object]) -> AsyncIterator[None]:
+        """For the gateway's lifespan: watch ``transports``; at the end, stop and :meth:`close`.
+
+        >>> async with observability.running(gateway.transports): ...
+        """
+        self.watch(transports)
+        names = list(transports)
+        try:
+            if self.metrics is not None and self.metrics.multiprocess:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._refresh_every, MULTIPROCESS_REFRESH_SECONDS, name="fastgate metrics")
+                    try:
+                        yield
+                    finally:
+                        group.cancel_scope.cancel()
+            else:
+                yield
+        finally:
+            self.unwatch(names)
+            self.close()
+
+    async def _refresh_every(self, interval: float) -> None:
+        assert self.metrics is not None
+        while True:
+            self.metrics.refresh()
+            await anyio.sleep(interval)
 
     def close(self) -> None:
         """At lifespan shutdown: flush spans, drop this worker's live gauges."""

@@ -42,7 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.process_collector import ProcessCollector
 
 from .._types import Receive, Scope, Send
-from .record import STANDARD_METHODS, ExchangeRecord
+from .record import STANDARD_METHODS, ExchangeRecord, route_label
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -171,6 +171,7 @@ class Metrics:
         self.config_last_reload.set(time.time())
         self._exchanges: dict[tuple[str, str, str, int], _Exchange] = {}
         self._tries: dict[tuple[str, str, int | str], Any] = {}
+        self._refreshers: dict[object, Callable[[], None]] = {}
         self._process: _ProcessMetrics | None = None
         if process_metrics:
             if self.multiprocess:
@@ -186,7 +187,10 @@ class Metrics:
     def from_config(cls, config: GatewayConfig, **kwargs: Any) -> Metrics:
         """Metrics with every route's and target's children created up front (they show as 0 at once)."""
         metrics = cls(**kwargs)
-        metrics.bind_routes((str(index), route.upstream) for index, route in enumerate(config.routes))
+        metrics.bind_routes(
+            (route_label(index, getattr(route, "name", None)), route.upstream)
+            for index, route in enumerate(config.routes)
+        )
         for name, upstream in config.upstreams.items():
             metrics.bind_targets(name, [target.target for target in upstream.targets])
         return metrics
@@ -261,8 +265,24 @@ class Metrics:
         if result == "success":
             self.config_last_reload.set(time.time())
 
+    def add_refresher(self, key: object, refresh: Callable[[], None]) -> None:
+        """Call ``refresh`` before each render (and on ``refresh()``): gauges read from state, not per request.
+
+        ``key`` names it, so a later ``add_refresher`` with the same key replaces it and ``remove_refresher`` drops it.
+        """
+        self._refreshers[key] = refresh
+
+    def remove_refresher(self, key: object) -> None:
+        self._refreshers.pop(key, None)
+
+    def refresh(self) -> None:
+        """Run the refreshers: this worker's gauges (connections, health) from its pools and health state."""
+        for refresh in list(self._refreshers.values()):
+            refresh()
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition for an ``Accept`` header: (body, content type). Blocking (reads files): use a thread."""
+        self.refresh()
         if self.multiprocess:
             prune_dead_processes()
             if self._process is not None:

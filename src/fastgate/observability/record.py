@@ -51,6 +51,15 @@ class ExchangeRecord:
         return self.status
 
 
+def route_label(index: int, name: str | None = None) -> str:
+    """The ``route`` label of a route: its name when it has one, else its index in ``routes``.
+
+    >>> route_label(0), route_label(3, "users")
+    ('0', 'users')
+    """
+    return name or str(index)
+
+
 def client_label(client: tuple[str, int] | list[object] | None) -> str:
     """``"ip:port"`` from an ASGI scope's ``client``, ``"-"`` when the server gives none."""
     return f"{client[0]}:{client[1]}" if client else "-"

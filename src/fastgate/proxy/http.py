@@ -13,7 +13,9 @@ How this works
    natural: ``send`` waits while the client is slow, and while we wait nobody reads the upstream socket.
 4. The upstream response is closed in ``finally`` under a shielded scope, whatever happened: back to the pool
    when it was read to its end, dropped otherwise. Last, the plugins' ``on_finish`` hooks get the ``Exchange``
-   record and the access line is written.
+   record, and the exchange's ``ExchangeRecord`` goes to ``Observability.finish`` (span, metrics, live stats,
+   access line). Every request goes upstream with a ``traceparent`` (``Observability.begin``, right after the
+   header rules): the client's, or a new trace's.
 
 Client disconnects cancel the exchange at once. Under fastgate's own server protocol the server calls us back
 when the connection drops (``ServerHooks.on_disconnect``), so an exchange costs no extra task. Under any other
@@ -27,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from types import TracebackType
 from typing import Any
@@ -41,7 +42,10 @@ import anyio.abc
 from .._types import Receive, Scope, Send
 from ..config import RetryPolicy, ServerConfig, Timeouts, UpstreamConfig
 from ..exceptions import ClientDisconnected, FastgateError, UpstreamError
-from ..observability.logging import access_logger, error_logger
+from ..observability.exchange import Observability
+from ..observability.logging import error_logger
+from ..observability.record import ExchangeRecord
+from ..observability.tracing import ExchangeTrace
 from ..plugins.base import Answer, Exchange, HeaderList, RequestContext, ResponseHead
 from ..plugins.chain import PluginChain, PluginError
 from ..serving.cycle import ServerHooks
@@ -53,18 +57,28 @@ from .headers import HeaderRules, RequestHead, new_request_id, response_headers
 
 @dataclass(slots=True)
 class ForwardOptions:
-    """How requests are forwarded to one upstream: its name, its transport and its header rules."""
+    """How requests are forwarded to one upstream: its name, its transport, its header rules, and the
+    observability (access line, metrics, tracing) its exchanges report to (propagation and access line only by
+    default)."""
 
     name: str
     transport: Transport
     rules: HeaderRules
+    observability: Observability = field(default_factory=Observability)
 
     @classmethod
     def from_config(
-        cls, name: str, transport: Transport, upstream: UpstreamConfig, server: ServerConfig | None = None
+        cls,
+        name: str,
+        transport: Transport,
+        upstream: UpstreamConfig,
+        server: ServerConfig | None = None,
+        *,
+        observability: Observability | None = None,
     ) -> ForwardOptions:
         """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits."""
-        return cls(name, transport, HeaderRules.from_config(upstream, server))
+        rules = HeaderRules.from_config(upstream, server)
+        return cls(name, transport, rules) if observability is None else cls(name, transport, rules, observability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +87,8 @@ class RouteOptions:
 
     ``plugins`` is None for a route without any (its requests skip every plugin step); ``timeouts`` and ``retry``
     are None unless the route overrides the upstream's (they travel on ``UpstreamRequest``); ``buffer_body`` is
-    ``request_buffering``'s memory limit, None when off.
+    ``request_buffering``'s memory limit, None when off. ``label`` is the route's ``route`` label in metrics and
+    logs (its name, or its index).
     """
 
     index: int = -1
@@ -81,6 +96,7 @@ class RouteOptions:
     timeouts: Timeouts | None = None
     retry: RetryPolicy | None = None
     buffer_body: int | None = None
+    label: str = ""
 
 
 NO_ROUTE = RouteOptions()
@@ -207,6 +223,14 @@ def _upstream_at(name: str, exc: FastgateError) -> str:
     return f"{name} at {target}" if target else name
 
 
+def _host(scope: Scope) -> bytes:
+    """The client's Host header (for the SERVER span's ``server.address``), ``b""`` without one."""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value)
+    return b""
+
+
 def _client_address(scope: Scope) -> bytes:
     client = scope.get("client")
     return client[0].encode("latin-1") if client else b"unknown"
@@ -306,7 +330,8 @@ async def forward_http(
 
     Phases: request head (fastgate's header rules, then the plugins' ``on_request``, before any body byte is read
     and before an upstream connection is taken), the upstream exchange, response head (the plugins'
-    ``on_response`` before the head goes out), body relay, finish (the plugins' ``on_finish``, the access log).
+    ``on_response`` before the head goes out), body relay, finish (the plugins' ``on_finish``, then
+    ``Observability.finish``: span, metrics, live stats, access line).
     """
     started_at = perf_counter()
     hooks: Any = scope.get("extensions", {}).get("fastgate.server")
@@ -315,8 +340,24 @@ async def forward_http(
     request_id = b"-"
     outcome = ""
     failed_at = ""
+    answered_by = ""
     chain = route.plugins
     context: RequestContext | None = None
+    observability = options.observability
+    method: str = scope["method"]
+    client = scope.get("client")
+    # positional, as everything built per request here
+    record = ExchangeRecord(
+        route.label,
+        options.name,
+        "",
+        method,
+        "",
+        scope.get("http_version", "1.1"),
+        f"{client[0]}:{client[1]}" if client else "-",
+    )
+    trace: ExchangeTrace | None = None
+    request: UpstreamRequest | None = None
     if route.buffer_body is not None:
         buffer_body = route.buffer_body
     try:
@@ -331,6 +372,11 @@ async def forward_http(
             await error_response(send, exc, request_id)
             return
         request_id = head.request_id
+        if observability.tracing:
+            record.target = target.decode("latin-1")
+            trace = observability.begin(head.headers, record, scheme=scope.get("scheme", "http"), host=_host(scope))
+        else:  # the traceparent (client's or new) and the trace id for the log only
+            trace = observability.begin(head.headers, record, scheme="")
         # positional: a few dozen ns cheaper than keywords, on every request
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
@@ -341,6 +387,8 @@ async def forward_http(
             route.timeouts,
             route.retry,
         )
+        if observability.tracing:
+            request.trace = trace
         async with _HookScope(hooks) if hooks is not None else _WatcherScope(receive) as disconnect:
             if disconnect.disconnected:
                 return
@@ -376,6 +424,7 @@ async def forward_http(
                     assert context is not None
                     piped = chain.body(context, body)
                 response = await options.transport.send(request, piped)
+                answered_by = response.target
             except ClientDisconnected:
                 outcome = "client disconnected"
                 return
@@ -465,35 +514,30 @@ async def forward_http(
         if disconnect.disconnected:
             outcome = "client disconnected"
     finally:
+        record.duration_s = perf_counter() - started_at
+        record.target = target.decode("latin-1")
+        record.status = status
+        record.bytes_sent = sent
+        record.request_id = request_id.decode("latin-1")
+        record.outcome = outcome
+        record.upstream_address = answered_by or failed_at
+        if request is not None and request.tries > 1:
+            record.retries = request.tries - 1
         if context is not None and chain is not None and chain.has_finish:
             await chain.finish(
                 context,
                 Exchange(
                     route.index,
                     options.name,
-                    scope["method"],
-                    target.decode("latin-1"),
-                    status if not outcome.startswith("client") else 499,
+                    method,
+                    record.target,
+                    record.logged_status,
                     sent,
-                    perf_counter() - started_at,
-                    request_id.decode("latin-1"),
+                    record.duration_s,
+                    record.request_id,
                     failed_at,
-                    0,
+                    record.retries,
                     outcome,
                 ),
             )
-        if access_logger.isEnabledFor(logging.INFO):
-            client = scope.get("client")
-            access_logger.info(
-                '%s - "%s %s HTTP/%s" %d %d %.1fms upstream=%s request_id=%s%s',
-                f"{client[0]}:{client[1]}" if client else "-",
-                scope["method"],
-                target.decode("latin-1"),
-                scope.get("http_version", "1.1"),
-                status if not outcome.startswith("client") else 499,
-                sent,
-                (perf_counter() - started_at) * 1000,
-                options.name,
-                request_id.decode("latin-1"),
-                f" ({outcome})" if outcome else "",
-            )
+        observability.finish(record, trace)

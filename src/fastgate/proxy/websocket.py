@@ -33,9 +33,8 @@ Pings are per hop: Uvicorn pings the client (``ServerConfig.ws_client_ping_inter
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -47,7 +46,9 @@ from websockets.exceptions import ConnectionClosed
 from .._types import Headers, Message, Receive, Scope, Send
 from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import FastgateError, UpstreamError, UpstreamRefused
-from ..observability.logging import access_logger, error_logger
+from ..observability.exchange import Observability
+from ..observability.logging import error_logger
+from ..observability.record import ExchangeRecord
 from ..plugins.base import Answer, HeaderList, RequestContext
 from ..plugins.chain import PluginChain, PluginError
 from ..upstream.tls import client_context
@@ -90,10 +91,16 @@ class WebSocketForwardOptions:
     max_message_size: int = 16 * 1024 * 1024
     allowed_origins: frozenset[str] | None = None
     cluster: Cluster | None = None  # the upstream's targets, once the lifespan has started them
+    observability: Observability = field(default_factory=Observability)  # access line, session gauge, tracing
 
     @classmethod
     def from_config(
-        cls, name: str, upstream: UpstreamConfig, server: ServerConfig | None = None
+        cls,
+        name: str,
+        upstream: UpstreamConfig,
+        server: ServerConfig | None = None,
+        *,
+        observability: Observability | None = None,
     ) -> WebSocketForwardOptions:
         ws = upstream.websocket
         target = WebSocketTarget(
@@ -114,6 +121,7 @@ class WebSocketForwardOptions:
             idle_timeout=ws.idle_timeout,
             max_message_size=ws.max_message_size,
             allowed_origins=frozenset(ws.allowed_origins) if ws.allowed_origins is not None else None,
+            observability=observability if observability is not None else Observability(),
         )
 
 
@@ -199,11 +207,14 @@ async def forward_websocket(
     target: bytes,
     *,
     plugins: PluginChain | None = None,
+    route: str = "",
 ) -> None:
     """Forward one WebSocket session to ``options``'s upstream at ``target`` (path and query) and relay it.
 
     ``plugins``: the route's plugin chain; its request-head hooks see the handshake (a ``GET``) before the upstream
-    is dialed, and an :class:`Answer` from one is the client's answer (``refuse_websocket_answer``).
+    is dialed, and an :class:`Answer` from one is the client's answer (``refuse_websocket_answer``). ``route``:
+    the route's label in metrics and logs. The handshake goes upstream with a ``traceparent``, as HTTP requests do;
+    an open session counts in ``fastgate_websocket_sessions``, and its end writes one access line.
 
     >>> options = WebSocketForwardOptions.from_config("chat", UpstreamConfig(url="http://127.0.0.1:9000"))
     >>> await forward_websocket(scope, receive, send, options, b"/chat?room=1")  # returns when the session ends
@@ -212,6 +223,12 @@ async def forward_websocket(
     status = 0
     request_id = b"-"
     note = ""
+    observability = options.observability
+    peer = scope.get("client")
+    record = ExchangeRecord(
+        route, options.target.name, "", "GET", "", client=f"{peer[0]}:{peer[1]}" if peer else "-", websocket=True
+    )
+    trace = None
     try:
         if (await receive())["type"] != "websocket.connect":
             return
@@ -225,6 +242,8 @@ async def forward_websocket(
             )
             request_id = head.request_id
             headers = head.headers
+            record.target = target.decode("latin-1")
+            trace = observability.begin(headers, record, scheme=scope.get("scheme", "ws"))
             if plugins is not None:
                 context = RequestContext(
                     "GET",
@@ -280,24 +299,29 @@ async def forward_websocket(
                     request_id.decode("latin-1"),
                 )
             return
+        record.upstream_address = _address(upstream.remote_address)
+        observability.websocket_opened(options.target.name)
         try:
             status = 101
             note = await _Session(receive, send, upstream, options).run()
         finally:
             upstream.transport.abort()  # a no-op after a completed closing handshake
+            observability.websocket_closed(options.target.name)
     finally:
-        if access_logger.isEnabledFor(logging.INFO):
-            peer = scope.get("client")
-            access_logger.info(
-                '%s - "WebSocket %s" %d %.1fms upstream=%s request_id=%s%s',
-                f"{peer[0]}:{peer[1]}" if peer else "-",
-                target.decode("latin-1"),
-                status,
-                (perf_counter() - started_at) * 1000,
-                options.target.name,
-                request_id.decode("latin-1"),
-                f" ({note})" if note else "",
-            )
+        record.target = target.decode("latin-1")
+        record.status = status
+        record.duration_s = perf_counter() - started_at
+        record.request_id = request_id.decode("latin-1")
+        record.outcome = note
+        observability.finish(record, trace)
+
+
+def _address(remote: object) -> str:
+    """``host:port`` of the upstream's socket (``[::1]:9000`` for IPv6), ``""`` when unknown."""
+    if isinstance(remote, tuple) and len(remote) >= 2:
+        host = str(remote[0])
+        return f"[{host}]:{remote[1]}" if ":" in host else f"{host}:{remote[1]}"
+    return ""
 
 
 async def refuse_websocket(

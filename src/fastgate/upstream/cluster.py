@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -76,6 +76,22 @@ def retry_policy(config: RetryConfig) -> RetryPolicy:
         min_retry_concurrency=config.min_retry_concurrency,
         non_idempotent=config.non_idempotent,
     )
+
+
+class ClusterObserver(Protocol):
+    """Told of every try and health change (``observability/upstream.py``: metrics, client spans).
+
+    A cluster without one (metrics and tracing off) pays one ``is None`` test per try. ``start_try`` returns a
+    token (the try's span, or None) that the cluster hands back to ``answered`` or ``failed``.
+    """
+
+    def start_try(self, request: UpstreamRequest, index: int) -> Any: ...
+
+    def answered(self, index: int, status: int, token: Any) -> None: ...
+
+    def failed(self, index: int, code: str, connect_error: bool, token: Any) -> None: ...
+
+    def health_changed(self, events: list[HealthEvent]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +231,17 @@ class Cluster:
     ...     response = await c.send(UpstreamRequest(b"GET", b"/", [(b"host", b"api")]), None)
     """
 
-    def __init__(self, name: str, config: UpstreamConfig, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: UpstreamConfig,
+        *,
+        rng: random.Random | None = None,
+        observer: ClusterObserver | None = None,
+    ) -> None:
         self.name = name
         self.config = config
+        self.observer = observer
         self._rng = rng or random.Random()
         self.targets = [
             ClusterTarget(i, t, create_target_transport(name, target_config(config, t)))
@@ -292,9 +316,11 @@ class Cluster:
         retries = 0
         attempt = 0
         tried: list[int] | None = None
+        observer = self.observer
         try:
             while True:
                 attempt += 1
+                request.tries = attempt
                 target = self.targets[0] if self._n == 1 else self.targets[self._pick(request, tried)]
                 if self._rewrite_host:
                     request.headers[0] = (b"host", target.authority)
@@ -303,6 +329,7 @@ class Cluster:
                 if least is not None:
                     least.on_start(index)
                 target.requests += 1
+                token = observer.start_try(request, index) if observer is not None else None
                 try:
                     response = await target.transport.send(request, body)
                 except UpstreamError as exc:
@@ -310,6 +337,8 @@ class Cluster:
                         least.on_finish(index)
                     target.errors += 1
                     kind = failure_kind(exc)
+                    if observer is not None:
+                        observer.failed(index, exc.code, kind == "connect_error", token)
                     if kind is None:
                         raise
                     if self._passive:
@@ -320,6 +349,8 @@ class Cluster:
                     why = f"{kind} ({exc.detail})"
                 else:
                     status = response.status
+                    if observer is not None:
+                        observer.answered(index, status, token)
                     if self._passive:
                         self.record(index, status)
                     if (
@@ -428,6 +459,8 @@ class Cluster:
             self.log_events(events)
 
     def log_events(self, events: list[HealthEvent]) -> None:
+        if self.observer is not None:
+            self.observer.health_changed(events)
         for event in events:
             target = self.targets[event.target]
             level = 30 if event.new is not TargetState.HEALTHY else 20  # WARNING down, INFO back

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -22,6 +22,9 @@ from ..exceptions import BadRequest, UpstreamProtocolError
 from ..observability.logging import TRACE, upstream_logger
 from .connection import Connection
 from .pool import ConnectionPool, sweep_interval
+
+if TYPE_CHECKING:
+    from ..observability.tracing import ExchangeTrace
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -44,6 +47,8 @@ class UpstreamRequest:
     client: bytes = b""  # the client's address, for hash_on: client_ip
     timeouts: Timeouts | None = None  # a route's timeouts over the upstream's (RouteConfig.effective_timeouts)
     retry: RetryPolicy | None = None  # a route's retry policy instead of the upstream's
+    trace: ExchangeTrace | None = None  # set when tracing is on: the cluster starts a client span per try
+    tries: int = 0  # set by the cluster as it tries: 1 for the first try, 2 for the first retry...
 
 
 class UpstreamResponse(Protocol):
