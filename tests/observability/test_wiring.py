@@ -292,3 +292,19 @@ async def test_websocket_session_gauge_goes_up_then_down(
     (line,) = [r.getMessage() for r in access_lines.records if "rid-ws" in r.getMessage()]
     assert line.startswith("127.0.0.1:") and '"WebSocket /ws/echo?room=1" 101 ' in line
     assert "upstream=api request_id=rid-ws trace_id=" in line
+
+
+async def test_active_health_checks_set_the_health_gauge(upstream: RunningServer) -> None:
+    good = f"127.0.0.1:{upstream.port}"
+    config = _config(
+        {
+            "targets": [{"url": f"http://{REFUSED}"}, {"url": upstream.url}],
+            "health_check": {"path": "/echo", "interval": 0.2, "timeout": 1, "unhealthy_threshold": 1},
+        }
+    )
+    gateway = Gateway(config)
+    async with run_gateway(gateway):
+        down = f'fastgate_health_status{{target="{REFUSED}",upstream="api"}}'
+        await wait_until(lambda: _values(gateway)[down] == 0, limit=10)
+        assert _values(gateway)[f'fastgate_health_status{{target="{good}",upstream="api"}}'] == 1
+        assert _values(gateway)[f'fastgate_ejections_total{{target="{REFUSED}",upstream="api"}}'] == 0
