@@ -78,10 +78,74 @@ def main() -> None:
         ("propagate(headers), new trace", lambda: propagate(list(headers))),
         ("Tracer() off: begin + try + end", traced_off),
     ]
+    cases += exchange_cases(record, headers)
     mode = "multiprocess (mmap files)" if metrics.multiprocess else "single process"
     print(f"prometheus-client mode: {mode}; best of {ROUNDS} rounds, {args.count:,} calls per case")
     for name, step in cases:
         print(f"  {name:<46} {best_us(step, args.count):6.2f} µs")
+
+
+def exchange_cases(template: object, headers: list[tuple[bytes, bytes]]) -> list[tuple[str, Callable[[], object]]]:
+    """What forward_http adds per request, all of it: record, begin, one try through the cluster's observer, finish.
+
+    The access line is off here (its formatting is measured above; writing it is the logging handler's cost).
+    """
+    from fastgate.config import UpstreamTarget
+    from fastgate.observability.exchange import Observability
+    from fastgate.observability.metrics import Metrics
+    from fastgate.observability.record import ExchangeRecord
+    from fastgate.observability.tracing import Tracer
+    from fastgate.observability.upstream import TryObserver
+    from fastgate.upstream.transport import UpstreamRequest
+
+    assert isinstance(template, ExchangeRecord)
+    targets = [UpstreamTarget(url="http://10.0.0.1:9000")]
+
+    def tracer(on: bool) -> Tracer:
+        if not on:
+            return Tracer()
+        from opentelemetry.sdk.trace import TracerProvider
+
+        return Tracer(TracerProvider())  # spans recorded, no exporter: the SDK's own cost
+
+    def case(metrics_on: bool, tracing_on: bool) -> Callable[[], object]:
+        metrics = Metrics(process_metrics=False) if metrics_on else None
+        observability = Observability(tracer(tracing_on), metrics)
+        observer = TryObserver("api", targets, metrics) if metrics_on or tracing_on else None
+
+        def exchange() -> None:
+            record = ExchangeRecord("0", "api", "", "GET", "", "1.1", "127.0.0.1:50000")
+            upstream_headers = list(headers)
+            trace = observability.begin(upstream_headers, record, scheme="http")
+            request = UpstreamRequest(b"GET", b"/items?id=1", upstream_headers)
+            if tracing_on:
+                request.trace = trace
+            if observer is not None:
+                observer.answered(0, 200, observer.start_try(request, 0))
+            record.status, record.bytes_sent, record.duration_s = 200, 1024, 0.0042
+            record.target, record.request_id, record.upstream_address = "/items?id=1", "r", "10.0.0.1:9000"
+            observability.finish(record, trace)
+
+        exchange()  # binds the label children
+        return exchange
+
+    import logging
+
+    from fastgate.observability.logging import access_logger
+
+    def baseline() -> None:
+        """What the request path did before: the same request built, the access logger asked, nothing else."""
+        upstream_headers = list(headers)
+        UpstreamRequest(b"GET", b"/items?id=1", upstream_headers)
+        access_logger.isEnabledFor(logging.INFO)
+
+    return [
+        ("per request: baseline (no observability)", baseline),
+        ("per request: metrics off, tracing off", case(False, False)),
+        ("per request: metrics on, tracing off", case(True, False)),
+        ("per request: metrics off, tracing on", case(False, True)),
+        ("per request: metrics on, tracing on", case(True, True)),
+    ]
 
 
 if __name__ == "__main__":

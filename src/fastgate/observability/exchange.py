@@ -24,7 +24,7 @@ from .access import Formatter, access_formatter, format_text
 from .live import LiveStats
 from .logging import access_logger
 from .record import ExchangeRecord
-from .tracing import ExchangeTrace, Headers, Tracer
+from .tracing import ExchangeTrace, Headers, Tracer, propagate
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -61,8 +61,16 @@ class Observability:
             metrics = Metrics.from_config(config)
         return cls(Tracer.from_config(config.tracing), metrics, access_formatter(config.server.access_log_format))
 
-    def begin(self, headers: Headers, record: ExchangeRecord, *, scheme: str, host: bytes = b"") -> ExchangeTrace:
-        """Propagate (``headers`` changed in place) and start the server span; sets ``record.trace_id``."""
+    def begin(
+        self, headers: Headers, record: ExchangeRecord, *, scheme: str = "http", host: bytes = b""
+    ) -> ExchangeTrace | None:
+        """Propagate (``headers`` changed in place) and start the server span; sets ``record.trace_id``.
+
+        Tracing off: the trace context only (the client's ``traceparent``, or a new one), and None.
+        """
+        if not self.tracing:
+            record.trace_id = propagate(headers)[0]
+            return None
         trace = self.tracer.begin(
             headers,
             method=record.method,

@@ -40,6 +40,7 @@ _HEX_AND_DASH = b"0123456789abcdef-"
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 SAMPLED = 0x01
+_SPAN_MASK = (1 << 64) - 1
 
 
 class TraceParent(NamedTuple):
@@ -105,8 +106,8 @@ def new_span_id() -> str:
             return f"{bits:016x}"
 
 
-def incoming_context(headers: Headers) -> tuple[TraceParent | None, list[bytes]]:
-    """The client's ``traceparent`` (``None`` if absent, repeated or invalid) and its ``tracestate`` values."""
+def _scan(headers: Headers) -> tuple[bytes | None, bool, list[bytes]]:
+    """The last ``traceparent`` value, whether there were several, and the ``tracestate`` values: one pass."""
     found: bytes | None = None
     repeated = False
     states: list[bytes] = []
@@ -116,6 +117,12 @@ def incoming_context(headers: Headers) -> tuple[TraceParent | None, list[bytes]]
             found = value
         elif name == TRACESTATE:
             states.append(value)
+    return found, repeated, states
+
+
+def incoming_context(headers: Headers) -> tuple[TraceParent | None, list[bytes]]:
+    """The client's ``traceparent`` (``None`` if absent, repeated or invalid) and its ``tracestate`` values."""
+    found, repeated, states = _scan(headers)
     parent = parse_traceparent(found) if found is not None and not repeated else None
     return parent, states if parent is not None else []
 
@@ -134,12 +141,25 @@ def propagate(headers: Headers) -> tuple[str, Headers]:
     >>> trace_id, upstream_headers = propagate([(b"host", b"a")])  # no traceparent: a new trace starts
     >>> upstream_headers[-1][0], len(trace_id)
     (b'traceparent', 32)
+
+    This runs on every request: one pass over the headers, and for a new trace (sampled) one append when the
+    client sent no trace headers at all.
     """
-    parent, states = incoming_context(headers)
-    if parent is not None:
-        return parent.trace_id, headers
-    fresh = TraceParent(new_trace_id(), new_span_id(), SAMPLED)
-    return fresh.trace_id, set_trace_headers(headers, fresh.header(), [])
+    found, repeated, states = _scan(headers)
+    if found is not None and not repeated:
+        parent = parse_traceparent(found)
+        if parent is not None:
+            return parent.trace_id, headers
+    bits = random.getrandbits(192)  # both ids from one call
+    trace, span = bits >> 64, bits & _SPAN_MASK
+    if not trace or not span:  # all-zero ids are invalid (a 2**-64 chance)
+        trace, span = int(new_trace_id(), 16), int(new_span_id(), 16)
+    trace_id = f"{trace:032x}"
+    value = f"00-{trace_id}-{span:016x}-01".encode("ascii")  # version 00, sampled
+    if found is None and not states:
+        headers.append((TRACEPARENT, value))
+        return trace_id, headers
+    return trace_id, set_trace_headers(headers, value, [])
 
 
 class TryTrace(Protocol):

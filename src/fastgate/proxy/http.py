@@ -376,7 +376,7 @@ async def forward_http(
             record.target = target.decode("latin-1")
             trace = observability.begin(head.headers, record, scheme=scope.get("scheme", "http"), host=_host(scope))
         else:  # the traceparent (client's or new) and the trace id for the log only
-            trace = observability.begin(head.headers, record, scheme="")
+            observability.begin(head.headers, record)
         # positional: a few dozen ns cheaper than keywords, on every request
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
