@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,7 +22,16 @@ from fastgate.config import GatewayConfig, build_config
 from fastgate.observability.exchange import Observability
 from fastgate.observability.metrics import Metrics, metrics_mapping
 from fastgate.observability.tracing import Tracer, parse_traceparent
-from tests.servers import REFUSED_PORT, LogCapture, RunningServer, captured_logs, run_gateway, wait_until
+from tests.servers import (
+    REFUSED_PORT,
+    LogCapture,
+    RunningServer,
+    captured_logs,
+    free_port,
+    run_gateway,
+    wait_for_port,
+    wait_until,
+)
 from tests.upstream_app import Recorder
 from tests.ws_upstream import WebSocketRecorder
 
@@ -308,3 +320,30 @@ async def test_active_health_checks_set_the_health_gauge(upstream: RunningServer
         await wait_until(lambda: _values(gateway)[down] == 0, limit=10)
         assert _values(gateway)[f'fastgate_health_status{{target="{good}",upstream="api"}}'] == 1
         assert _values(gateway)[f'fastgate_ejections_total{{target="{REFUSED}",upstream="api"}}'] == 0
+
+
+async def test_json_access_line_reaches_stdout_as_it_is_from_fastgate_run(
+    upstream: RunningServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"server: {{port: {port}, access_log_format: json}}\n"
+        f"upstreams:\n  api: {{url: '{upstream.url}'}}\n"
+        "routes:\n  - {prefix: /, upstream: api}\n"
+    )
+    out = tmp_path / "stdout"
+    with out.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "fastgate", "run", str(config)], stdout=log, stderr=log)
+    try:
+        wait_for_port(port, process=process)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/echo", headers={"x-request-id": "rid-stdout"})).status_code == 200
+        await wait_until(lambda: "rid-stdout" in out.read_text(), limit=10)
+    finally:
+        process.terminate()
+        process.wait(10)
+    (line,) = [line for line in out.read_text().splitlines() if "rid-stdout" in line]
+    fields = json.loads(line)  # the whole line: no time or level prefix before the object
+    assert (fields["request_id"], fields["status"], fields["upstream"]) == ("rid-stdout", 200, "api")
+    assert len(fields["trace_id"]) == 32
