@@ -347,3 +347,15 @@ async def test_json_access_line_reaches_stdout_as_it_is_from_fastgate_run(
     fields = json.loads(line)  # the whole line: no time or level prefix before the object
     assert (fields["request_id"], fields["status"], fields["upstream"]) == ("rid-stdout", 200, "api")
     assert len(fields["trace_id"]) == 32
+
+
+async def test_a_try_cut_short_by_the_client_leaving_is_counted_as_cancelled(upstream: RunningServer) -> None:
+    gateway = Gateway(_config({"url": upstream.url}))
+    target = f"127.0.0.1:{upstream.port}"
+    async with _serve(gateway) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/slow?delay=10", timeout=0.5)
+        cancelled = f'fastgate_upstream_requests_total{{code="cancelled",target="{target}",upstream="api"}}'
+        await wait_until(lambda: _values(gateway).get(cancelled) == 1, limit=10)
+        values = _values(gateway)
+    assert values['fastgate_requests_total{code="499",method="GET",route="1",upstream="api"}'] == 1

@@ -347,6 +347,10 @@ class Cluster:
                         raise
                     retries += 1
                     why = f"{kind} ({exc.detail})"
+                except BaseException as exc:  # the client went (cancelled), or sent a bad body: the try ends here
+                    if observer is not None:
+                        observer.failed(index, getattr(exc, "code", "cancelled"), False, token)
+                    raise
                 else:
                     status = response.status
                     if observer is not None:
