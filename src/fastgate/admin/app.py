@@ -1,9 +1,10 @@
 """The admin API as an ASGI app: health, readiness, config, upstreams, stats, reload, metrics, the dashboard.
 
->>> app = AdminApp(gateway, token="s3cret")   # served by admin/listener.py on the admin address
+>>> app = AdminApp(gateway)   # served by admin/listener.py on the admin address
 
-Every JSON and action endpoint needs ``Authorization: Bearer <token>`` when a token is set (401 otherwise); the
-dashboard's static files carry no data and are served without it. The JSON shapes are docs/operations.md's.
+Every JSON and action endpoint needs ``Authorization: Bearer <admin.token>`` when the running config sets a token
+(401 otherwise; a reload may change it); the dashboard's static files carry no data and are served without it.
+The JSON shapes are docs/operations.md's.
 """
 
 from __future__ import annotations
@@ -47,14 +48,13 @@ JSON_ENDPOINTS = frozenset({"/healthz", "/readyz", "/config", "/upstreams", "/st
 class AdminApp:
     """ASGI app of the admin listener, reading the live state of ``gateway`` (this worker's)."""
 
-    def __init__(self, gateway: Gateway, token: str | None = None) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._expected = f"Bearer {token}".encode("latin-1") if token else None
         self._metrics = metrics_app(gateway.metrics) if gateway.metrics is not None else None
         self._static = resources.files("fastgate.admin").joinpath("static")
 
     def __repr__(self) -> str:
-        return f"<AdminApp token={'set' if self._expected else 'none'}>"
+        return f"<AdminApp {self.gateway!r}>"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,7 +67,8 @@ class AdminApp:
             else:
                 await self._serve_static(send, path, head=method == "HEAD")
             return
-        if self._expected is not None and not self._authorized(scope):
+        admin = self.gateway.config.admin
+        if admin is not None and admin.token is not None and not _authorized(scope, admin.token):
             body = {"error": "unauthorized", "detail": "send Authorization: Bearer <admin.token>"}
             await _json(send, 401, body, [(b"www-authenticate", b"Bearer")])
             return
@@ -83,13 +84,6 @@ class AdminApp:
         else:
             status, body = self._read(path)
             await _json(send, status, body)
-
-    def _authorized(self, scope: Scope) -> bool:
-        assert self._expected is not None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                return hmac.compare_digest(value, self._expected)
-        return False
 
     def _read(self, path: str) -> tuple[int, Any]:
         gateway = self.gateway
@@ -199,6 +193,14 @@ def describe_match(route: RouteConfig) -> str:
     if route.query:
         parts.append("query " + ", ".join(sorted(route.query)))
     return ", ".join(parts) or "any"
+
+
+def _authorized(scope: Scope, token: str) -> bool:
+    expected = b"Bearer " + token.encode()
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return hmac.compare_digest(value, expected)
+    return False
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def bind_admin_socket(admin: AdminConfig, *, reuse_port: bool) -> socket.socket:
 async def serve_admin(gateway: Gateway, admin: AdminConfig) -> AsyncIterator[asyncio.Server]:
     """Serve the admin API of ``gateway`` on ``admin.listen`` for the duration of the block."""
     config = uvicorn.Config(
-        AdminApp(gateway, admin.token),
+        AdminApp(gateway),
         http="httptools",
         lifespan="off",
         log_config=None,
