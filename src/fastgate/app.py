@@ -228,17 +228,26 @@ class Gateway:
             yield
             return
 
-        async def reload() -> None:
-            with contextlib.suppress(ConfigError):  # logged and counted by reload()
-                await self.reload()
+        signalled = asyncio.Event()  # set from the signal handler, outside any task
+        scope = anyio.CancelScope()
 
+        async def reload_when_signalled() -> None:
+            with scope:
+                while True:
+                    await signalled.wait()
+                    signalled.clear()  # signals while a reload runs coalesce into one more: the file as it is then
+                    with contextlib.suppress(ConfigError):  # logged and counted by reload()
+                        await self.reload()
+
+        group.start_soon(reload_when_signalled, name="fastgate reload on SIGHUP")
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: group.start_soon(reload))
+        loop.add_signal_handler(signal.SIGHUP, signalled.set)
         try:
             yield
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late SIGHUP must not kill a process that is stopping
+            scope.cancel()
 
     @contextlib.contextmanager
     def _watch_shutdown_signals(self) -> Iterator[None]:
