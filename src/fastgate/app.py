@@ -303,13 +303,6 @@ class Gateway:
 
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         snapshot = self._snapshot  # taken once: a reload meanwhile does not change this request's config
-        snapshot.inflight += 1
-        try:
-            await self._handle_http(snapshot, scope, receive, send)
-        finally:
-            snapshot.leave()
-
-    async def _handle_http(self, snapshot: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
         target = request_target(scope)
         try:
             route, target = self._route(snapshot, scope, scope["method"].encode("ascii"), target)
@@ -321,6 +314,7 @@ class Gateway:
             error_logger.error("request before the gateway's lifespan started (mounted without entering it?)")
             await error_response(send, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
             return
+        snapshot.inflight += 1  # its transports and plugins stay up until this request ends
         try:
             await forward_http(scope, receive, send, options, target, route=snapshot.route_options[route.index])
         except Exception:
@@ -332,16 +326,11 @@ class Gateway:
             )
             with contextlib.suppress(Exception):
                 await error_response(send, FastgateError("internal error"), request_id)
-
-    async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        snapshot = self._snapshot  # the session keeps its snapshot (and so its upstream's transport) to the end
-        snapshot.inflight += 1
-        try:
-            await self._handle_websocket(snapshot, scope, receive, send)
         finally:
             snapshot.leave()
 
-    async def _handle_websocket(self, snapshot: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        snapshot = self._snapshot  # the session keeps its snapshot (and so its upstream's transport) to the end
         refusal: FastgateError
         try:
             route, target = self._route(snapshot, scope, b"GET", request_target(scope))
@@ -351,7 +340,11 @@ class Gateway:
             if route.upstream in snapshot.options:
                 options = snapshot.websocket_options[route.upstream]
                 plugins = snapshot.route_options[route.index].plugins
-                await forward_websocket(scope, receive, send, options, target, plugins=plugins)
+                snapshot.inflight += 1
+                try:
+                    await forward_websocket(scope, receive, send, options, target, plugins=plugins)
+                finally:
+                    snapshot.leave()
                 return
             # As for HTTP: no session before the lifespan opened the upstreams.
             error_logger.error("WebSocket before the gateway's lifespan started (mounted without entering it?)")
