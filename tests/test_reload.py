@@ -16,7 +16,7 @@ from fastgate.exceptions import ConfigError
 from fastgate.observability.metrics import metrics_mapping
 from fastgate.reloading import ConfigSource
 from tests.reload_support import NamedUpstream, gateway_config, write_config
-from tests.servers import RunningServer, captured_logs, run_gateway, run_server
+from tests.servers import RunningServer, captured_logs, run_gateway, run_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -170,3 +170,41 @@ async def test_a_changed_upstream_gets_a_new_pool_and_the_old_one_closes(
         assert (await get(client, "/x"))["upstream"] == "second"
         with anyio.fail_after(5):
             await old.closed.wait()
+
+
+async def test_new_plugin_chains_start_before_the_swap_and_old_ones_shut_down_after_their_requests(
+    first: RunningServer,
+) -> None:
+    from tests import plugin_fixtures
+
+    upstream = first.app
+    assert isinstance(upstream, NamedUpstream)
+
+    def with_plugin(label: str) -> GatewayConfig:
+        plugin = {"use": "tests.plugin_fixtures:Lifespan", "options": {"label": label}}
+        route = {"prefix": "/", "upstream": "first", "plugins": [plugin]}
+        return build_config(gateway_config({"first": first.url}, [route]))
+
+    plugin_fixtures.EVENTS.clear()
+    gateway = Gateway(with_plugin("old"))
+    async with run_gateway(gateway) as gw, httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.get, "/hold")
+            with anyio.fail_after(5):
+                await upstream.holding.wait()
+            await gateway.reload(with_plugin("new"))
+            assert plugin_fixtures.EVENTS == ["startup old", "startup new"]  # old still serves its request
+            upstream.release.set()
+        await wait_until(lambda: "shutdown old" in plugin_fixtures.EVENTS)
+        assert plugin_fixtures.EVENTS == ["startup old", "startup new", "shutdown old"]
+    assert plugin_fixtures.EVENTS[-1] == "shutdown new"
+
+
+async def test_a_plugin_failing_to_start_refuses_the_reload(first: RunningServer) -> None:
+    gateway = Gateway(config({"first": first.url}, ("/", "first")))
+    async with run_gateway(gateway) as gw, httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+        route = {"prefix": "/", "upstream": "first", "plugins": [{"use": "tests.plugin_fixtures:FailingStartup"}]}
+        with pytest.raises(ConfigError, match="failed in startup: OSError: redis is down"):
+            await gateway.reload(build_config(gateway_config({"first": first.url}, [route])))
+        assert (await get(client, "/x"))["upstream"] == "first"
+        assert reload_counts(gateway)["error"] == 1.0

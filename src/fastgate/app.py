@@ -182,7 +182,7 @@ class Gateway:
                 except ConfigError:
                     raise
                 except Exception as exc:
-                    raise ConfigError(f"reload: the new config failed to start: {exc!r}") from exc
+                    raise ConfigError(f"reload: the new config failed to start: {exc}") from exc
             except ConfigError as exc:
                 self.reload_refused(exc)
                 raise
