@@ -16,14 +16,9 @@ took; the old one's chains shut down and its transports that no newer snapshot s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import signal
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
-from types import FrameType
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import anyio
@@ -35,6 +30,7 @@ from .exceptions import ConfigError, FastgateError, RouteNotFound, UpstreamUnava
 from .observability.logging import access_logger, apply_log_level, error_logger
 from .observability.metrics import Metrics
 from .plugins.chain import PluginChain
+from .process_signals import on_shutdown_signal, reload_on_sighup
 from .proxy.errors import error_response
 from .proxy.headers import new_request_id
 from .proxy.http import ForwardOptions, forward_http, request_target
@@ -61,7 +57,6 @@ class Gateway:
         self._snapshots: set[Snapshot] = set()  # started and not yet shut down (the current one, draining ones)
         self._reload_lock: anyio.Lock | None = None
         self.readiness: Readiness = "starting"
-        self.started_at = time.time()
         # Counts reloads (fastgate_config_reload_total). LEAD: after the obs merge, use the one Metrics object
         # of gateway.observability (self.observability.metrics) here instead of building a second one.
         self.metrics: Metrics | None = None
@@ -116,11 +111,11 @@ class Gateway:
                         self.metrics = Metrics.from_config(self.config, process_metrics=False)
                     async with contextlib.AsyncExitStack() as stack:
                         if self.source is not None:
-                            stack.enter_context(self._reload_on_sighup(group))
+                            stack.enter_context(reload_on_sighup(group, self._reload_quietly))
                         if self.config.admin is not None:
                             from .admin.listener import serve_admin
 
-                            stack.enter_context(self._watch_shutdown_signals())
+                            stack.enter_context(on_shutdown_signal(self._begin_draining))
                             await stack.enter_async_context(serve_admin(self, self.config.admin))
                         self.readiness = "ready"
                         yield dict(self.transports)
@@ -203,6 +198,13 @@ class Gateway:
         Snapshot(config)  # builds every plugin: options a plugin rejects fail here
         return config
 
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ConfigError):  # logged and counted by reload()
+            await self.reload()
+
+    def _begin_draining(self) -> None:
+        self.readiness = "draining"  # /readyz: 503 while Uvicorn drains the connections
+
     def reload_refused(self, exc: ConfigError) -> None:
         """One log line naming the key and the problem, and ``fastgate_config_reload_total{result="error"}``."""
         error_logger.error("config reload refused (worker %d), keeping the running config: %s", os.getpid(), exc.detail)
@@ -220,60 +222,6 @@ class Gateway:
         #     if config.server.tls:
         #         from .serving.tls import reload_certificates
         #         reload_certificates(config)
-
-    @contextlib.contextmanager
-    def _reload_on_sighup(self, group: TaskGroup) -> Iterator[None]:
-        """SIGHUP reloads the source file (the process manager passes it on to each worker)."""
-        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
-            yield
-            return
-
-        signalled = asyncio.Event()  # set from the signal handler, outside any task
-        scope = anyio.CancelScope()
-
-        async def reload_when_signalled() -> None:
-            with scope:
-                while True:
-                    await signalled.wait()
-                    signalled.clear()  # signals while a reload runs coalesce into one more: the file as it is then
-                    with contextlib.suppress(ConfigError):  # logged and counted by reload()
-                        await self.reload()
-
-        group.start_soon(reload_when_signalled, name="fastgate reload on SIGHUP")
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, signalled.set)
-        try:
-            yield
-        finally:
-            loop.remove_signal_handler(signal.SIGHUP)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late SIGHUP must not kill a process that is stopping
-            scope.cancel()
-
-    @contextlib.contextmanager
-    def _watch_shutdown_signals(self) -> Iterator[None]:
-        """Mark the gateway draining (``/readyz`` 503) on SIGTERM/SIGINT, then let Uvicorn's handler drain as usual."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def handler(sig: int, frame: FrameType | None) -> None:
-            self.readiness = "draining"
-            chained = previous[signal.Signals(sig)]
-            if callable(chained):
-                chained(sig, frame)
-            else:  # nobody else handles it (the gateway is mounted, say): act as the process would have
-                signal.signal(sig, chained)
-                signal.raise_signal(sig)
-
-        for sig in previous:
-            signal.signal(sig, handler)
-        try:
-            yield
-        finally:
-            for sig, chained in previous.items():
-                if signal.getsignal(sig) is handler:
-                    signal.signal(sig, chained)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
