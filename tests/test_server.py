@@ -47,7 +47,7 @@ def test_client_hop_websocket_settings_reach_uvicorn() -> None:
 def served(monkeypatch: pytest.MonkeyPatch) -> list[GatewayConfig]:
     """The configs the CLI would serve, instead of starting Uvicorn."""
     configs: list[GatewayConfig] = []
-    monkeypatch.setattr("fastgate.server.run", configs.append)
+    monkeypatch.setattr("fastgate.server.run", lambda config, **source: configs.append(config))
     return configs
 
 

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from .app import Gateway
 from .config import (
+    AdminConfig,
     BodyRate,
     GatewayConfig,
     PoolLimits,
@@ -69,6 +70,7 @@ def __getattr__(name: str) -> object:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdminConfig",
     "Answer",
     "BadRequest",
     "BodyRate",

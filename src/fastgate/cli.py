@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ from .config import GatewayConfig, build_config, load_config
 from .exceptions import ConfigError
 from .observability.logging import LOG_LEVELS
 from .plugins.registry import route_plugins
+from .reloading import ConfigSource
 from .routing import unreachable_routes
 
 
@@ -192,19 +194,19 @@ def proxy(listen: str, upstream: str, **options: Any) -> None:
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
+@click.option("--watch", is_flag=True, default=False, help="Reload CONFIG_FILE when it changes (as SIGHUP does).")
 @_server_options
-def run(config_file: str, **overrides: Any) -> None:
-    """Serve the gateway described by CONFIG_FILE (YAML or JSON)."""
+def run(config_file: str, watch: bool, **overrides: Any) -> None:
+    """Serve the gateway described by CONFIG_FILE (YAML or JSON); SIGHUP reloads it."""
     _import_from_cwd()
+    source = ConfigSource(Path(config_file), _server_overrides(**overrides))
     try:
-        config = load_config(config_file)
-        server = {**config.server.model_dump(), **_server_overrides(**overrides)}
-        config = build_config({**config.model_dump(), "server": server})
+        config = source.load()
         for index, route in enumerate(config.routes):
             route_plugins(route, index)  # a plugin rejecting its options: exit 2 here, not a traceback per worker
     except ConfigError as exc:
         _fail(exc)
-    _serve(config)
+    _serve(config, source=source, watch=watch)
 
 
 @main.command()
@@ -226,7 +228,7 @@ def check(config_file: str) -> None:
     click.echo(f"{config_file}: ok ({len(config.upstreams)} upstreams, {len(config.routes)} routes)")
 
 
-def _serve(config: GatewayConfig) -> None:
+def _serve(config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False) -> None:
     from .server import run as run_server
 
-    run_server(config)
+    run_server(config, source=source, watch=watch)

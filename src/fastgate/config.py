@@ -865,6 +865,37 @@ class MetricsConfig(_Model):
     enabled: bool = True
 
 
+class AdminConfig(_Model):
+    """The admin listener (health, readiness, config, upstreams, stats, reload, metrics); off when absent.
+
+    >>> AdminConfig(listen="127.0.0.1:9901", token="s3cret").port
+    9901
+
+    ``listen`` is ``HOST:PORT`` (``[::1]:9901`` for IPv6) and may never be the proxy's port. ``token``: every admin
+    request must then carry ``Authorization: Bearer <token>``. It must not be exposed beyond operators: see
+    docs/operations.md.
+    """
+
+    listen: str
+    token: str | None = Field(None, min_length=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"must be HOST:PORT with a port from 1 to 65535, got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class GatewayConfig(_Model):
     """A whole gateway: server settings, named upstreams and the routes to them."""
 
@@ -874,6 +905,15 @@ class GatewayConfig(_Model):
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig | None = None
     redis: RedisConfig | None = None
+    admin: AdminConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_admin(self) -> GatewayConfig:
+        if self.admin is not None and self.admin.port == self.server.port:
+            raise ValueError(
+                f"admin.listen: must not be the proxy's port {self.server.port} (the admin API is never on it)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:

@@ -62,7 +62,7 @@ def _exercised() -> Metrics:
     metrics.websocket_opened("chat")
     metrics.websocket_closed("chat")
     metrics.reload("success")
-    metrics.reload("failure")
+    metrics.reload("error")
     return metrics
 
 
@@ -98,7 +98,7 @@ def test_values_count_what_happened_with_bounded_labels() -> None:
     assert values['fastgate_ejections_total{target="10.0.0.2:9000",upstream="api"}'] == 1
     assert values['fastgate_websocket_sessions{upstream="chat"}'] == 1
     assert values['fastgate_config_reload_total{result="success"}'] == 1
-    assert values['fastgate_config_reload_total{result="failure"}'] == 1
+    assert values['fastgate_config_reload_total{result="error"}'] == 1
     assert values["fastgate_config_last_reload_success_timestamp_seconds"] > 1_600_000_000
     assert not [key for key in values if "secret" in key or "/api" in key]  # never the raw path
 

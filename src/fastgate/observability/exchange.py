@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -113,13 +113,14 @@ class Observability:
             if metrics is not None or self.tracing:
                 transport.observer = TryObserver(name, transport.config.targets, metrics)
             if metrics is not None:
-                metrics.add_refresher(("cluster", name), functools.partial(refresh_cluster, metrics, transport))
+                refresh = functools.partial(refresh_cluster, metrics, transport)
+                metrics.add_refresher(("cluster", name, id(transport)), refresh)
 
-    def unwatch(self, names: Iterable[str]) -> None:
-        """Stop reading the gauges of the clusters named in ``names`` (they are closing)."""
+    def unwatch(self, transports: Mapping[str, object]) -> None:
+        """Stop reading the gauges of ``transports`` (they are closing; a reload may have replaced them)."""
         if self.metrics is not None:
-            for name in names:
-                self.metrics.remove_refresher(("cluster", name))
+            for name, transport in transports.items():
+                self.metrics.remove_refresher(("cluster", name, id(transport)))
 
     @contextlib.asynccontextmanager
     async def running(self, transports: Mapping[str, object]) -> AsyncIterator[None]:
@@ -128,7 +129,7 @@ class Observability:
         >>> async with observability.running(gateway.transports): ...
         """
         self.watch(transports)
-        names = list(transports)
+        watched = dict(transports)
         try:
             if self.metrics is not None and self.metrics.multiprocess:
                 async with anyio.create_task_group() as group:
@@ -140,7 +141,7 @@ class Observability:
             else:
                 yield
         finally:
-            self.unwatch(names)
+            self.unwatch(watched)
             self.close()
 
     async def _refresh_every(self, interval: float) -> None:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A proxy adds little itself but fronts anything from 1 ms caches to 30 s reports.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-ReloadResult = Literal["success", "failure"]
+ReloadResult = Literal["success", "error"]
 _Mode = Literal["livesum", "livemax", "livemin"]
 # Process metrics in multiprocess mode: how each combines over workers.
 _PROCESS_GAUGES: dict[str, tuple[str, _Mode]] = {
@@ -167,7 +167,7 @@ class Metrics:
             registry=own,
             multiprocess_mode="max",
         )
-        self._reload_children = {result: self.config_reloads.labels(result) for result in ("success", "failure")}
+        self._reload_children = {result: self.config_reloads.labels(result) for result in ("success", "error")}
         self.config_last_reload.set(time.time())
         self._exchanges: dict[tuple[str, str, str, int], _Exchange] = {}
         self._tries: dict[tuple[str, str, int | str], Any] = {}
@@ -187,13 +187,17 @@ class Metrics:
     def from_config(cls, config: GatewayConfig, **kwargs: Any) -> Metrics:
         """Metrics with every route's and target's children created up front (they show as 0 at once)."""
         metrics = cls(**kwargs)
-        metrics.bind_routes(
+        metrics.bind_config(config)
+        return metrics
+
+    def bind_config(self, config: GatewayConfig) -> None:
+        """Create the children of ``config``'s routes and targets (at start, and for a reloaded config)."""
+        self.bind_routes(
             (route_label(index, getattr(route, "name", None)), route.upstream)
             for index, route in enumerate(config.routes)
         )
         for name, upstream in config.upstreams.items():
-            metrics.bind_targets(name, [target.target for target in upstream.targets])
-        return metrics
+            self.bind_targets(name, [target.target for target in upstream.targets])
 
     def bind_routes(self, routes: Iterable[tuple[str, str]]) -> None:
         """Create the duration children of (route, upstream) pairs."""
