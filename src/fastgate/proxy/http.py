@@ -45,7 +45,8 @@ from ..observability.logging import access_logger, error_logger
 from ..plugins.base import Answer, Exchange, HeaderList, RequestContext, ResponseHead
 from ..plugins.chain import PluginChain, PluginError
 from ..serving.cycle import ServerHooks
-from ..upstream.transport import Transport, UpstreamRequest
+from ..upstream.transport import CHUNKED, Transport, UpstreamRequest
+from .bodylimit import declared_too_large, limited_body
 from .buffering import BufferedBody
 from .errors import error_response
 from .headers import HeaderRules, RequestHead, new_request_id, response_headers
@@ -73,7 +74,7 @@ class RouteOptions:
 
     ``plugins`` is None for a route without any (its requests skip every plugin step); ``timeouts`` and ``retry``
     are None unless the route overrides the upstream's (they travel on ``UpstreamRequest``); ``buffer_body`` is
-    ``request_buffering``'s memory limit, None when off.
+    ``request_buffering``'s memory limit, None when off; ``max_body`` is ``max_body_bytes`` (None: no limit).
     """
 
     index: int = -1
@@ -81,6 +82,7 @@ class RouteOptions:
     timeouts: Timeouts | None = None
     retry: RetryPolicy | None = None
     buffer_body: int | None = None
+    max_body: int | None = None
 
 
 NO_ROUTE = RouteOptions()
@@ -331,6 +333,10 @@ async def forward_http(
             await error_response(send, exc, request_id)
             return
         request_id = head.request_id
+        if route.max_body is not None and (too_large := declared_too_large(head.body_length, route.max_body)):
+            status, outcome = too_large.status_code, f"{too_large.code}: {too_large.detail}"
+            await error_response(send, too_large, request_id)
+            return
         # positional: a few dozen ns cheaper than keywords, on every request
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
@@ -364,9 +370,11 @@ async def forward_http(
             piped: AsyncIterator[bytes] | None = None
             try:
                 if head.body_length and buffer_body is not None:
-                    buffered = await BufferedBody.read(receive, memory_bytes=buffer_body)
+                    buffered = await BufferedBody.read(receive, memory_bytes=buffer_body, max_bytes=route.max_body)
                     request.body_length = buffered.length
                     body = buffered.pieces()
+                elif head.body_length == CHUNKED and route.max_body is not None:
+                    body = limited_body(receive, disconnect, route.max_body)
                 elif head.body_length:
                     body = _request_body(receive, disconnect)
                 if body is None or buffer_body is not None:
