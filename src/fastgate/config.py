@@ -334,6 +334,22 @@ class RetryPolicy(_Model):
     replay_buffer_bytes: int = Field(65536, ge=0)
 
 
+class CircuitBreakerConfig(_Model):
+    """Envoy's circuit-breaking thresholds for one upstream, across its targets (``policies/breaker.py``).
+
+    >>> CircuitBreakerConfig(max_pending_requests=64).max_requests
+    1024
+
+    Over a threshold a request is answered 503 ``upstream_overflow`` at once, with ``x-fastgate-overflow`` naming
+    it. Absent (the default), nothing is counted and requests wait for a connection as the pool decides.
+    """
+
+    max_connections: int = Field(1024, ge=1)
+    max_pending_requests: int = Field(1024, ge=0)
+    max_requests: int = Field(1024, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+
 Balancer = Literal["round_robin", "least_request", "random", "consistent_hash"]
 
 
@@ -357,6 +373,7 @@ class UpstreamConfig(_Model):
     retries: RetryPolicy = RetryPolicy()
     timeouts: Timeouts = Timeouts()
     limits: PoolLimits = PoolLimits()
+    circuit_breaker: CircuitBreakerConfig | None = None
     transport: Literal["fastgate", "httpx"] = "fastgate"
     ca_file: str | None = None
     preserve_host: bool = True
@@ -730,6 +747,8 @@ class RouteConfig(_Model):
     priority: int = 0
     request_buffering: bool = False
     rate_limit: RateLimitConfig | None = None
+    # Given (even as null, for no limit), it replaces server.max_body_bytes for this route.
+    max_body_bytes: int | None = Field(None, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -780,6 +799,10 @@ class RouteConfig(_Model):
         """This route's ``retries`` when given (it replaces the upstream's policy whole), else the upstream's."""
         return self.retries if self.retries is not None else upstream.retries
 
+    def body_limit(self, server: ServerConfig) -> int | None:
+        """This route's ``max_body_bytes`` when it gives one (null included), else the server's."""
+        return self.max_body_bytes if "max_body_bytes" in self.model_fields_set else server.max_body_bytes
+
     def effective_timeouts(self, upstream: UpstreamConfig) -> Timeouts:
         """The upstream's timeouts with this route's ``timeouts`` keys put over them."""
         return self.timeouts.over(upstream.timeouts)
@@ -823,6 +846,8 @@ class ServerConfig(_Model):
     max_connections: int | None = Field(10000, ge=1)
     underscores_in_headers: bool = False
     request_buffer_memory_bytes: int = Field(1024 * 1024, ge=0)
+    # Request bodies over this many bytes get 413 (null: no limit, as Envoy and Traefik; see docs/security.md).
+    max_body_bytes: int | None = Field(None, ge=0)
     # The client hop of WebSocket sessions (Uvicorn's ws_* settings); the upstream hop is UpstreamConfig.websocket.
     ws_client_max_size: int = Field(16 * 1024 * 1024, ge=1)
     ws_client_ping_interval: float | None = Field(20.0, gt=0)

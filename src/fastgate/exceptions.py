@@ -6,6 +6,7 @@
         BadRequest                400
         RouteNotFound             404
         RequestTimeout            408 (head not complete in time, request body too slow)
+        RequestTooLarge           413 (a body over max_body_bytes)
         RateLimited               429 (with Retry-After and the RateLimit header fields)
         UriTooLong                414
         HeadersTooLarge           431
@@ -16,6 +17,7 @@
         UpstreamConnectError      502 (refused, unreachable, DNS)
         UpstreamProtocolError     502 (malformed or truncated response, connection dropped)
         UpstreamUnavailable       503 (pool exhausted past its wait)
+          UpstreamOverflow        503 (over a circuit_breaker threshold; x-fastgate-overflow names it)
         UpstreamTimeout           504 (connect, read, write)
           UpstreamConnectTimeout  504 (no connection within the connect timeout: nothing was sent)
         UpstreamRefused           the upstream's own non-101 answer to a WebSocket handshake, relayed as it is
@@ -70,6 +72,13 @@ class HeadersTooLarge(ClientError):
 class RequestTimeout(ClientError):
     status_code = 408
     code = "request_timeout"
+
+
+class RequestTooLarge(ClientError):
+    """A request body over ``max_body_bytes``: declared (Content-Length) or grown past it while streaming."""
+
+    status_code = 413
+    code = "payload_too_large"
 
 
 class RateLimited(ClientError):
@@ -146,6 +155,25 @@ class UpstreamUnavailable(UpstreamError):
     status_code = 503
     code = "upstream_unavailable"
     close_code = 1013
+
+
+class UpstreamOverflow(UpstreamUnavailable):
+    """Over one of an upstream's ``circuit_breaker`` thresholds: refused at once, never queued.
+
+    >>> exc = UpstreamOverflow("max_pending_requests", "api", target="10.0.0.7:9000")
+    >>> exc.threshold, exc.headers
+    ('max_pending_requests', ((b'x-fastgate-overflow', b'max_pending_requests'),))
+    """
+
+    code = "upstream_overflow"
+
+    def __init__(self, threshold: str, upstream: str = "", target: str = "", limit: int | None = None) -> None:
+        over = f" ({limit})" if limit is not None else ""
+        super().__init__(
+            f"upstream {upstream or '?'} is over its circuit breaker's {threshold}{over}", upstream, target
+        )
+        self.threshold = threshold
+        self.headers = ((b"x-fastgate-overflow", threshold.encode("ascii")),)
 
 
 class UpstreamTimeout(UpstreamError):

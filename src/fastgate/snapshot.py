@@ -183,4 +183,5 @@ def _route_options(config: GatewayConfig, index: int, route: RouteConfig) -> Rou
         timeouts=route.effective_timeouts(upstream) if route.timeouts.model_fields_set else None,
         retry=route.retry_policy(upstream) if route.retries is not None else None,
         buffer_body=config.server.request_buffer_memory_bytes if route.request_buffering else None,
+        max_body=route.body_limit(config.server),
     )

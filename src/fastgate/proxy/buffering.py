@@ -16,7 +16,7 @@ from typing import IO
 import anyio.to_thread
 
 from .._types import Receive
-from ..exceptions import ClientDisconnected
+from ..exceptions import ClientDisconnected, RequestTooLarge
 
 _PIECE = 256 * 1024
 
@@ -35,8 +35,11 @@ class BufferedBody:
         self._file: IO[bytes] | None = None
 
     @classmethod
-    async def read(cls, receive: Receive, *, memory_bytes: int) -> BufferedBody:
-        """Read every body message from ``receive``; raises ClientDisconnected if the client leaves first."""
+    async def read(cls, receive: Receive, *, memory_bytes: int, max_bytes: int | None = None) -> BufferedBody:
+        """Read every body message from ``receive``; raises ClientDisconnected if the client leaves first.
+
+        ``max_bytes``: raise :class:`RequestTooLarge` as soon as the body passes it (nothing more is kept).
+        """
         body = cls(memory_bytes)
         try:
             more = True
@@ -47,6 +50,8 @@ class BufferedBody:
                 more = message.get("more_body", False)
                 chunk: bytes = message.get("body", b"")
                 if chunk:
+                    if max_bytes is not None and body.length + len(chunk) > max_bytes:
+                        raise RequestTooLarge(f"request body grew past the limit of {max_bytes} bytes")
                     await body._add(chunk)
         except BaseException:
             body.close()

@@ -49,7 +49,8 @@ from ..observability.tracing import ExchangeTrace
 from ..plugins.base import Answer, Exchange, HeaderList, RequestContext, ResponseHead
 from ..plugins.chain import PluginChain, PluginError
 from ..serving.cycle import ServerHooks
-from ..upstream.transport import Transport, UpstreamRequest
+from ..upstream.transport import CHUNKED, Transport, UpstreamRequest
+from .bodylimit import declared_too_large, limited_body
 from .buffering import BufferedBody
 from .errors import error_response
 from .headers import HeaderRules, RequestHead, new_request_id, response_headers
@@ -87,8 +88,8 @@ class RouteOptions:
 
     ``plugins`` is None for a route without any (its requests skip every plugin step); ``timeouts`` and ``retry``
     are None unless the route overrides the upstream's (they travel on ``UpstreamRequest``); ``buffer_body`` is
-    ``request_buffering``'s memory limit, None when off. ``label`` is the route's ``route`` label in metrics and
-    logs (its name, or its index).
+    ``request_buffering``'s memory limit, None when off; ``max_body`` is ``max_body_bytes`` (None: no limit).
+    ``label`` is the route's ``route`` label in metrics and logs (its name, or its index).
     """
 
     index: int = -1
@@ -97,6 +98,7 @@ class RouteOptions:
     retry: RetryPolicy | None = None
     buffer_body: int | None = None
     label: str = ""
+    max_body: int | None = None
 
 
 NO_ROUTE = RouteOptions()
@@ -377,6 +379,10 @@ async def forward_http(
             trace = observability.begin(head.headers, record, scheme=scope.get("scheme", "http"), host=_host(scope))
         else:  # the traceparent (client's or new) and the trace id for the log only
             observability.begin(head.headers, record)
+        if route.max_body is not None and (too_large := declared_too_large(head.body_length, route.max_body)):
+            status, outcome = too_large.status_code, f"{too_large.code}: {too_large.detail}"
+            await error_response(send, too_large, request_id)
+            return
         # positional: a few dozen ns cheaper than keywords, on every request
         request = UpstreamRequest(
             scope["method"].encode("ascii"),
@@ -412,9 +418,11 @@ async def forward_http(
             piped: AsyncIterator[bytes] | None = None
             try:
                 if head.body_length and buffer_body is not None:
-                    buffered = await BufferedBody.read(receive, memory_bytes=buffer_body)
+                    buffered = await BufferedBody.read(receive, memory_bytes=buffer_body, max_bytes=route.max_body)
                     request.body_length = buffered.length
                     body = buffered.pieces()
+                elif head.body_length == CHUNKED and route.max_body is not None:
+                    body = limited_body(receive, disconnect, route.max_body)
                 elif head.body_length:
                     body = _request_body(receive, disconnect)
                 if body is None or buffer_body is not None:

@@ -13,8 +13,14 @@ deadline passed (read, write and idle-stream timeouts, so no request carries a t
 idle ones older than ``keepalive_expiry``, before the upstream's own idle timeout can race us.
 
 A waiter that gives up (pool timeout) or is cancelled leaves the queue at once, so the queue holds only live
-waiters however long every connection stays busy. ``stats()`` is the pool's state and counters as data, for
-tests, balancers, metrics and an admin API alike.
+waiters however long every connection stays busy. With an upstream ``circuit_breaker`` (``breaker``, shared by the
+pools of the upstream's targets, ``siblings``), the queue is bounded in length too: a caller that would wait past
+``max_pending_requests`` is refused at once (:class:`UpstreamOverflow`), and no connection is opened past
+``max_connections`` across the siblings; to make room, an idle connection of a sibling is closed, and a connection
+released while a sibling waits below its own limit is closed so that the sibling's waiter can open one.
+Without a breaker none of this runs (one attribute test on the paths that open or wait).
+
+``stats()`` is the pool's state and counters as data, for tests, balancers, metrics and an admin API alike.
 """
 
 from __future__ import annotations
@@ -24,8 +30,15 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from ..config import Timeouts, UpstreamConfig
-from ..exceptions import UpstreamConnectError, UpstreamConnectTimeout, UpstreamTimeout, UpstreamUnavailable
+from ..exceptions import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamOverflow,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from ..observability.logging import TRACE, upstream_logger
+from ..policies.breaker import CircuitBreaker
 from .connection import Connection
 from .tls import client_context
 
@@ -72,6 +85,9 @@ class ConnectionPool:
         self._trace = upstream_logger.isEnabledFor(TRACE)
         # The loop this pool lives on, cached: asyncio.get_running_loop() costs a getpid() system call each time.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The upstream's circuit breaker and the pools it spans (upstream/guarded.py sets both); None: no breaker.
+        self.breaker: CircuitBreaker | None = None
+        self.siblings: list[ConnectionPool] = [self]
 
     def __repr__(self) -> str:
         return (
@@ -104,7 +120,7 @@ class ConnectionPool:
         if self._closed:
             raise UpstreamUnavailable("gateway is shutting down", self.name, self.target)
         loop = self._loop or self._bind_loop()
-        if fresh and self.size < self.limits.max_connections:
+        if fresh and self.size < self.limits.max_connections and (self.breaker is None or self._room()):
             # Never at the cost of an idle connection: it may be healthy, and closing it gains nothing here.
             return await self._connect(timeouts=timeouts)
         idle = self._idle
@@ -121,9 +137,18 @@ class ConnectionPool:
                 if self._trace:
                     upstream_logger.log(TRACE, "%s: reusing %r", self.name, conn)
                 return conn
-        if self.size < self.limits.max_connections:
+        if self.size < self.limits.max_connections and (self.breaker is None or self._room()):
             return await self._connect(timeouts=timeouts)
-        return await self._wait_for_connection(timeouts or self.timeouts)
+        breaker = self.breaker
+        if breaker is None:
+            return await self._wait_for_connection(timeouts or self.timeouts)
+        which = breaker.try_start_pending()
+        if which is not None:
+            raise UpstreamOverflow(which, self.name, self.target, getattr(breaker.thresholds, which))
+        try:
+            return await self._wait_for_connection(timeouts or self.timeouts)
+        finally:
+            breaker.finish_pending()
 
     def release(self, conn: Connection, reusable: bool) -> None:
         self._busy.discard(conn)
@@ -135,7 +160,9 @@ class ConnectionPool:
                     self._reuses += 1
                     waiter.set_result(conn)
                     return
-            if len(self._idle) < self.limits.max_keepalive_connections:
+            if len(self._idle) < self.limits.max_keepalive_connections and (
+                self.breaker is None or not self._sibling_waits()
+            ):
                 conn.idle_since = conn.loop.time()
                 self._idle.append(conn)
                 return
@@ -251,12 +278,45 @@ class ConnectionPool:
             self.release(handed, reusable=not handed.closed)
 
     def _wake_one_waiter(self) -> None:
+        """A connection slot is free: the first live waiter here gets it, else (with a breaker) a sibling's."""
+        if self._wake_local() or self.breaker is None:
+            return
+        for pool in self.siblings:
+            if pool is not self and pool.size < pool.limits.max_connections and pool._wake_local():
+                return
+
+    def _wake_local(self) -> bool:
         while self._waiters:
             waiter, _ = self._waiters.popitem(last=False)
             if not waiter.done():
                 self._connecting += 1  # the slot is the waiter's now
                 waiter.set_result(None)
-                return
+                return True
+        return False
+
+    def _room(self) -> bool:
+        """Whether the breaker's ``max_connections`` (across the siblings) allows one more connection.
+
+        At the cap, an idle connection of a sibling is closed to make room: it waits for nobody, we do.
+        """
+        breaker = self.breaker
+        assert breaker is not None
+        open_now = 0
+        for pool in self.siblings:
+            open_now += pool.size
+        if open_now >= breaker.thresholds.max_connections:
+            for pool in self.siblings:
+                if pool._idle:
+                    pool._discard(pool._idle.popleft(), "room for another target (circuit breaker)")
+                    open_now -= 1
+                    break
+        return breaker.may_open_connection(open_now)
+
+    def _sibling_waits(self) -> bool:
+        """A sibling has a waiter that only the breaker's ``max_connections`` holds back (room in its own pool)."""
+        return any(
+            pool is not self and pool._waiters and pool.size < pool.limits.max_connections for pool in self.siblings
+        )
 
     def _discard(self, conn: Connection, why: str) -> None:
         self._discards += 1

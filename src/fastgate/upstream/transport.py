@@ -239,7 +239,14 @@ def create_target_transport(name: str, config: UpstreamConfig) -> Transport:
 
 
 def create_transport(name: str, config: UpstreamConfig) -> Transport:
-    """The transport for the upstream ``name``: a :class:`~fastgate.upstream.cluster.Cluster` of its targets."""
+    """The transport for the upstream ``name``: a :class:`~fastgate.upstream.cluster.Cluster` of its targets.
+
+    With a ``circuit_breaker``, a :class:`~fastgate.upstream.guarded.GuardedCluster` (the plain one pays nothing).
+    """
+    if config.circuit_breaker is not None:
+        from .guarded import GuardedCluster
+
+        return GuardedCluster(name, config)
     from .cluster import Cluster
 
     return Cluster(name, config)
