@@ -50,7 +50,7 @@ class Gateway:
         upstream = self.config.upstreams[route.upstream]
         return RouteOptions(
             index=index,
-            plugins=route_plugins(route, index),
+            plugins=route_plugins(route, index, self.config.redis),
             timeouts=route.effective_timeouts(upstream) if route.timeouts.model_fields_set else None,
             retry=route.retry_policy(upstream) if route.retries is not None else None,
             buffer_body=self.config.server.request_buffer_memory_bytes if route.request_buffering else None,
