@@ -17,13 +17,20 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from fastgate import Answer, ConfigError, Gateway, Plugin, RequestContext
 from fastgate.config import build_config
-from fastgate.plugins.ratelimit import REDIS_STORES
+from fastgate.exceptions import RateLimited
+from fastgate.plugins.ratelimit import REDIS_STORES, RateLimit
+from fastgate.policies.ratelimit import rate_limit_headers
+from fastgate.policies.stores import MemoryStore
+from fastgate.testing import PluginRunner
 from tests.redis_server import RedisServer
 from tests.servers import GatewayProcess, RunningServer, free_port, run_gateway, wait_for_port
 from tests.upstream_app import Recorder
+from tests.ws_upstream import WebSocketRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -85,7 +92,7 @@ async def test_memory_limit_lets_the_burst_through_then_answers_429_with_the_dra
 async def test_refused_response_matches_the_issue_example(upstream: RunningServer) -> None:
     gateway = Gateway(_config(upstream.url, _limit(rate=100, per="1s", burst=50, key="client_ip", store="memory")))
     async with run_gateway(gateway) as gw, _client(gw) as client:
-        statuses = []
+        statuses: list[int] = []
         with anyio.fail_after(30):
             for _ in range(500):  # 50 at once, then 100 a second: one is refused long before 500
                 response = await client.get("/echo")
@@ -185,6 +192,50 @@ async def test_route_without_rate_limit_has_no_plugin_step(upstream: RunningServ
         assert response.status_code == 200 and "ratelimit" not in response.headers
 
 
+async def test_websocket_handshakes_are_limited_too(ws_upstream: RunningServer, ws_recorder: WebSocketRecorder) -> None:
+    gateway = Gateway(_config(ws_upstream.url, _limit(rate=1, per="1m", burst=1)))
+    async with run_gateway(gateway) as gw:
+        url = f"ws://127.0.0.1:{gw.port}/ws/echo"
+        async with connect(url, open_timeout=5) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(url, open_timeout=5):
+                pass
+        refused = info.value.response
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "60"
+        assert refused.headers["RateLimit"] == '"default";r=0;t=60'
+        assert len(ws_recorder.handshakes) == 1
+
+
+async def test_plugin_headers_equal_the_pure_header_function() -> None:
+    """The plugin's precomputed bytes say what ``rate_limit_headers`` says, decision by decision (a fake clock)."""
+    plugin = RateLimit(rate=3, per="700ms", burst=4, name='we "quote"', key="route")
+    now = [0]
+    plugin.memory = MemoryStore(clock=lambda: now[0])
+    runner = PluginRunner(plugin)
+    tat: int | None = None
+    outcomes = []
+    for step in range(12):
+        now[0] = step * 50_000  # 50 ms apart: faster than the rate, so refusals come after the burst
+        new_tat, decision = plugin.policy.decide(tat, now[0])
+        expected = rate_limit_headers(plugin.policy, decision)
+        outcomes.append(decision.allowed)
+        if decision.allowed:
+            tat = new_tat
+            result = await runner.request("GET", "/x")
+            assert result.answer is None
+            response = await runner.response(result.request, 200, {"server": "up"})
+            assert response.headers.raw == [(b"server", b"up"), *expected]
+        else:
+            with pytest.raises(RateLimited) as info:
+                await runner.request("GET", "/x")
+            assert list(info.value.headers) == expected
+    assert True in outcomes and False in outcomes
+    assert expected[0] == (b"ratelimit-policy", b'"we \\"quote\\"";q=30;w=7')
+
+
 def test_redis_store_in_plugins_needs_the_top_level_redis() -> None:
     route = {
         "prefix": "/",
@@ -243,7 +294,7 @@ async def test_redis_outage_follows_on_error_logs_once_and_limits_return_with_re
         assert (await client.get("/echo")).status_code == 429
 
         await anyio.to_thread.run_sync(server.stop)
-        statuses = []
+        statuses: list[int] = []
         with anyio.fail_after(20):
             started = time.monotonic()
             while time.monotonic() - started < 0.5 and len(statuses) < 200:  # several retry_intervals
