@@ -323,7 +323,7 @@ async def test_redis_outage_follows_on_error_logs_once_and_limits_return_with_re
 
 # --- three gateway processes on one Redis -------------------------------------------------------------------------
 
-RATE, BURST, DURATION = 30, 15, 10.0
+RATE, BURST, DURATION, SENDERS = 30, 15, 10.0, 6
 
 
 @contextlib.contextmanager
@@ -342,13 +342,14 @@ def _gateway_process(config_path: Path, log_path: Path) -> Iterator[GatewayProce
 
 
 async def _drive(url: str, rate: float, until: float, counts: dict[str, int]) -> None:
-    """Requests to ``url`` on a schedule of ``rate`` a second until ``until``; three in flight at most."""
+    """Requests to ``url`` on a schedule of ``rate`` a second until ``until``; ``SENDERS`` in flight at most (so a
+    slow request on a busy machine holds the schedule back only when several are slow at once)."""
 
     async def sender(client: httpx.AsyncClient, offset: int) -> None:
         sent = 0
         start = time.monotonic()
         while True:
-            due = start + (offset + 3 * sent) / rate
+            due = start + (offset + SENDERS * sent) / rate
             if due >= until:
                 return
             await anyio.sleep(max(0.0, due - time.monotonic()))
@@ -363,7 +364,7 @@ async def _drive(url: str, rate: float, until: float, counts: dict[str, int]) ->
                 counts["other"] += 1
 
     async with httpx.AsyncClient(base_url=url, timeout=10) as client, anyio.create_task_group() as tg:
-        for offset in range(3):
+        for offset in range(SENDERS):
             tg.start_soon(sender, client, offset)
 
 
