@@ -952,6 +952,12 @@ class GatewayConfig(_Model):
                 raise ValueError(
                     f"routes[{index}].rate_limit.store: 'redis' needs a top-level redis: {{url: redis://host:6379/0}}"
                 )
+            for position, spec in enumerate(route.plugins):
+                if spec.use == "rate_limit" and spec.options.get("store") == "redis" and self.redis is None:
+                    raise ValueError(
+                        f"routes[{index}].plugins[{position}].options.store: 'redis' needs a top-level redis: "
+                        "{url: redis://host:6379/0}"
+                    )
         return self
 
     @classmethod

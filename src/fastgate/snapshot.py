@@ -179,7 +179,7 @@ def _route_options(config: GatewayConfig, index: int, route: RouteConfig) -> Rou
     return RouteOptions(
         index=index,
         label=route_label(index, getattr(route, "name", None)),
-        plugins=route_plugins(route, index),
+        plugins=route_plugins(route, index, config.redis),
         timeouts=route.effective_timeouts(upstream) if route.timeouts.model_fields_set else None,
         retry=route.retry_policy(upstream) if route.retries is not None else None,
         buffer_body=config.server.request_buffer_memory_bytes if route.request_buffering else None,

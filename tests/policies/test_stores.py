@@ -250,17 +250,26 @@ async def test_three_processes_sharing_one_key_get_the_configured_rate(redis_ser
     """Three independent clients (processes, like three gateway instances) at 3x the limit for 3 s."""
     rate, burst, duration = 100, 10, 3.0
     key = uuid.uuid4().hex
-    start = time.time() + 2.0  # time for the interpreters to start and connect
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.policies.hammer", redis_server.url, key, repr(start), repr(duration)]
+            [sys.executable, "-m", "tests.policies.hammer", redis_server.url, key, repr(duration)]
             + [str(rate), str(rate), str(burst)],
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         for _ in range(3)
     ]
+    with anyio.fail_after(60):  # all connected (a busy machine starts interpreters slowly), then one start time
+        for process in processes:
+            assert process.stdout is not None
+            assert await anyio.to_thread.run_sync(process.stdout.readline) == b"ready\n"
+    start = time.time() + 0.2
     results = []
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(b"%r\n" % start)
+        process.stdin.flush()
     for process in processes:
         out, _ = await anyio.to_thread.run_sync(lambda p=process: p.communicate(timeout=30))
         assert process.returncode == 0

@@ -1,8 +1,8 @@
 """Plugins: Python objects that join an exchange's phases on a route (docs/plugins.md).
 
 ``base`` is the interface, ``chain`` runs a route's plugins by phase, ``builtin`` holds the header and rewrite
-plugins, ``registry`` turns ``use`` strings into plugins. Importing this package does not import ``config``
-(which imports ``resolve_plugin`` from here to check ``use`` at load time).
+plugins, ``ratelimit`` the rate limit, ``registry`` turns ``use`` strings into plugins. Importing this package
+does not import ``config`` (which imports ``resolve_plugin`` from here to check ``use`` at load time).
 """
 
 from .base import Answer, Exchange, HeaderList, Plugin, RequestContext, ResponseHead

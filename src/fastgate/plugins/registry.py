@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import RouteConfig
+    from ..config import RedisConfig, RouteConfig
     from .chain import PluginChain
 
 __all__ = ["BUILTIN_PLUGINS", "create_plugin", "resolve_plugin", "route_plugins"]
@@ -25,6 +25,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "request_headers": "fastgate.plugins.builtin:RequestHeaders",
     "response_headers": "fastgate.plugins.builtin:ResponseHeaders",
     "rewrite": "fastgate.plugins.builtin:Rewrite",
+    "rate_limit": "fastgate.plugins.ratelimit:RateLimit",
 }
 
 
@@ -75,8 +76,9 @@ def create_plugin(use: str, options: dict[str, Any], where: str = "plugin") -> o
     return plugin
 
 
-def route_plugins(route: RouteConfig, index: int) -> PluginChain | None:
-    """The plugin chain of ``routes[index]``: its header keys as built-in plugins, then its ``plugins``, built once.
+def route_plugins(route: RouteConfig, index: int, redis: RedisConfig | None = None) -> PluginChain | None:
+    """The plugin chain of ``routes[index]``: its header keys as built-in plugins, then its ``plugins``, then its
+    ``rate_limit`` key (after authentication plugins: docs/security.md), built once. ``redis``: the gateway's.
 
     ``None`` when the route has none, so the exchange skips every plugin step.
     """
@@ -91,6 +93,12 @@ def route_plugins(route: RouteConfig, index: int) -> PluginChain | None:
         options = route.response_headers.model_dump()
         plugins.append(("response_headers", create_plugin("response_headers", options, f"{where}.response_headers")))
     for position, spec in enumerate(route.plugins):
-        plugin = create_plugin(spec.use, dict(spec.options), f"{where}.plugins[{position}]")
+        options = dict(spec.options)
+        if spec.use == "rate_limit":  # buckets named after where the limit is configured; the gateway's Redis
+            options = {"namespace": f"{where}.plugins[{position}]", "redis": redis, **options}
+        plugin = create_plugin(spec.use, options, f"{where}.plugins[{position}]")
         plugins.append((str(getattr(plugin, "name", "") or spec.use), plugin))
+    if route.rate_limit is not None:
+        options = {**route.rate_limit.model_dump(), "namespace": f"{where}.rate_limit", "redis": redis}
+        plugins.append(("rate_limit", create_plugin("rate_limit", options, f"{where}.rate_limit")))
     return PluginChain(plugins) if plugins else None

@@ -46,6 +46,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "DRAFT",
@@ -91,9 +92,9 @@ def parse_period(value: str | float | int) -> float:
     return seconds
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One answer: ``allowed``, and the numbers the headers report.
+class Decision(NamedTuple):
+    """One answer: ``allowed``, and the numbers the headers report (a NamedTuple: one is made per request, and a
+    frozen dataclass took three times as long to build, about 0.8 µs against 0.25).
 
     ``limit`` is the policy's quota (``rate``), ``remaining`` how many more may go now, ``reset_after`` the seconds
     until the bucket is full again, ``retry_after`` the seconds until a refused request could go (0 when allowed).
