@@ -163,16 +163,16 @@ class Jwt(Plugin):
         if self.client is not None:
             self._lock = anyio.Lock()
             await self.client.open()
-            await self.refresh()
+            await self._fetch(time.monotonic())  # not counted against min_refresh_interval
 
     async def shutdown(self) -> None:
         if self.client is not None:
             await self.client.close()
 
     async def refresh(self) -> None:
-        """Fetch the JWKS (one request at a time, at most once per ``min_refresh_interval``); keep it on failure."""
-        client, lock = self.client, self._lock
-        if client is None or lock is None:
+        """Fetch the JWKS again, one request at a time and at most once per ``min_refresh_interval``."""
+        lock = self._lock
+        if lock is None:
             return
         seen = self.attempted_at
         async with lock:
@@ -180,15 +180,20 @@ class Jwt(Plugin):
             if self.attempted_at != seen or now - self.attempted_at < self.min_refresh_interval:
                 return  # another request refreshed meanwhile, or too soon after the last try
             self.attempted_at = now
-            self.fetches += 1
-            try:
-                status, _, body = await client.request(b"GET", [(b"accept", b"application/json")])
-                if status != 200:
-                    raise ValueError(f"status {status}")
-                self.keys = parse_jwks(json.loads(body), "JWKS")
-                self.fetched_at = now
-            except (UpstreamError, ValueError, OSError) as exc:
-                error_logger.warning("jwt: JWKS fetch from %s failed: %s", self.jwks_url, exc)
+            await self._fetch(now)
+
+    async def _fetch(self, now: float) -> None:
+        """One fetch of the JWKS; on failure the keys we had stay, and the log gets one line."""
+        assert self.client is not None
+        self.fetches += 1
+        try:
+            status, _, body = await self.client.request(b"GET", [(b"accept", b"application/json")])
+            if status != 200:
+                raise ValueError(f"status {status}")
+            self.keys = parse_jwks(json.loads(body), "JWKS")
+            self.fetched_at = now
+        except (UpstreamError, ValueError, OSError) as exc:
+            error_logger.warning("jwt: JWKS fetch from %s failed: %s", self.jwks_url, exc)
 
     def _refuse(self, request: RequestContext, detail: str, error: str = "invalid_token") -> Answer:
         challenge = f'{self.challenge}, error="{error}", error_description="{detail}"' if error else self.challenge
