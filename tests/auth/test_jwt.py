@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from fastgate import ConfigError, Gateway
 from fastgate.config import build_config
-from tests.servers import RunningServer, run_gateway, run_server
+from tests.servers import REFUSED_PORT, RunningServer, captured_logs, run_gateway, run_server, wait_until
 from tests.upstream_app import Recorder
 
 from .helpers import JwksApp, all_logs, assert_error_body, client_for, ec_key, gateway_config, jwks, log_text, rsa_key
@@ -190,3 +191,34 @@ def test_jwt_jwks_file_without_a_usable_key_is_a_config_error(tmp_path: Path) ->
     path.write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}]}))
     with pytest.raises(ConfigError, match="jwks_file: no usable signing key"):
         Gateway(gateway_config("http://127.0.0.1:9", {"use": "jwt", "options": {"jwks_file": str(path)}}))
+
+
+async def test_jwt_jwks_url_down_at_startup_still_starts_refuses_tokens_and_logs_one_line(
+    upstream: RunningServer, recorder: Recorder
+) -> None:
+    config = gateway_config(upstream.url, _plugin(jwks_url=f"http://127.0.0.1:{REFUSED_PORT}/jwks"))
+    with captured_logs("fastgate.error", logging.WARNING) as logs:
+        async with run_gateway(Gateway(config)) as gw, client_for(gw) as client:
+            for _ in range(5):
+                response = await client.get("/echo", headers=_bearer(RSA.token()))
+                assert_error_body(response, 401, "unauthorized")
+    lines = [r.getMessage() for r in logs.records if "JWKS fetch" in r.getMessage()]
+    assert len(lines) == 2  # the startup fetch, then one refresh for all five requests (min_refresh_interval)
+    assert recorder.requests == []
+
+
+async def test_jwt_token_cache_verifies_a_hot_token_once_and_still_honours_its_exp(
+    upstream: RunningServer, jwks_file: str
+) -> None:
+    gateway = Gateway(gateway_config(upstream.url, _plugin(jwks_file=jwks_file, leeway=0)))
+    (plugin,) = [p for _, p in gateway.plugin_chains[0].plugins]
+    exp = int(time.time()) + 2
+    token = RSA.token({"exp": exp})
+    async with run_gateway(gateway) as gw, client_for(gw) as client:
+        for _ in range(5):
+            assert (await client.get("/echo", headers=_bearer(token))).status_code == 200
+        assert plugin.verifications == 1
+        await wait_until(lambda: time.time() > exp + 0.05, limit=10)
+        expired = await client.get("/echo", headers=_bearer(token))
+        assert_error_body(expired, 401, "unauthorized")
+        assert expired.json()["detail"] == "token expired"

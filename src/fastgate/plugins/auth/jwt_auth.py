@@ -19,8 +19,10 @@ interval. A failed fetch keeps the keys we had and logs one line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +121,8 @@ class Jwt(Plugin):
         min_refresh_interval: float = 30.0,
         timeout: float = 5.0,
         ca_file: str | None = None,
+        token_cache_size: int = 1024,
+        token_cache_ttl: float = 60.0,
     ) -> None:
         if (jwks_file is None) == (jwks_url is None):
             raise ValueError("jwks_file, jwks_url: give exactly one of them")
@@ -129,6 +133,8 @@ class Jwt(Plugin):
                 raise ValueError(
                     f"algorithms: {alg!r} is not allowed (allowed: {', '.join(ALGORITHMS)}; never 'none', never HS*)"
                 )
+        if token_cache_size < 0 or token_cache_ttl < 0:
+            raise ValueError("token_cache_size, token_cache_ttl: may not be negative")
         if leeway < 0 or cache_ttl <= 0 or min_refresh_interval < 0 or timeout <= 0:
             raise ValueError("leeway, cache_ttl, min_refresh_interval, timeout: must be positive")
         self.algorithms = frozenset(algorithms)
@@ -143,6 +149,11 @@ class Jwt(Plugin):
         self.cache_ttl = cache_ttl
         self.min_refresh_interval = min_refresh_interval
         self.keys: dict[str | None, _Key] = {}
+        # sha256(token) -> (good until, claims, subject): a token verified once is not verified again for a while
+        self.token_cache: OrderedDict[bytes, tuple[float, dict[str, Any], str]] = OrderedDict()
+        self.token_cache_size = token_cache_size if token_cache_ttl > 0 else 0
+        self.token_cache_ttl = token_cache_ttl
+        self.verifications = 0  # signature checks run (the token cache's misses)
         self.fetched_at = -1e18
         self.attempted_at = -1e18
         self.fetches = 0
@@ -208,6 +219,38 @@ class Jwt(Plugin):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return self._refuse(request, "missing bearer token", "invalid_request")
+        digest = hashlib.sha256(token.encode("latin-1")).digest()
+        cached = self.token_cache.get(digest) if self.token_cache_size else None
+        if cached is not None and cached[0] > time.time():
+            claims, subject = cached[1], cached[2]
+        else:
+            verified = await self._verify(request, token)
+            if isinstance(verified, Answer):
+                return verified
+            claims, subject = verified
+            if self.token_cache_size:
+                self._remember(digest, claims, subject)
+        if self.strip:
+            request.headers.remove("authorization")
+        request.state["jwt_claims"] = dict(claims)  # a copy: the cached claims are shared by later requests
+        self.identity.set(request, subject)
+        return None
+
+    def _remember(self, digest: bytes, claims: dict[str, Any], subject: str) -> None:
+        """Keep a verified token until ``token_cache_ttl`` from now, or its ``exp`` (plus leeway) if sooner."""
+        until = time.time() + self.token_cache_ttl
+        exp = claims.get("exp")
+        if isinstance(exp, (int, float)):
+            until = min(until, exp + self.leeway)
+        cache = self.token_cache
+        cache[digest] = (until, claims, subject)
+        cache.move_to_end(digest)
+        while len(cache) > self.token_cache_size:
+            cache.popitem(last=False)
+
+    async def _verify(self, request: RequestContext, token: str) -> tuple[dict[str, Any], str] | Answer:
+        """The token's claims and subject, or the 401 that refuses it."""
+        self.verifications += 1
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -243,8 +286,4 @@ class Jwt(Plugin):
         subject = claims.get(self.identity_claim)
         if not isinstance(subject, str) or not subject:
             return self._refuse(request, f"token has no {self.identity_claim}")
-        if self.strip:
-            request.headers.remove("authorization")
-        request.state["jwt_claims"] = claims
-        self.identity.set(request, subject)
-        return None
+        return claims, subject
