@@ -68,7 +68,7 @@ async def test_forward_auth_2xx_lets_the_request_through_with_copy_headers_and_n
         assert recorder.header("x-user") == ["alice"]  # from the auth server, the client's copy gone
         assert recorder.header("x-role") == []  # not in copy_headers
         seen = auth_server.app.requests[-1]
-        assert (seen["method"], seen["path"]) == ("POST", "/check")
+        assert (seen["method"], seen["path"]) == ("GET", "/check")  # the method travels in X-Forwarded-Method
         assert seen["body"]["body"] == b"" and "content-length" not in seen["headers"]
         assert seen["headers"]["x-forwarded-method"] == "POST"
         assert seen["headers"]["x-forwarded-uri"] == "/echo?q=1"

@@ -4,13 +4,14 @@
       - use: forward_auth
         options: {url: "http://auth:9000/check", copy_headers: [x-user]}
 
-The request's method and headers (without its body, without Content-Length or Transfer-Encoding) go to ``url``
-with ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri`` and ``-For`` describing the original request, through a
-fastgate pooled client opened at startup. A 2xx answer lets the request through, with each ``copy_headers`` header
-of the answer set on the upstream request (a client-sent copy is removed first, whether or not the answer has
-one, as Traefik's ``authResponseHeaders``). Any other answer goes back to the client as it is: status, headers
-(hop-by-hop ones dropped) and body (up to ``max_body`` bytes). An auth server that cannot be reached, times out
-or answers garbage gives 503 ``auth_unavailable`` and one log line.
+A ``GET`` goes to ``url`` with the request's headers (not its body, nor Content-Length or Transfer-Encoding) and
+``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri`` and ``-For`` describing the original request (its method
+travels in ``X-Forwarded-Method``, as Traefik does it), through a fastgate pooled client opened at startup. A 2xx
+answer lets the request through, with each ``copy_headers`` header of the answer set on the upstream request (a
+client-sent copy is removed first, whether or not the answer has one, as Traefik's ``authResponseHeaders``). Any
+other answer goes back to the client as it is: status, headers (hop-by-hop ones dropped) and body (up to
+``max_body`` bytes). An auth server that cannot be reached, times out or answers garbage gives 503
+``auth_unavailable`` and one log line (Traefik answers 500 there).
 """
 
 from __future__ import annotations
@@ -91,9 +92,7 @@ class ForwardAuth(Plugin):
             (b"x-forwarded-for", forwarded.get(b"x-forwarded-for", client)),
         ]
         try:
-            status, answer_headers, body = await self.client.request(
-                request.method.encode("latin-1"), headers, self.max_body
-            )
+            status, answer_headers, body = await self.client.request(b"GET", headers, self.max_body)
         except (UpstreamError, ValueError, OSError) as exc:
             error_logger.error(
                 "forward_auth: %s %s -> 503: auth server %s failed: %s (request_id %s)",
