@@ -8,6 +8,8 @@ import anyio
 import pytest
 
 from fastgate import ConfigError, Gateway
+from fastgate.plugins.auth.api_key import ApiKey
+from fastgate.testing import PluginRunner
 from tests.rawhttp import parse_response
 from tests.servers import RunningServer, run_gateway
 from tests.upstream_app import Recorder
@@ -110,3 +112,11 @@ def test_api_key_bad_options_are_config_errors_naming_the_key(tmp_path: Path) ->
     twice.write_text("a:same\nb:same\n")
     with pytest.raises(ConfigError, match="keys_file: line 2 repeats a key"):
         Gateway(gateway_config(url, _plugin(str(twice))))
+
+
+async def test_api_key_sets_request_identity_for_later_plugins_and_the_rate_limiter(keys_file: str) -> None:
+    runner = PluginRunner(ApiKey(keys_file=keys_file))
+    allowed = await runner.request("GET", "/x", headers={"x-api-key": SECRET})
+    assert allowed.answer is None and allowed.request.identity == "billing"
+    refused = await runner.request("GET", "/x", headers={"x-api-key": "nope"})
+    assert refused.answer is not None and refused.answer.status == 401 and refused.request.identity is None
