@@ -26,6 +26,11 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "response_headers": "fastgate.plugins.builtin:ResponseHeaders",
     "rewrite": "fastgate.plugins.builtin:Rewrite",
     "rate_limit": "fastgate.plugins.ratelimit:RateLimit",
+    "api_key": "fastgate.plugins.auth.api_key:ApiKey",
+    "jwt": "fastgate.plugins.auth.jwt_auth:Jwt",
+    "basic_auth": "fastgate.plugins.auth.basic_auth:BasicAuth",
+    "forward_auth": "fastgate.plugins.auth.forward_auth:ForwardAuth",
+    "cors": "fastgate.plugins.cors:Cors",
 }
 
 

@@ -1,0 +1,76 @@
+"""What the auth plugins share: the refusal answers, the identity header, reading a credentials file."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..base import Answer, RequestContext, _settable
+
+DEFAULT_IDENTITY_HEADER = "x-fastgate-identity"
+
+
+def refusal(request: RequestContext, status: int, detail: str, headers: list[tuple[str, str]] | None = None) -> Answer:
+    """A 401 ``unauthorized`` or 403 ``forbidden`` in the shape of fastgate's own errors (proxy/errors.py)."""
+    code = "unauthorized" if status == 401 else "forbidden" if status == 403 else "auth_unavailable"
+    return Answer.json(status, {"error": code, "detail": detail, "request_id": request.request_id}, headers or ())
+
+
+def header_name(value: str | None, key: str) -> bytes | None:
+    """A header name option, lower-cased bytes (``None`` stays ``None``); a bad one is a ValueError naming ``key``."""
+    if value is None:
+        return None
+    try:
+        return _settable(value)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
+class IdentityHeader:
+    """Passes the verified identity upstream in one header, and removes any client-sent copy (no spoofing)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str | None) -> None:
+        self.name = header_name(name, "identity_header")
+
+    def scrub(self, request: RequestContext) -> None:
+        """Remove what the client sent under the identity header (called before the check, pass or fail)."""
+        name = self.name
+        if name is not None:
+            raw = request.headers.raw
+            if any(k == name for k, _ in raw):
+                raw[:] = [pair for pair in raw if pair[0] != name]
+
+    def set(self, request: RequestContext, identity: str) -> None:
+        request.identity = identity
+        if self.name is not None:
+            request.headers.raw.append((self.name, identity.encode("utf-8", "replace")))
+
+
+def remove_header(request: RequestContext, name: bytes) -> None:
+    raw = request.headers.raw
+    raw[:] = [pair for pair in raw if pair[0] != name]
+
+
+def read_lines(path: str, key: str) -> list[tuple[int, str]]:
+    """The meaningful lines of a credentials file, numbered (blank lines and ``#`` comments skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot read {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{key}: {path!r} is not UTF-8 text") from None
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            lines.append((number, line))
+    if not lines:
+        raise ValueError(f"{key}: {path!r} has no entries")
+    return lines
+
+
+def fingerprint(secret: bytes) -> str:
+    """A short, non-reversible name for an unnamed secret (for logs and ``request.identity``)."""
+    return "key-" + hashlib.sha256(secret).hexdigest()[:12]
