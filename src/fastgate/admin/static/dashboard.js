@@ -1,5 +1,5 @@
 // fastgate dashboard: polls the admin API (/stats, /upstreams) every second and renders it.
-// Plain DOM: every value from the API goes through textContent, never innerHTML.
+// Plain DOM: every value from the API goes through textContent, never parsed as HTML.
 // A token in the URL fragment (#token=...) is sent as "Authorization: Bearer ..."; the fragment never reaches a server.
 "use strict";
 
