@@ -7,6 +7,8 @@
   const POLL_MS = 1000;
   const TIMEOUT_MS = 4000;
   const previous = new Map(); // pid -> {time, requests, errors}: rates come from one worker's own totals
+  const HISTORY = 120; // samples in the rate chart (two minutes at one poll a second)
+  const history = [];
   let routeNames = new Map();
 
   function token() {
@@ -121,7 +123,14 @@
       requestRate = last.requestRate; // the same answer twice: keep what was shown
       errorRate = last.errorRate;
     }
+    previous.delete(stats.pid); // re-inserted last: the map keeps the most recent pids only
     previous.set(stats.pid, { time: stats.time, requests: stats.requests, errors: stats.errors, requestRate, errorRate });
+    if (previous.size > 64) previous.delete(previous.keys().next().value);
+    if (requestRate != null && !(last && stats.time <= last.time)) {
+      history.push([requestRate, errorRate]);
+      if (history.length > HISTORY) history.shift();
+      drawChart();
+    }
 
     setText($("request-rate"), rate(requestRate));
     setText($("error-rate"), rate(errorRate));
@@ -152,6 +161,17 @@
         ]);
       });
     $("no-errors").hidden = errors.length > 0;
+  }
+
+  function drawChart() {
+    const chart = $("rate-chart");
+    const top = Math.max(1, ...history.map(([requests]) => requests)) * 1.1;
+    const step = 600 / (HISTORY - 1);
+    const offset = (HISTORY - history.length) * step;
+    const points = (i) => history.map((sample, n) => (offset + n * step).toFixed(1) + "," +
+      (63 - (sample[i] / top) * 60).toFixed(1)).join(" ");
+    chart.querySelector(".requests").setAttribute("points", points(0));
+    chart.querySelector(".errors").setAttribute("points", points(1));
   }
 
   function renderUpstreams(data) {
