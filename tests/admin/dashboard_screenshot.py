@@ -24,6 +24,9 @@ from tests.admin.dashboard_support import admin_gateway, example_upstream, headl
 from tests.servers import free_port
 
 TRAFFIC_LIMIT = 120.0  # seconds the traffic thread may run at most
+CHART_SAMPLES = 45  # polls (seconds) of rates in the chart before the picture is taken
+WIDTH = 1200
+LEGACY_ERRORS = 6  # 502s from the dead legacy upstream, for the last errors table
 
 
 def traffic(url: str, done: threading.Event) -> None:
@@ -34,7 +37,7 @@ def traffic(url: str, done: threading.Event) -> None:
             n += 1
             with contextlib.suppress(httpx.HTTPError):
                 client.get("/api/items" if n % 3 else "/search?q=gateway")
-                if n % 40 == 0:
+                if n % 150 == 0 and n <= 150 * LEGACY_ERRORS:
                     client.get("/legacy/report")
             time.sleep(0.01)
 
@@ -80,7 +83,7 @@ def main(out: Path) -> None:
         worker.start()
         stack.callback(worker.join, 15)
         stack.callback(done.set)
-        driver = stack.enter_context(headless_chromium(1280, 1000))
+        driver = stack.enter_context(headless_chromium(WIDTH, 1000))
         driver.get(admin.dashboard_url)
 
         def ready(d: WebDriver) -> bool:
@@ -90,11 +93,15 @@ def main(out: Path) -> None:
                 and state(d, dead[1]) == "ejected"
                 and bool(d.find_elements(By.CSS_SELECTOR, "#recent-errors tbody tr"))
                 and rate not in ("–", "0.00")
+                and int(d.find_element(By.ID, "rate-chart").get_attribute("data-samples") or 0) >= CHART_SAMPLES
             )
 
-        WebDriverWait(driver, 60, 0.2, (NoSuchElementException, StaleElementReferenceException)).until(ready)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, int(height) + 20)
+        WebDriverWait(driver, 90, 0.2, (NoSuchElementException, StaleElementReferenceException)).until(ready)
+        # The whole page in one picture: a viewport as tall as the document (a window size would include the
+        # browser's own frame and is capped by the headless screen).
+        height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+        metrics = {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
         WebDriverWait(driver, 5).until(lambda d: d.find_element(By.ID, "connection").text == "live")
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))

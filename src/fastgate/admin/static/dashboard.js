@@ -7,7 +7,7 @@
   const POLL_MS = 1000;
   const TIMEOUT_MS = 4000;
   const previous = new Map(); // pid -> {time, requests, errors}: rates come from one worker's own totals
-  const HISTORY = 120; // samples in the rate chart (two minutes at one poll a second)
+  const HISTORY = 60; // samples in the rate chart (a minute at one poll a second)
   const history = [];
   let routeNames = new Map();
 
@@ -104,6 +104,11 @@
     return new Date(seconds * 1000).toLocaleTimeString("en-GB", { hour12: false });
   }
 
+  function routeName(route) {
+    // a name that only repeats the index says nothing more
+    return route.name != null && String(route.name) !== String(route.index) ? String(route.name) : "";
+  }
+
   function targetState(target) {
     if (target.healthy === false) return "unhealthy";
     if (target.ejected) return "ejected";
@@ -144,17 +149,18 @@
     setText($("worker"), "worker pid " + stats.pid + " · " + clock(stats.time));
 
     const routes = stats.routes || [];
-    routeNames = new Map(routes.map((route) => [route.index, route.name || "#" + route.index]));
+    routeNames = new Map(routes.map((route) => [route.index, routeName(route) || "#" + route.index]));
     syncRows($("routes").tBodies[0], routes, (route) => String(route.index), (row, route) => {
       row.dataset.route = String(route.index);
-      fillCells(row, [[route.index, "num"], [route.name || "–"], [route.match, "code"], [route.upstream || "–"]]);
+      fillCells(row, [[route.index, "num"], [routeName(route) || "–"], [route.match, "code"], [route.upstream || "–"]]);
     });
 
     const errors = stats.recent_errors || [];
     syncRows($("recent-errors").tBodies[0], errors,
       (e, i) => [e.time, e.method, e.target, e.status, e.address].join(" ") + " " + i,
       (row, e) => {
-        const route = e.route == null ? "–" : routeNames.get(e.route) || "#" + e.route;
+        // a route is named by its index, or by its name when it has one
+        const route = e.route == null ? "–" : typeof e.route === "string" ? e.route : routeNames.get(e.route) || "#" + e.route;
         fillCells(row, [
           [clock(e.time)], [e.status, "num bad"], [(e.method || "") + " " + (e.target || ""), "code"], [route],
           [e.upstream || "–"], [e.address || "–", "code"], [e.detail || "", "detail"],
@@ -172,6 +178,7 @@
       (63 - (sample[i] / top) * 60).toFixed(1)).join(" ");
     chart.querySelector(".requests").setAttribute("points", points(0));
     chart.querySelector(".errors").setAttribute("points", points(1));
+    chart.dataset.samples = String(history.length);
   }
 
   function renderUpstreams(data) {
