@@ -16,6 +16,7 @@ import platform
 import shutil
 import signal
 import sys
+import sysconfig
 import tempfile
 import time
 import timeit
@@ -24,9 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+import features
 import harness
 import report
-from harness import LARGE, OPTIONAL_PROXIES, PROXIES, Procs, Unavailable
+from harness import LARGE, OPTIONAL_PROXIES, PROXIES, Procs, Skipped, Unavailable
 from report import Run
 
 
@@ -106,32 +108,45 @@ class Bench:
         self.procs = procs
         self.root = root
         self.upstream = upstream_port
-        self.unavailable: dict[str, str] = {}
+        self.unavailable: dict[str, tuple[str, str]] = {}
+        self.extras = features.Extras(root, procs)
 
     def measure(self, rnd: int, sc: Scenario, proxy: str) -> Run:
         if proxy in self.unavailable:
-            return Run(rnd, sc.name, proxy, "unavailable", self.unavailable[proxy])
+            return Run(rnd, sc.name, proxy, *self.unavailable[proxy])
         proc = None
         try:
             port, idle, rss_pid = self.upstream, None, None
             if proxy != "direct":
                 port = harness.free_port()
-                argv, cpus = harness.proxy_command(proxy, port, self.upstream, self.root, self.args.nginx_buffer_kib)
+                argv, cpus = harness.proxy_command(
+                    proxy, port, self.upstream, self.root, self.args.nginx_buffer_kib, self.extras
+                )
                 proc = self.procs.start(proxy, argv, cpus)
                 harness.wait_ready(f"http://127.0.0.1:{port}/256b", proc)
                 rss_pid = proc.pid
                 idle = harness.tree_rss_bytes(proc.pid) / MB
             url = f"http://127.0.0.1:{port}{sc.path}"
+            headers = features.wrk_headers(proxy.removeprefix("fastgate-"), self.extras)
             if self.args.warmup and proxy != "direct":  # the upstream itself needs no warming
-                harness.run_wrk(url, sc.connections, self.args.warmup, sc.timeout_s, sc.body_bytes, None)
-            res = harness.run_wrk(url, sc.connections, self.args.duration, sc.timeout_s, sc.body_bytes, rss_pid)
+                harness.run_wrk(url, sc.connections, self.args.warmup, sc.timeout_s, sc.body_bytes, None, headers)
+            res = harness.run_wrk(
+                url, sc.connections, self.args.duration, sc.timeout_s, sc.body_bytes, rss_pid, headers
+            )
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"proxy exited with code {proc.returncode} during the run")
         except Unavailable as exc:
-            self.unavailable[proxy] = str(exc)
-            return Run(rnd, sc.name, proxy, "unavailable", str(exc))
+            status = "skipped" if isinstance(exc, Skipped) else "unavailable"
+            reason = str(exc).removeprefix("skipped: ")
+            self.unavailable[proxy] = (status, reason)
+            return Run(rnd, sc.name, proxy, status, reason)
         except RuntimeError as exc:
-            return Run(rnd, sc.name, proxy, "failed", f"{exc}; log: {self.procs.log_tail(proc)}"[:400])
+            reason = f"{exc}; log: {self.procs.log_tail(proc)}"[:400]
+            if proc is not None and proc.returncode == 2 and proxy.removeprefix("fastgate-") in harness.FEATURE_ARMS:
+                # `fastgate run` exits 2 on a config it refuses: a feature that is not wired yet.
+                self.unavailable[proxy] = ("skipped", f"fastgate refused the config: {reason}")
+                return Run(rnd, sc.name, proxy, *self.unavailable[proxy])
+            return Run(rnd, sc.name, proxy, "failed", reason)
         finally:
             if proc is not None:
                 self.procs.stop(proc)
@@ -181,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
 
     scenarios = [SCENARIOS[s] for s in args.scenarios]
     proxies: list[str] = args.proxies
+    interp = _interpreter()
+    print(f"Python {interp['version']} ({interp['executable']}), {interp['build']}; a 2M-iteration loop in "
+          f"{interp['loop_2m_ms']} ms", flush=True)  # fmt: skip
     runs: list[Run] = []
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="fastgate-bench-"))
@@ -214,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "pinning": "upstream nginx (1 worker) + wrk (1 thread) on CPU 0; proxy on CPU 1 (fastgate-w2: CPUs 0,1)",
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "cpu": _cpu_model(), "fd_limit": fd_limit},
         "versions": harness.tool_versions(),
-        "interpreter": _interpreter(),
+        "interpreter": interp,
         "scenarios": {
             sc.name: {
                 "title": sc.title,
@@ -236,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command}` — {meta['date']}, {args.rounds} round(s) × {args.duration} s\n\n" + table
     )
     report.write_chart(args.out / "latest.png", summaries, titles, proxies)
-    interp = meta["interpreter"]
-    print(f"Python {interp['version']} ({interp['executable']}): a 2M-iteration loop in {interp['loop_2m_ms']} ms")
+    print(f"Python {interp['version']} ({interp['executable']}), {interp['build']}; a 2M-iteration loop in "
+          f"{interp['loop_2m_ms']} ms")  # fmt: skip
     print(table)
     print(f"wrote {args.out}/latest.json, latest.md, latest.png in {meta['elapsed_s']} s", file=sys.stderr)
     return 0
@@ -253,7 +271,19 @@ def _interpreter() -> dict[str, str]:
         "implementation": platform.python_implementation(),
         "loop_2m_ms": f"{min(loop) * 1000:.0f}",
         "compiler": platform.python_compiler(),
+        "build": _build_flags(),
     }
+
+
+def _build_flags() -> str:
+    """PGO and LTO as the build's configure arguments and compiler flags record them (Debian's PGO build does not
+    pass --enable-optimizations to configure, hence the loop timing as well)."""
+    args = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
+    cflags = " ".join(str(sysconfig.get_config_var(v) or "") for v in ("PY_CFLAGS", "PY_CFLAGS_NODIST", "CFLAGS"))
+    ldflags = str(sysconfig.get_config_var("PY_LDFLAGS_NODIST") or "") + str(sysconfig.get_config_var("LDFLAGS") or "")
+    pgo = "--enable-optimizations" in args or "-fprofile-use" in cflags
+    lto = "--with-lto" in args or "-flto" in cflags or "-flto" in ldflags
+    return f"PGO {'yes' if pgo else 'no'}, LTO {'yes' if lto else 'no'} (sysconfig)"
 
 
 def _cpu_model() -> str:

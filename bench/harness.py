@@ -18,13 +18,24 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_CPU = "0"
 PROXY_CPU = "1"
 SMALL, MEDIUM, LARGE = 256, 1024 * 1024, 64 * 1024 * 1024
 FILES = {"256b": SMALL, "1m": MEDIUM, "64m": LARGE}
-PROXIES = ("direct", "nginx", "fastgate", "aiohttp", "fastapi-proxy-lib", "httpx-seed")
+PROXIES = ("direct", "nginx", "fastgate", "fastgate-full", "aiohttp", "fastapi-proxy-lib", "httpx-seed")
+# fastgate-full and the feature arms (issue 12): `fastgate run` with the config of FEATURE_ARMS, each on S1 beside the
+# plain `fastgate` row; an arm whose config this fastgate does not accept yet is skipped with the reason.
+FEATURE_ARMS = (
+    "full",
+    "metrics-on",
+    "metrics-off",
+    "ratelimit-memory",
+    "ratelimit-redis",
+    "jwt",
+)
 # fastgate-base: $FASTGATE_BASE_CMD, for A/B runs; fastgate-granian / fastgate-uvicorn: the same Gateway under Granian
 # or stock Uvicorn (httptools) instead of fastgate's own server protocol.
 # nginx-rr2 / fastgate-rr2: two upstream servers behind (smooth weighted) round robin; nginx-routes100 /
@@ -34,6 +45,8 @@ OPTIONAL_PROXIES = (
     "fastgate-base",
     "fastgate-granian",
     "fastgate-uvicorn",
+    "fastgate-asyncio",
+    *(f"fastgate-{arm}" for arm in FEATURE_ARMS if arm != "full"),
     "nginx-rr2",
     "fastgate-rr2",
     "nginx-routes100",
@@ -43,6 +56,10 @@ OPTIONAL_PROXIES = (
 
 class Unavailable(Exception):
     """The proxy cannot be run here (e.g. its command is not installed)."""
+
+
+class Skipped(Unavailable):
+    """A feature arm whose config this fastgate does not accept (yet): reported as ``skipped: <reason>``."""
 
 
 def free_port() -> int:
@@ -332,10 +349,19 @@ def fastgate_prefix(variable: str = "FASTGATE_CMD") -> list[str]:
     raise Unavailable("`fastgate` is not on PATH (set FASTGATE_CMD to override)")
 
 
-def proxy_command(name: str, port: int, upstream: int, root: Path, nginx_buffer_kib: int) -> tuple[list[str], str]:
-    """argv and the CPU list for one proxy under test."""
+def proxy_command(
+    name: str, port: int, upstream: int, root: Path, nginx_buffer_kib: int, extras: Any = None
+) -> tuple[list[str], str]:
+    """argv and the CPU list for one proxy under test. ``extras``: a ``features.Extras`` for the feature arms."""
     up = f"http://127.0.0.1:{upstream}"
     py = sys.executable
+    if name.removeprefix("fastgate-") in FEATURE_ARMS:
+        import features
+
+        if extras is None:
+            raise ValueError(f"{name} needs the bench's features.Extras")
+        config = features.feature_config(name.removeprefix("fastgate-"), port, upstream, SECOND_UPSTREAM_PORT, extras)
+        return features.run_config_argv(fastgate_prefix(), root / f"{name}-{port}.json", config), PROXY_CPU
     if name == "nginx":
         conf = write_nginx_conf(root / f"proxy-nginx-{port}", nginx_variant_body("", port, upstream, nginx_buffer_kib))
         return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], PROXY_CPU
@@ -370,7 +396,11 @@ def proxy_command(name: str, port: int, upstream: int, root: Path, nginx_buffer_
     }
     if name in scripts:
         return [py, str(HERE / "proxies" / scripts[name]), "--port", str(port), "--upstream", up], PROXY_CPU
-    servers = {"fastgate-granian": "granian", "fastgate-uvicorn": "uvicorn-httptools"}
+    servers = {
+        "fastgate-granian": "granian",
+        "fastgate-uvicorn": "uvicorn-httptools",
+        "fastgate-asyncio": "asyncio-loop",
+    }
     if name in servers:
         script = str(HERE / "proxies" / "fastgate_servers.py")
         return [py, script, "--server", servers[name], "--port", str(port), "--upstream", up], PROXY_CPU
@@ -394,7 +424,13 @@ class WrkResult:
 
 
 def run_wrk(
-    url: str, connections: int, duration: float, timeout_s: float, body_bytes: int, rss_pid: int | None
+    url: str,
+    connections: int,
+    duration: float,
+    timeout_s: float,
+    body_bytes: int,
+    rss_pid: int | None,
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     """One bounded wrk run on the load CPU; samples the proxy tree's RSS every 50 ms meanwhile."""
     argv = [
@@ -408,6 +444,7 @@ def run_wrk(
         f"--timeout={timeout_s:g}s",
         "-s",
         str(HERE / "wrk_report.lua"),
+        *(arg for header in headers for arg in ("-H", header)),
         url,
     ]
     stale_after = 0 if body_bytes else timeout_s  # the request hook would copy a large body once per request

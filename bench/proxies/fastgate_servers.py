@@ -2,10 +2,13 @@
 
     python bench/proxies/fastgate_servers.py --server granian --port 8001 --upstream http://127.0.0.1:8000
     python bench/proxies/fastgate_servers.py --server uvicorn-httptools --port 8001 --upstream ...
+    python bench/proxies/fastgate_servers.py --server asyncio-loop --port 8001 --upstream ...
 
 The same ``Gateway`` (same config as ``fastgate proxy``: access log off) served by Granian's ASGI interface
 (Rust HTTP server, one worker, uvloop) or by stock Uvicorn with its httptools protocol (no fastgate server
-protocol: a watcher task per request for disconnects). ``fastgate`` itself is the third arm: our own protocol.
+protocol: a watcher task per request for disconnects), or fastgate as ``fastgate proxy`` runs it but on asyncio's
+own event loop (``asyncio-loop``: it accepts every queued connection per loop turn, where uvloop accepts one).
+``fastgate`` itself is the reference arm: our own protocol on uvloop.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from fastgate.server import CONFIG_ENV
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", choices=["granian", "uvicorn-httptools"], required=True)
+    parser.add_argument("--server", choices=["granian", "uvicorn-httptools", "asyncio-loop"], required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     args = parser.parse_args()
@@ -39,6 +42,13 @@ def main() -> None:
             loop=Loops.uvloop,
             log_access=False,
         ).serve()
+    elif args.server == "asyncio-loop":
+        # fastgate exactly as `fastgate proxy` runs it, on asyncio's own event loop instead of uvloop.
+        import uvicorn
+
+        from fastgate.server import uvicorn_options
+
+        uvicorn.run("fastgate.server:create_app", factory=True, **{**uvicorn_options(config), "loop": "asyncio"})
     else:
         import uvicorn
 

@@ -124,7 +124,8 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "port": server.port,
         "workers": server.workers,
         "http": FastgateHttpProtocol,
-        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        # uvloop, accepting every queued connection per loop turn (serving/accept.py: libuv accepts one per turn).
+        "loop": "fastgate.serving.accept:new_event_loop" if importlib.util.find_spec("uvloop") else "asyncio",
         "ws": FastgateWebSocketProtocol,
         # The client hop of WebSocket sessions; the upstream hop's pings and limits are per upstream.
         "ws_max_size": server.ws_client_max_size,

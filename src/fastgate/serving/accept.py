@@ -1,0 +1,101 @@
+"""uvloop's event loop, accepting every queued connection in the turn where one arrives.
+
+libuv (since 1.45: libuv/libuv#3696, "don't accept() connections in a loop") accepts one connection per readiness
+event of a listening socket and relies on level-triggered polling for the next one. Under load one loop turn
+lasts tens of milliseconds (every ready connection's requests are handled in it), so a burst of new connections
+drains at one per turn: about 25 per second at 1,000 connections on the benchmark machine, which gave S5 its
+multi-second tail and its timeouts (bench/accept_burst.py reproduces it without fastgate). asyncio's own loop
+accepts up to ``backlog`` connections per turn.
+
+:func:`new_event_loop` makes a uvloop loop whose plain-TCP servers do the same: when uvloop accepts a connection,
+one callback in the same turn accepts the rest of the listen queue (at most :data:`BATCH`) and hands each socket
+to ``connect_accepted_socket``, which opens it exactly as uvloop's own accept does. A turn without a new
+connection costs nothing. TLS listeners keep uvloop's own accept (their handshake is the cost there). Uvicorn
+takes the factory as its ``loop`` option (``"fastgate.serving.accept:new_event_loop"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+import uvloop
+
+BATCH = 512  # connections accepted per listener per turn, beyond uvloop's one
+
+logger = logging.getLogger("fastgate.server")
+
+
+class _Drain:
+    """Wraps a server's protocol factory: each connection uvloop accepts schedules one drain of the queue."""
+
+    __slots__ = ("factory", "loop", "scheduled", "server")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        self.loop = loop
+        self.factory = factory
+        self.server: asyncio.Server | None = None
+        self.scheduled = False
+
+    def accepted(self) -> asyncio.BaseProtocol:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.drain)
+        return self.factory()
+
+    def drain(self) -> None:
+        self.scheduled = False
+        server = self.server
+        if server is None or not server.is_serving():
+            return
+        for listener in server.sockets:
+            # A socket object over the listener's descriptor, detached (never closed) after use: uvloop owns it.
+            # The descriptor is non-blocking (libuv sets it), so accept() raises BlockingIOError once it is empty.
+            sock = socket.socket(listener.family, listener.type, 0, listener.fileno())
+            try:
+                for _ in range(BATCH):
+                    try:
+                        conn, _ = sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: uvloop's own accept reports and copes
+                        logger.debug("accept failed: %s", exc)
+                        break
+                    self._open(conn)
+            finally:
+                sock.detach()
+
+    def _open(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvloop sets on what it accepts
+        task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
+        task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # The client went away between accept() and the transport opening: nothing to answer.
+        logger.debug("accepted connection failed to open: %s", task.exception())
+
+
+class GreedyAcceptLoop(uvloop.Loop):
+    """uvloop's loop; its plain-TCP servers accept the whole listen queue in the turn a connection arrives."""
+
+    async def create_server(  # type: ignore[override]  # the same parameters, passed through
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
+    ) -> asyncio.AbstractServer:
+        if kwargs.get("ssl") is not None:
+            return await super().create_server(protocol_factory, *args, **kwargs)
+        drain = _Drain(self, protocol_factory)
+        server = await super().create_server(drain.accepted, *args, **kwargs)
+        drain.server = cast(asyncio.Server, server)  # uvloop's Server: is_serving() and sockets
+        return server
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """Uvicorn's loop factory (its ``loop`` option takes ``"module:function"``)."""
+    return GreedyAcceptLoop()

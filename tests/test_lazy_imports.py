@@ -1,0 +1,79 @@
+"""A worker imports an optional dependency only when a feature that needs it is configured (issue 12, memory).
+
+Each check runs in a fresh interpreter: it builds the app the way a worker does (``fastgate.server.create_app`` from
+the config in the environment), runs its lifespan and one proxied request through it, and lists the packages it
+has imported. bench/memory.py measures what each of the remaining imports costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fastgate import GatewayConfig
+from fastgate.server import CONFIG_ENV
+
+# Needed only by a feature: tracing exporters, `transport: httpx`, a redis store, the jwt plugin.
+OPTIONAL_PACKAGES = ("opentelemetry", "httpx", "redis", "jwt")
+
+WORKER = """
+import asyncio, json, sys
+from fastgate.server import create_app
+
+async def main():
+    app = create_app()
+    lifespan = asyncio.Queue()
+    await lifespan.put({"type": "lifespan.startup"})
+    sent = []
+
+    async def lifespan_send(message):
+        sent.append(message)
+        if message["type"].startswith("lifespan.startup"):
+            await lifespan.put({"type": "lifespan.shutdown"})
+
+    running = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                        lifespan.get, lifespan_send))
+    while not any(m["type"].startswith("lifespan.startup") for m in sent):
+        await asyncio.sleep(0.01)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/x", "raw_path": b"/x", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"gw")], "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+             "state": {}}
+    statuses = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await asyncio.wait_for(app(scope, receive, send), 30)
+    await asyncio.wait_for(running, 30)
+    return statuses
+
+statuses = asyncio.run(main())
+print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def worker_modules(config: GatewayConfig) -> tuple[list[int], set[str]]:
+    env = {**os.environ, CONFIG_ENV: config.model_dump_json()}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    res = subprocess.run(
+        [sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return out["statuses"], set(out["modules"])
+
+
+def test_a_worker_without_optional_features_imports_no_optional_package() -> None:
+    # Port 9 (discard) is closed on test machines: the request is answered with a 502 by the gateway itself.
+    statuses, modules = worker_modules(GatewayConfig.single("http://127.0.0.1:9"))
+    assert statuses and statuses[0] in (502, 503, 504)
+    assert modules.isdisjoint(OPTIONAL_PACKAGES), sorted(modules & set(OPTIONAL_PACKAGES))
