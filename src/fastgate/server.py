@@ -19,6 +19,7 @@ from ._ws_protocol import FastgateWebSocketProtocol
 from .app import Gateway
 from .config import GatewayConfig
 from .observability.logging import LOGGING_CONFIG, access_logger, apply_log_level
+from .serving import tls
 
 CONFIG_ENV = "FASTGATE_CONFIG_JSON"
 
@@ -65,6 +66,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "server_header": False,  # Server and Date come from the upstream
         "date_header": False,
         "timeout_graceful_shutdown": server.graceful_timeout,
+        **tls.uvicorn_options(server.tls),  # HTTPS/WSS: fastgate's own SSLContext (TLS 1.2 minimum)
     }
 
 
