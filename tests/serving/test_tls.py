@@ -12,6 +12,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from fastgate.config import ServerConfig, TlsConfig, build_config
 from fastgate.server import uvicorn_options
 from fastgate.serving import tls
 from tests.hostile.support import gateway_process
-from tests.servers import RunningServer, run_gateway
+from tests.servers import RunningServer, run_gateway, wait_until
 from tests.upstream_app import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -286,17 +287,51 @@ def test_bad_tls_files_are_a_config_error_naming_the_key(
     assert message in result.output
 
 
-async def test_fastgate_run_serves_https_from_server_tls(
+async def test_fastgate_run_serves_https_from_server_tls_in_every_worker(
     upstream: RunningServer, recorder: Recorder, issued: Issued, tmp_path: Path
 ) -> None:
+    """``fastgate run`` with two workers: Uvicorn hands each worker the context factory, and each serves HTTPS."""
     config = {
-        "server": {"tls": {"cert_file": str(issued.cert_file), "key_file": str(issued.key_file)}},
+        "server": {"workers": 2, "tls": {"cert_file": str(issued.cert_file), "key_file": str(issued.key_file)}},
+        "upstreams": {"default": {"url": upstream.url}},
+        "routes": [{"prefix": "/", "upstream": "default"}],
+    }
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    with gateway_process(config, tmp_path) as gw:
+        # Each worker builds its own context (Uvicorn passes it the factory) before its startup completes.
+        await wait_until(lambda: gw.log().count("Application startup complete") == 2, limit=30)
+        async with httpx.AsyncClient(verify=issued.client_context(), timeout=10, limits=no_reuse) as client:
+            responses = [await client.get(f"https://127.0.0.1:{gw.port}/echo") for _ in range(6)]
+        log = gw.log()
+    assert [r.status_code for r in responses] == [200] * 6
+    assert [recorder.header("x-forwarded-proto", i) for i in range(6)] == [["https"]] * 6
+    assert "https://" in log  # Uvicorn's startup line names the scheme
+    assert "Traceback" not in log, log
+
+
+async def test_partial_head_over_tls_gets_408_after_header_timeout(
+    upstream: RunningServer, issued: Issued, tmp_path: Path
+) -> None:
+    """The client deadlines apply over TLS as over plain HTTP, from the end of the handshake."""
+    config = {
+        "server": {
+            "header_timeout": 1,
+            "tls": {"cert_file": str(issued.cert_file), "key_file": str(issued.key_file)},
+        },
         "upstreams": {"default": {"url": upstream.url}},
         "routes": [{"prefix": "/", "upstream": "default"}],
     }
     with gateway_process(config, tmp_path) as gw:
-        async with httpx.AsyncClient(verify=issued.client_context(), timeout=10) as client:
-            response = await client.get(f"https://127.0.0.1:{gw.port}/echo")
-    assert response.status_code == 200
-    assert recorder.header("x-forwarded-proto") == ["https"]
-    assert "https://" in gw.log()  # Uvicorn's startup line names the scheme
+        stream = await anyio.connect_tcp(
+            "127.0.0.1", gw.port, tls=True, ssl_context=issued.client_context(), tls_hostname="127.0.0.1"
+        )
+        async with stream:
+            await stream.send(b"GET /echo HTTP/1.1\r\nHost: example.test\r\n")
+            sent = time.monotonic()
+            answer = b""
+            with anyio.fail_after(10), contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                while True:
+                    answer += await stream.receive()
+            waited = time.monotonic() - sent
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert 0.9 <= waited <= 1 + 4, f"answered {waited:.2f} s after the partial head (header_timeout 1 s)"
