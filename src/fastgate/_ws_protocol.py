@@ -16,10 +16,10 @@ release. ``tests/proxy/test_websocket_logging.py`` shows the stock protocol's er
 ``test_close_frame_between_fragments_closes_cleanly_autobahn_7_1_5`` the 1002; both fail loudly if this moves.
 
 A text message that is not UTF-8 is the client's error: the session is failed with 1007 and the connection closed at
-once, with one short line on ``uvicorn.error`` at INFO. Uvicorn logs it with ``logger.exception``, a traceback at
-ERROR, formatted (source lines read through ``linecache``) before the close goes out: on a loaded machine that put
-the close of Autobahn's 6.x invalid-UTF-8 cases (0.5 s each) past the case's deadline ("FAILED BY CLIENT"), and a
-client's bad input is no server error. ``send_receive_event_to_app`` is Uvicorn's, with that one branch changed.
+once, with one short line on ``uvicorn.error`` at INFO. Uvicorn logs it with ``logger.exception``: an ERROR with a
+traceback, formatted and written before the close goes out, on the path of Autobahn's 6.x invalid-UTF-8 cases, which
+give the server 0.5 s (on a loaded machine they ran out of it, "FAILED BY CLIENT"), and a client's bad input is no
+server error. ``send_receive_event_to_app`` is Uvicorn's, with that one branch changed.
 """
 
 from __future__ import annotations
