@@ -179,6 +179,11 @@ class Gateway:
                         raise ConfigError("reload: no config file (the gateway was not started with fastgate run FILE)")
                     config = self.source.load()
                 check_reloadable(running.config, config)
+                if config.server.tls is not None:
+                    # The certificate files are read again (a bad pair refuses the reload, the live one stays).
+                    from .serving.tls import reload_certificates
+
+                    reload_certificates(config)
                 snapshot = Snapshot(config, self.observability)
                 try:
                     await self._open(snapshot, running)
@@ -227,11 +232,6 @@ class Gateway:
     def _apply_process_settings(self, config: GatewayConfig) -> None:
         apply_log_level(config.server.log_level)
         access_logger.disabled = not config.server.access_log
-        # TLS (helper "tls"): the certificate files are read again on reload. LEAD: once server.tls exists
-        # (branch tls-listener), make this the single call site:
-        #     if config.server.tls:
-        #         from .serving.tls import reload_certificates
-        #         reload_certificates(config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -818,6 +819,44 @@ class BodyRate(_Model):
     grace_period: float = Field(5.0, ge=0)
 
 
+class TlsConfig(_Model):
+    """HTTPS (and WSS) on the listener: a PEM certificate chain (leaf first) and its private key.
+
+    >>> TlsConfig(cert_file="/etc/fastgate/cert.pem", key_file="/etc/fastgate/key.pem")  # doctest: +SKIP
+
+    TLS 1.2 is the minimum version offered. The pair is loaded here, so a file that is missing, unreadable or not
+    a matching certificate and key fails validation (exit 2), and again by
+    :func:`fastgate.serving.tls.reload_certificates` on a reload.
+    """
+
+    # key_file first: cert_file's check loads the pair, so its error names server.tls.cert_file.
+    key_file: str
+    cert_file: str
+
+    @field_validator("key_file")
+    @classmethod
+    def _check_key_file(cls, value: str) -> str:
+        if not Path(value).is_file():
+            raise ValueError(f"no such file: {value!r}")
+        return value
+
+    @field_validator("cert_file")
+    @classmethod
+    def _check_cert_file(cls, value: str, info: ValidationInfo) -> str:
+        if not Path(value).is_file():
+            raise ValueError(f"no such file: {value!r}")
+        key_file = info.data.get("key_file")
+        if key_file is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(value, key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"cannot load {value!r} with key_file {key_file!r} as a certificate chain and its private key "
+                    f"({exc.strerror or exc})"
+                ) from None
+        return value
+
+
 class ServerConfig(_Model):
     """The listener and the client side of every connection: limits, deadlines, logging, workers.
 
@@ -855,6 +894,8 @@ class ServerConfig(_Model):
     ws_per_message_deflate: bool = False
     # Collapse runs of '/' in the path routes are matched against (Envoy's merge_slashes); see proxy/paths.py.
     merge_slashes: bool = False
+    # HTTPS and WSS on the listener (serving/tls.py); plain HTTP when absent.
+    tls: TlsConfig | None = None
 
 
 class TracingConfig(_Model):

@@ -62,6 +62,8 @@ def restart_only_changes(running: GatewayConfig, loaded: GatewayConfig) -> list[
     new_listen = loaded.admin.listen if loaded.admin is not None else None
     if old_listen != new_listen:
         problems.append(f"admin.listen: cannot change without a restart ({_show(old_listen)} -> {_show(new_listen)})")
+    if (running.server.tls is None) != (loaded.server.tls is None):
+        problems.append("server.tls: turning TLS on or off cannot happen without a restart")
     for section in RESTART_ONLY_SECTIONS:
         if getattr(running, section) != getattr(loaded, section):
             problems.append(f"{section}: cannot change without a restart (set up once per process)")

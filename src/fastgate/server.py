@@ -35,6 +35,7 @@ from .config import GatewayConfig
 from .exceptions import ConfigError
 from .observability.logging import access_logger, apply_log_level, error_logger, logging_config
 from .reloading import ConfigSource, check_reloadable
+from .serving import tls
 
 CONFIG_ENV = "FASTGATE_CONFIG_JSON"
 
@@ -140,6 +141,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "server_header": False,  # Server and Date come from the upstream
         "date_header": False,
         "timeout_graceful_shutdown": server.graceful_timeout,
+        **tls.uvicorn_options(server.tls),  # HTTPS/WSS: fastgate's own SSLContext (TLS 1.2 minimum)
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import resource
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,10 @@ pytestmark = pytest.mark.anyio
 
 REPORT = Path(__file__).resolve().parents[2] / "build" / "slow-clients.md"
 SLACK = 4.0  # seconds added to every deadline, for a loaded machine
+# The slowloris close deadline is the issue's figure, header_timeout + 1 s, per connection and counted from its
+# connect on the client (the server's clock starts at its accept, no earlier), plus this much for the loaded 2-core
+# machine: the test's own event loop runs 1,000 trickling clients and sees each close late. Measured: see FIGURES.
+CLOSE_ALLOWANCE = 2.0
 HEADER_TIMEOUT = 2.0
 GRACE_PERIOD = 1.0
 SEND_TIMEOUT = 2.0
@@ -165,19 +170,25 @@ async def start_crowd(
     return crowd
 
 
-async def normal_requests(url: str, count: int, limit: float, *, upload: bool = False) -> list[str]:
-    """``count`` requests from well-behaved clients, 10 at a time, each on a new connection; returns the failures."""
+async def normal_requests(
+    url: str, count: int, limit: float, *, upload: bool = False, latencies: list[float] | None = None
+) -> list[str]:
+    """``count`` requests from well-behaved clients, 10 at a time, each on a new connection; returns the failures
+    (and appends each answered request's seconds, connect included, to ``latencies``)."""
     failures: list[str] = []
     limiter = anyio.CapacityLimiter(10)
     no_reuse = httpx.Limits(max_keepalive_connections=0)
 
     async def one(i: int) -> None:
         async with limiter, httpx.AsyncClient(base_url=url, timeout=limit, limits=no_reuse) as client:
+            started = time.monotonic()
             try:
                 response = await client.post("/upload", content=b"n" * 1000) if upload else await client.get("/echo")
             except httpx.HTTPError as exc:
                 failures.append(f"request {i}: {type(exc).__name__}")
                 return
+            if latencies is not None:
+                latencies.append(time.monotonic() - started)
             if response.status_code != 200:
                 failures.append(f"request {i}: {response.status_code}")
 
@@ -200,7 +211,8 @@ async def test_slowloris_connections_get_408_within_header_timeout_while_normal_
                 tg, gw.port, 1000, b"GET /echo HTTP/1.1\r\nHost: example.test\r\nX-Slow: ", b"s", (0.8, 1.2)
             )
             connected = time.monotonic() - started
-            failures = await normal_requests(gw.url, 20, limit=5)
+            latencies: list[float] = []
+            failures = await normal_requests(gw.url, 20, limit=5, latencies=latencies)
             with anyio.move_on_after(HEADER_TIMEOUT + 1 + SLACK):
                 await crowd.all_closed.wait()
             tg.cancel_scope.cancel()
@@ -208,16 +220,22 @@ async def test_slowloris_connections_get_408_within_header_timeout_while_normal_
     statuses = [c.status for c in crowd.clients]
     got_408 = statuses.count(408)
     other = sorted({s for s in statuses if s not in (None, 408)})
+    closes = sorted(c.closed_at - c.connected_at for c in crowd.clients if c.closed_at is not None) or [0.0]
+    latencies.sort()
     figure(
         f"slowloris: 1000 connections opened in {connected:.1f} s; {len(still_open)} still open after the deadline; "
-        f"{got_408} read a 408; slowest close {crowd.slowest_close():.1f} s after connecting "
-        f"(header_timeout {HEADER_TIMEOUT} s); normal requests failed: {len(failures)} of 20"
+        f"{got_408} read a 408; closed after connecting (header_timeout {HEADER_TIMEOUT} s): "
+        f"median {closes[len(closes) // 2]:.2f} s, p99 {closes[int(len(closes) * 0.99)]:.2f} s, "
+        f"slowest {crowd.slowest_close():.2f} s; normal requests meanwhile failed: {len(failures)} of 20, "
+        f"slowest answered in {latencies[-1] if latencies else 0:.2f} s"
     )
     assert not failures, failures
     assert len(still_open) == 0, (
         f"{len(still_open)} of 1000 slow connections still open {HEADER_TIMEOUT + 1 + SLACK} s on"
     )
-    assert crowd.slowest_close() <= HEADER_TIMEOUT + 1 + SLACK
+    assert crowd.slowest_close() <= HEADER_TIMEOUT + 1 + CLOSE_ALLOWANCE, (
+        f"a slow connection was closed {crowd.slowest_close():.2f} s after connecting"
+    )
     assert not other, f"slow clients read statuses {other}, expected only 408"
     assert got_408 >= 500, f"only {got_408} of 1000 slow clients read a 408"
 
@@ -408,6 +426,51 @@ async def test_connections_above_max_connections_get_503_and_close(upstream: Run
             with anyio.fail_after(5):
                 while (await client.get("/echo")).status_code != 200:  # noqa: ASYNC110 - polling the server
                     await anyio.sleep(0.05)
+
+
+def refused_in_log(log: str) -> list[int]:
+    """The sizes of the bursts the gateway reported refusing (one ``refused N connection(s)`` line each)."""
+    return [int(n) for n in re.findall(r"refused (\d+) connection\(s\) over max_connections=5", log)]
+
+
+async def test_refused_connections_are_logged_once_per_burst(upstream: RunningServer, tmp_path: Path) -> None:
+    """Above max_connections each refusal is a 503, but the log gets one line when refusing starts and one with
+    the count when the burst is over, not a line per connection (a flood would otherwise flood the log too)."""
+    burst = 30
+    with gateway_process(config(upstream, {"max_connections": 5}), tmp_path) as gw:
+        held = [await anyio.connect_tcp("127.0.0.1", gw.port) for _ in range(5)]
+        try:
+            for stream in held:  # accepted and served: the worker is at its limit
+                await stream.send(b"GET /status/204 HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                with anyio.fail_after(5):
+                    assert (await stream.receive()).startswith(b"HTTP/1.1 204 ")
+            statuses: list[bytes] = []
+
+            async def refused() -> None:
+                async with await anyio.connect_tcp("127.0.0.1", gw.port) as extra:
+                    answer = b""
+                    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                        while True:
+                            answer += await extra.receive()
+                    statuses.append(answer[:12])
+
+            for round_ in (1, 2):
+                with anyio.fail_after(10 + SLACK):
+                    async with anyio.create_task_group() as tg:
+                        for _ in range(burst):
+                            tg.start_soon(refused)
+                # The burst is reported once the next sweep sees no new refusal.
+                await wait_until(lambda r=round_: sum(refused_in_log(gw.log())) == r * burst, limit=5 + SLACK)
+        finally:
+            for stream in held:
+                await stream.aclose()
+        log = gw.log()
+    assert statuses == [b"HTTP/1.1 503"] * (2 * burst)
+    sizes = refused_in_log(log)
+    starts = log.count("refusing connections: this worker has 5 client connections (max_connections)")
+    figure(f"max_connections: 2 bursts of {burst} refusals logged as {starts} start line(s) and bursts of {sizes}")
+    assert starts == len(sizes), "each burst is one start line and one line with its size"
+    assert 2 <= len(sizes) <= 4, f"{2 * burst} refusals in two bursts were logged as {len(sizes)} bursts"
 
 
 async def test_last_request_allowed_on_a_connection_says_connection_close(

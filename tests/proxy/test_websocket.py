@@ -39,7 +39,7 @@ from fastgate.exceptions import (
     UpstreamUnavailable,
 )
 from fastgate.proxy.websocket import client_close_code, close_for, upstream_close_code
-from tests.servers import REFUSED_PORT, RunningServer, run_gateway, wait_until
+from tests.servers import REFUSED_PORT, RunningServer, captured_logs, run_gateway, wait_until
 from tests.ws_upstream import (
     WebSocketRecorder,
     close_between_fragments,
@@ -492,6 +492,68 @@ async def test_close_frame_between_fragments_closes_cleanly_autobahn_7_1_5(
     frames = received.split(b"\r\n\r\n", 1)[1]
     assert frames == Frame(Opcode.CLOSE, Close(1000, "").serialize()).serialize(mask=False)  # the close, echoed
     assert await ws_recorder.wait_closed() == (1000, "")  # and the upstream is closed the same way
+
+
+async def raw_session(gateway: RunningServer, *frames: bytes, then: Any = None) -> tuple[bytes, float]:
+    """Open a session on a raw socket, send ``frames`` (and ``then(received)`` once a frame has arrived), read
+    until the gateway closes the TCP connection; returns what arrived after the handshake and the seconds from
+    the last frame sent to the end of the connection."""
+    async with await anyio.connect_tcp(gateway.host, gateway.port) as stream:
+        head = "".join(f"{name}: {value}\r\n" for name, value in UPGRADE_HEADERS.items())
+        await stream.send(f"GET /ws/echo HTTP/1.1\r\nHost: gateway\r\n{head}\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive()
+        assert received.startswith(b"HTTP/1.1 101 ")
+        received = received.split(b"\r\n\r\n", 1)[1]
+        for frame in frames:
+            await stream.send(frame)
+        sent_at = anyio.current_time()
+        if then is not None:
+            while not received:
+                received += await stream.receive()
+            await stream.send(then(received))
+            sent_at = anyio.current_time()
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+            while True:  # until the gateway closes the TCP connection
+                received += await stream.receive()
+        return received, anyio.current_time() - sent_at
+
+
+async def test_client_close_handshake_closes_tcp_at_once(
+    gateway: RunningServer, ws_recorder: WebSocketRecorder
+) -> None:
+    """The client closes after an echo (Autobahn's usual ending): the gateway answers the close and closes TCP at
+    once, without waiting for the upstream side of the session to finish."""
+    text = Frame(Opcode.TEXT, b"hello").serialize(mask=True)
+    close = Frame(Opcode.CLOSE, Close(1000, "").serialize()).serialize(mask=True)
+    with anyio.fail_after(10):
+        received, closing = await raw_session(gateway, text, then=lambda _: close)
+    echo = Frame(Opcode.TEXT, b"hello").serialize(mask=False)
+    assert received == echo + Frame(Opcode.CLOSE, Close(1000, "").serialize()).serialize(mask=False)
+    assert closing < 1.0, f"TCP closed {closing:.3f} s after the closing handshake"
+    assert await ws_recorder.wait_closed() == (1000, "")
+
+
+async def test_text_message_that_is_not_utf8_closes_with_1007_at_once_without_a_traceback(
+    gateway: RunningServer, ws_recorder: WebSocketRecorder
+) -> None:
+    """Autobahn 6.x: the client's invalid UTF-8 fails the session with 1007 and the TCP connection is closed at once;
+    one INFO line, no ERROR traceback (it is the client's error, and formatting it delayed the close under load)."""
+    invalid = Frame(Opcode.TEXT, b"\xf8\x87\xbf\xbf\xbf").serialize(mask=True)
+    logger = logging.getLogger("uvicorn.error")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with captured_logs("uvicorn.error") as logs, anyio.fail_after(10):
+            received, closing = await raw_session(gateway, invalid)
+    finally:
+        logger.setLevel(level)
+    assert received == Frame(Opcode.CLOSE, Close(1007, "invalid UTF-8").serialize()).serialize(mask=False)
+    assert closing < 1.0, f"TCP closed {closing:.3f} s after the invalid message"
+    assert not [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert len([r for r in logs.records if "not UTF-8" in r.getMessage()]) == 1
+    assert await ws_recorder.wait_closed() == (1007, "invalid UTF-8")  # the upstream is told why
 
 
 async def test_upstream_close_frame_between_fragments_closes_the_client_with_its_code() -> None:
