@@ -93,3 +93,19 @@ def test_an_admin_listener_on_the_proxy_port_is_a_config_error() -> None:
         config(admin={"listen": "127.0.0.1:8080"})
     with pytest.raises(ConfigError, match=r"admin.listen: must be HOST:PORT"):
         config(admin={"listen": "9901"})
+
+
+def test_turning_tls_on_is_refused_but_new_certificate_files_may_come(tmp_path: Path) -> None:
+    import trustme
+
+    pairs = []
+    for name in ("one", "two"):
+        issued = trustme.CA().issue_cert("127.0.0.1")
+        cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        pairs.append({"cert_file": str(cert), "key_file": str(key)})
+    with pytest.raises(ConfigError) as info:
+        check_reloadable(config(), config(server={"tls": pairs[0]}))
+    assert info.value.detail.startswith("server.tls: turning TLS on or off cannot happen without a restart")
+    assert restart_only_changes(config(server={"tls": pairs[0]}), config(server={"tls": pairs[1]})) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import ssl
 import threading
@@ -339,3 +340,30 @@ async def test_partial_head_over_tls_gets_408_after_header_timeout(
             waited = time.monotonic() - sent
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
     assert 0.9 <= waited <= 1 + 4, f"answered {waited:.2f} s after the partial head (header_timeout 1 s)"
+
+
+async def test_sighup_reload_of_fastgate_run_serves_the_renewed_certificate(
+    upstream: RunningServer, issued: Issued, tmp_path: Path
+) -> None:
+    """The certificate is re-read on reload: rotate the files, SIGHUP, and the next connection sees the new one."""
+    config = {
+        "server": {"tls": {"cert_file": str(issued.cert_file), "key_file": str(issued.key_file)}},
+        "upstreams": {"default": {"url": upstream.url}},
+        "routes": [{"prefix": "/", "upstream": "default"}],
+    }
+    first = served_certificate(issued)
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    with gateway_process(config, tmp_path) as gw:
+        async with httpx.AsyncClient(verify=issued.client_context(), timeout=10, limits=no_reuse) as client:
+            assert peer_certificate(await client.get(f"https://127.0.0.1:{gw.port}/echo")) == first
+            renewed = issue(tmp_path, issued.ca, name="renewed")
+            issued.cert_file.write_bytes(renewed.cert_file.read_bytes())
+            issued.key_file.write_bytes(renewed.key_file.read_bytes())
+            second = served_certificate(issued)
+            gw.process.send_signal(signal.SIGHUP)
+            await wait_until(lambda: "config reloaded" in gw.log(), limit=30)
+            response = await client.get(f"https://127.0.0.1:{gw.port}/echo")
+        log = gw.log()
+    assert response.status_code == 200
+    assert peer_certificate(response) == second
+    assert "Traceback" not in log, log
