@@ -476,7 +476,11 @@ def check_forwarded(expected: Forwarded, got: UpstreamRequest, upstream: Recordi
     request_ids = got.header(b"x-request-id")
     if len(request_ids) != 1 or not re.fullmatch(rb"[0-9a-f]{16}", request_ids[0]):
         problems.append(f"upstream x-request-id {request_ids}")
-    headers = Counter((k.lower(), v) for k, v in got.headers if k.lower() != b"x-request-id")
+    # Every request goes upstream with one W3C traceparent (a new trace when the client sent none: issue 11).
+    traceparents = got.header(b"traceparent")
+    if len(traceparents) != 1 or not re.fullmatch(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", traceparents[0]):
+        problems.append(f"upstream traceparent {traceparents}")
+    headers = Counter((k.lower(), v) for k, v in got.headers if k.lower() not in (b"x-request-id", b"traceparent"))
     wanted = expected.expected_headers(f"127.0.0.1:{upstream.port}".encode())
     if headers != wanted:
         problems.append(f"upstream headers: extra {dict(headers - wanted)}, missing {dict(wanted - headers)}")
