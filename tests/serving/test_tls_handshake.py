@@ -177,3 +177,26 @@ async def wait_until_refused(issued: Issued, port: int) -> None:
         assert response.status_code == 200
         await anyio.sleep(0.05)
     raise AssertionError("an HTTPS client was served while max_connections handshakes were stalled")
+
+
+async def test_graceful_shutdown_closes_connections_in_their_tls_handshake_at_once(
+    upstream: RunningServer, issued: Issued, tmp_path: Path
+) -> None:
+    """Uvicorn's shutdown waits for the connections it knows; those in their handshake are closed, not waited on."""
+    with gateway_process(tls_gateway_config(upstream, issued, header_timeout=60), tmp_path) as gw:
+        stalled = [await anyio.connect_tcp("127.0.0.1", gw.port) for _ in range(3)]
+        try:
+            await stalled[0].send(client_hello(issued)[:100])
+            started = time.monotonic()
+            code = await anyio.to_thread.run_sync(gw.stop)
+            stopped = time.monotonic() - started
+            waited = [await seconds_until_closed(stream, 5) for stream in stalled]
+        finally:
+            for stream in stalled:
+                await stream.aclose()
+        log = gw.log()
+    print(f"stopped in {stopped:.2f} s with 3 connections in their TLS handshake (header_timeout 60 s)")
+    assert code in (0, -15), log
+    assert stopped < 10, log
+    assert max(waited) < 5
+    assert "Finished server process" in log and "Traceback" not in log, log
