@@ -199,3 +199,18 @@ async def test_graceful_shutdown_closes_connections_in_their_tls_handshake_at_on
     assert stopped < 10, log
     assert max(waited) < 5
     assert "Finished server process" in log and "Traceback" not in log, log
+
+
+async def test_every_new_tls_connection_completes_its_handshake_when_the_client_hello_comes_at_once(
+    upstream: RunningServer, issued: Issued, tmp_path: Path
+) -> None:
+    """The ClientHello often arrives with the connection: no byte of it may be read before start_tls owns the socket
+    (a handshake started a loop turn late lost it, and about one connection in six hung until the deadline)."""
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    with gateway_process(tls_gateway_config(upstream, issued), tmp_path) as gw:
+        async with httpx.AsyncClient(verify=issued.client_context(), timeout=5, limits=no_reuse) as client:
+            started = time.monotonic()
+            statuses = [(await client.get(f"https://127.0.0.1:{gw.port}/echo")).status_code for _ in range(50)]
+            took = time.monotonic() - started
+    print(f"50 new TLS connections, one request each, in {took:.2f} s")
+    assert statuses == [200] * 50
