@@ -10,8 +10,12 @@ accepts up to ``backlog`` connections per turn.
 :func:`new_event_loop` makes a uvloop loop whose plain-TCP servers do the same: when uvloop accepts a connection,
 one callback in the same turn accepts the rest of the listen queue (at most :data:`BATCH`) and hands each socket
 to ``connect_accepted_socket``, which opens it exactly as uvloop's own accept does. A turn without a new
-connection costs nothing. TLS listeners keep uvloop's own accept (their handshake is the cost there). Uvicorn
-takes the factory as its ``loop`` option (``"fastgate.serving.accept:new_event_loop"``).
+connection costs nothing. Uvicorn takes the factory as its ``loop`` option
+(``"fastgate.serving.accept:new_event_loop"``).
+
+A TLS listener (``ssl=``) is created as a plain-TCP one whose connections start their handshake themselves
+(``serving/handshake.py``): fastgate's protocol then bounds the handshake by ``server.header_timeout`` and counts the
+connection toward ``server.max_connections`` from its accept, which a loop-run handshake allows neither.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import uvloop
+
+from .handshake import tls_handshake_factory
 
 BATCH = 512  # connections accepted per listener per turn, beyond uvloop's one
 
@@ -83,13 +89,19 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 class GreedyAcceptLoop(uvloop.Loop):
-    """uvloop's loop; its plain-TCP servers accept the whole listen queue in the turn a connection arrives."""
+    """uvloop's loop; its TCP servers accept the whole listen queue in the turn a connection arrives.
+
+    Its TLS servers run each connection's handshake as :mod:`fastgate.serving.handshake` does.
+    """
 
     async def create_server(  # type: ignore[override]  # the same parameters, passed through
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
     ) -> asyncio.AbstractServer:
-        if kwargs.get("ssl") is not None:
-            return await super().create_server(protocol_factory, *args, **kwargs)
+        context = kwargs.pop("ssl", None)
+        if context is not None:
+            protocol_factory = tls_handshake_factory(self, protocol_factory, context, **kwargs)
+            kwargs.pop("ssl_handshake_timeout", None)
+            kwargs.pop("ssl_shutdown_timeout", None)
         drain = _Drain(self, protocol_factory)
         server = await super().create_server(drain.accepted, *args, **kwargs)
         drain.server = cast(asyncio.Server, server)  # uvloop's Server: is_serving() and sockets

@@ -119,6 +119,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.write_paused_since = 0.0
         self.closed = False
+        self._counted = False  # in server_state.connections before connection_made: its TLS handshake is running
         self._reading = True
         self._drain: asyncio.Future[None] | None = None
         self._cycle: RequestCycle | None = None  # the request being answered
@@ -149,15 +150,37 @@ class HttpProtocol(asyncio.Protocol):
         self.server = get_local_addr(transport)  # type: ignore[arg-type]
         self.client = get_remote_addr(transport)  # type: ignore[arg-type]
         self.scheme = "https" if is_ssl(transport) else "http"  # type: ignore[arg-type]
-        connections = self.server_state.connections
-        limit = self.limits.max_connections
-        if limit is not None and len(connections) >= limit:
-            self.sweeper.refused(limit)
-            self._refuse(Overloaded(f"over {limit} client connections in this worker"))
-            return
-        connections.add(self)  # type: ignore[arg-type]
+        if self.closed:
+            return  # shut down while its TLS handshake ran
+        if not self._counted:
+            limit = self.limits.max_connections
+            if limit is not None and len(self.server_state.connections) >= limit:
+                self.sweeper.refused(limit)
+                self._refuse(Overloaded(f"over {limit} client connections in this worker"))
+                return
+            self.server_state.connections.add(self)  # type: ignore[arg-type]
         self.sweeper.add(self)
         self._arm(_FIRST, self.limits.header_timeout)
+
+    # -- the TLS handshake (serving/handshake.py runs it when fastgate's loop serves the listener) ----------------
+
+    @property
+    def handshake_timeout(self) -> float | None:
+        """A TLS handshake is bounded by ``header_timeout``, and the request head then gets its own (as nginx)."""
+        return self.limits.header_timeout
+
+    def handshake_started(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the connection from its accept; over ``max_connections`` it is closed before any TLS work."""
+        self.transport = transport  # type: ignore[assignment]  # TCP until the handshake is done: shutdown() closes it
+        limit = self.limits.max_connections
+        if limit is not None and len(self.server_state.connections) >= limit:
+            self.sweeper.refused(limit)
+            self.closed = True
+            transport.abort()  # type: ignore[attr-defined]  # no TLS yet, so no 503 can be said
+            return False
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
+        self._counted = True
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
