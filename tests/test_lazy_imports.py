@@ -13,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from fastgate import GatewayConfig
+from fastgate.reloading import ConfigSource
 from fastgate.server import CONFIG_ENV
 
 # Needed only by a feature: tracing exporters, `transport: httpx`, a redis store, the jwt plugin.
@@ -60,8 +63,17 @@ print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m
 """
 
 
-def worker_modules(config: GatewayConfig) -> tuple[list[int], set[str]]:
+def worker_modules(
+    config: GatewayConfig, source: ConfigSource | None = None, digest: str | None = None
+) -> tuple[list[int], set[str]]:
+    """The statuses of one request to ``/x`` and the top-level packages a worker imported.
+
+    ``source`` and ``digest``: the worker was started by ``fastgate run FILE``, whose manager loaded ``config`` from
+    the file when it had that digest.
+    """
     env = {**os.environ, CONFIG_ENV: config.model_dump_json()}
+    if source is not None:
+        source.export(env, digest)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     res = subprocess.run(
@@ -77,3 +89,34 @@ def test_a_worker_without_optional_features_imports_no_optional_package() -> Non
     statuses, modules = worker_modules(GatewayConfig.single("http://127.0.0.1:9"))
     assert statuses and statuses[0] in (502, 503, 504)
     assert modules.isdisjoint(OPTIONAL_PACKAGES), sorted(modules & set(OPTIONAL_PACKAGES))
+
+
+def test_a_worker_given_its_config_never_imports_yaml() -> None:
+    _, modules = worker_modules(GatewayConfig.single("http://127.0.0.1:9"))
+    assert "yaml" not in modules
+
+
+def test_a_worker_of_an_unchanged_config_file_takes_the_managers_config_without_parsing_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    config = GatewayConfig.single("http://127.0.0.1:9")
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    source = ConfigSource(path, {})
+    statuses, modules = worker_modules(config, source, source.digest())
+    assert statuses and statuses[0] in (502, 503, 504)
+    assert "yaml" not in modules
+
+
+def test_a_worker_of_a_config_file_changed_since_the_manager_read_it_serves_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    started = GatewayConfig.single("http://127.0.0.1:9")
+    path.write_text(yaml.safe_dump(started.model_dump(mode="json")))
+    source = ConfigSource(path, {})
+    digest = source.digest()
+    changed = started.model_dump(mode="json")
+    changed["routes"] = [{"prefix": "/elsewhere", "upstream": "default"}]
+    path.write_text(yaml.safe_dump(changed))
+    statuses, modules = worker_modules(started, source, digest)
+    assert statuses == [404]  # the file's routes: /x matches none (the manager's config would answer 502)
+    assert "yaml" in modules

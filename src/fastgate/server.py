@@ -52,7 +52,7 @@ def create_app() -> Gateway:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the lifespan handles it: never die of an early one
     config = GatewayConfig.model_validate_json(os.environ[CONFIG_ENV])
     source = ConfigSource.from_environ()
-    if source is not None:
+    if source is not None and not source.unchanged_since_export():
         config = _current_file(source, config)
     apply_log_level(config.server.log_level)
     access_logger.disabled = not config.server.access_log
@@ -145,10 +145,14 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
-def run(config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False) -> None:
+def run(
+    config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False, digest: str | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM. Exits 3 when the server cannot start (port in use, say).
 
-    ``source``: the file ``config`` came from, reloaded on SIGHUP (and on change with ``watch``).
+    ``source``: the file ``config`` came from, reloaded on SIGHUP (and on change with ``watch``). ``digest``: the
+    file's :meth:`ConfigSource.digest` taken before ``config`` was loaded from it; workers starting while the file
+    still matches it use ``config`` as it is instead of reading the file again.
     """
     os.environ[CONFIG_ENV] = config.model_dump_json()
     cleanup = None
@@ -158,7 +162,7 @@ def run(config: GatewayConfig, *, source: ConfigSource | None = None, watch: boo
 
         cleanup = prepare_multiprocess_dir()
     if source is not None:
-        source.export(os.environ)
+        source.export(os.environ, digest)
     options = uvicorn_options(config)
     server_config = uvicorn.Config("fastgate.server:create_app", factory=True, **options)
     server = uvicorn.Server(server_config)
