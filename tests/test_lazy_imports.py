@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from fastgate import GatewayConfig
+from fastgate.handoff import CONFIG_PICKLE_ENV, export_validated
 from fastgate.reloading import ConfigSource
 from fastgate.server import CONFIG_ENV
 
@@ -59,29 +60,50 @@ async def main():
     return statuses
 
 statuses = asyncio.run(main())
-print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+import pydantic, fastgate.config as models
+built = sorted(name for name, model in vars(models).items()
+               if isinstance(model, type) and issubclass(model, pydantic.BaseModel) and model.__pydantic_complete__)
+print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m in sys.modules}), "built": built}))
 """
 
 
 def worker_modules(
     config: GatewayConfig, source: ConfigSource | None = None, digest: str | None = None
 ) -> tuple[list[int], set[str]]:
-    """The statuses of one request to ``/x`` and the top-level packages a worker imported.
+    statuses, modules, _ = run_worker(config, source, digest)
+    return statuses, modules
+
+
+def run_worker(
+    config: GatewayConfig,
+    source: ConfigSource | None = None,
+    digest: str | None = None,
+    handoff: bool = False,
+) -> tuple[list[int], set[str], list[str]]:
+    """The statuses of one request to ``/x``, the top-level packages a worker imported and the config models whose
+    validators it built.
 
     ``source`` and ``digest``: the worker was started by ``fastgate run FILE``, whose manager loaded ``config`` from
-    the file when it had that digest.
+    the file when it had that digest. ``handoff``: the manager exports its validated ``config`` as with
+    ``--workers N``.
     """
     env = {**os.environ, CONFIG_ENV: config.model_dump_json()}
+    env.pop(CONFIG_PICKLE_ENV, None)
     if source is not None:
         source.export(env, digest)
+    remove = export_validated(config, env) if handoff else None
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    res = subprocess.run(
-        [sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        if remove is not None:
+            remove()
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    return out["statuses"], set(out["modules"])
+    return out["statuses"], set(out["modules"]), out["built"]
 
 
 def test_a_worker_without_optional_features_imports_no_optional_package() -> None:
@@ -120,3 +142,14 @@ def test_a_worker_of_a_config_file_changed_since_the_manager_read_it_serves_the_
     statuses, modules = worker_modules(started, source, digest)
     assert statuses == [404]  # the file's routes: /x matches none (the manager's config would answer 502)
     assert "yaml" in modules
+
+
+def test_a_worker_handed_the_managers_validated_config_builds_no_config_validator() -> None:
+    statuses, _, built = run_worker(GatewayConfig.single("http://127.0.0.1:9"), handoff=True)
+    assert statuses and statuses[0] in (502, 503, 504)
+    assert built == []
+
+
+def test_a_worker_without_the_handoff_validates_the_json_config() -> None:
+    _, _, built = run_worker(GatewayConfig.single("http://127.0.0.1:9"))
+    assert "GatewayConfig" in built

@@ -33,6 +33,7 @@ from .admin.app import MANAGER_PID_ENV
 from .app import Gateway
 from .config import GatewayConfig
 from .exceptions import ConfigError
+from .handoff import export_validated, import_validated
 from .observability.logging import access_logger, apply_log_level, error_logger, logging_config
 from .reloading import ConfigSource, check_reloadable
 from .serving import tls
@@ -50,7 +51,7 @@ def create_app() -> Gateway:
     """Uvicorn's app factory, run in each worker process."""
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the lifespan handles it: never die of an early one
-    config = GatewayConfig.model_validate_json(os.environ[CONFIG_ENV])
+    config = import_validated() or GatewayConfig.model_validate_json(os.environ[CONFIG_ENV])
     source = ConfigSource.from_environ()
     if source is not None and not source.unchanged_since_export():
         config = _current_file(source, config)
@@ -156,6 +157,7 @@ def run(
     """
     os.environ[CONFIG_ENV] = config.model_dump_json()
     cleanup = None
+    remove_handoff = None
     if config.server.workers > 1 and config.metrics.enabled:
         # Before the workers start: they inherit PROMETHEUS_MULTIPROC_DIR, so one scrape sees every worker.
         from .observability.metrics import prepare_multiprocess_dir
@@ -170,6 +172,7 @@ def run(
     try:
         if server_config.workers > 1:
             os.environ[MANAGER_PID_ENV] = str(os.getpid())
+            remove_handoff = export_validated(config, os.environ)  # workers skip validating it again
             sock = server_config.bind_socket()
             Supervisor(server_config, sockets=[sock]).run()
         else:
@@ -183,6 +186,8 @@ def run(
             stop_watching()
         if cleanup is not None:
             cleanup()
+        if remove_handoff is not None:
+            remove_handoff()
     if not server.started and server_config.workers == 1:
         sys.exit(STARTUP_FAILURE)
 
