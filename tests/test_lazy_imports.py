@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -63,15 +64,16 @@ statuses = asyncio.run(main())
 import pydantic, fastgate.config as models
 built = sorted(name for name, model in vars(models).items()
                if isinstance(model, type) and issubclass(model, pydantic.BaseModel) and model.__pydantic_complete__)
-print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m in sys.modules}), "built": built}))
+print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m in sys.modules}), "built": built,
+                  "ws_client": "websockets.asyncio.client" in sys.modules}))
 """
 
 
 def worker_modules(
     config: GatewayConfig, source: ConfigSource | None = None, digest: str | None = None
 ) -> tuple[list[int], set[str]]:
-    statuses, modules, _ = run_worker(config, source, digest)
-    return statuses, modules
+    out = run_worker(config, source, digest)
+    return out["statuses"], set(out["modules"])
 
 
 def run_worker(
@@ -79,9 +81,9 @@ def run_worker(
     source: ConfigSource | None = None,
     digest: str | None = None,
     handoff: bool = False,
-) -> tuple[list[int], set[str], list[str]]:
-    """The statuses of one request to ``/x``, the top-level packages a worker imported and the config models whose
-    validators it built.
+) -> dict[str, Any]:
+    """What a worker did: ``statuses`` of one request to ``/x``, the top-level packages it imported (``modules``),
+    the config models whose validators it built (``built``), and whether it loaded the WebSocket client.
 
     ``source`` and ``digest``: the worker was started by ``fastgate run FILE``, whose manager loaded ``config`` from
     the file when it had that digest. ``handoff``: the manager exports its validated ``config`` as with
@@ -102,8 +104,8 @@ def run_worker(
         if remove is not None:
             remove()
     assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    return out["statuses"], set(out["modules"]), out["built"]
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
 
 
 def test_a_worker_without_optional_features_imports_no_optional_package() -> None:
@@ -145,11 +147,14 @@ def test_a_worker_of_a_config_file_changed_since_the_manager_read_it_serves_the_
 
 
 def test_a_worker_handed_the_managers_validated_config_builds_no_config_validator() -> None:
-    statuses, _, built = run_worker(GatewayConfig.single("http://127.0.0.1:9"), handoff=True)
-    assert statuses and statuses[0] in (502, 503, 504)
-    assert built == []
+    out = run_worker(GatewayConfig.single("http://127.0.0.1:9"), handoff=True)
+    assert out["statuses"] and out["statuses"][0] in (502, 503, 504)
+    assert out["built"] == []
 
 
 def test_a_worker_without_the_handoff_validates_the_json_config() -> None:
-    _, _, built = run_worker(GatewayConfig.single("http://127.0.0.1:9"))
-    assert "GatewayConfig" in built
+    assert "GatewayConfig" in run_worker(GatewayConfig.single("http://127.0.0.1:9"))["built"]
+
+
+def test_a_worker_that_proxied_no_websocket_has_not_imported_the_websocket_client() -> None:
+    assert run_worker(GatewayConfig.single("http://127.0.0.1:9"))["ws_client"] is False
