@@ -38,3 +38,12 @@ def test_a_handoff_holding_something_else_than_a_gateway_config_is_ignored(tmp_p
         assert import_validated(environ) is None
     finally:
         remove()
+
+
+def test_a_config_that_cannot_be_pickled_is_not_handed_off() -> None:
+    # model_copy does not validate: a field holding a lambda stands for a library user's own unpicklable object.
+    config = GatewayConfig.single("http://127.0.0.1:9").model_copy(update={"admin": lambda: None})
+    environ: dict[str, str] = {}
+    remove = export_validated(config, environ)
+    assert CONFIG_PICKLE_ENV not in environ
+    remove()

@@ -22,17 +22,26 @@ CONFIG_PICKLE_ENV = "FASTGATE_CONFIG_PICKLE"
 
 
 def export_validated(config: GatewayConfig, environ: MutableMapping[str, str]) -> Callable[[], None]:
-    """Write ``config`` for the workers and name it in ``environ``; returns the function that removes it."""
+    """Write ``config`` for the workers and name it in ``environ``; returns the function that removes it.
+
+    A config that cannot be pickled (plugin options holding objects of a library user's own, say) is not handed
+    off: the workers validate the JSON form as before.
+    """
     fd, name = tempfile.mkstemp(prefix="fastgate-config-", suffix=".pickle")  # mode 0600
-    with os.fdopen(fd, "wb") as file:
-        pickle.dump(config, file, protocol=pickle.HIGHEST_PROTOCOL)
-    environ[CONFIG_PICKLE_ENV] = name
 
     def remove() -> None:
-        environ.pop(CONFIG_PICKLE_ENV, None)
+        if environ.get(CONFIG_PICKLE_ENV) == name:
+            del environ[CONFIG_PICKLE_ENV]
         with suppress(OSError):
             os.unlink(name)
 
+    try:
+        with os.fdopen(fd, "wb") as file:
+            pickle.dump(config, file, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # unpicklable: no handoff
+        remove()
+        return remove
+    environ[CONFIG_PICKLE_ENV] = name
     return remove
 
 
