@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -24,18 +25,20 @@ from pathlib import Path
 
 MB = 1_000_000
 LOADS = (("S1", "/256b", 64, 2.0), ("S4", "/1m", 16, 5.0), ("S2", "/64m", 4, 10.0))
-# Imported by a worker only when the feature that needs them is configured.
-OPTIONAL = ("httpx", "opentelemetry", "redis", "prometheus_client", "jwt", "cryptography")
+# Imported by a worker only when the feature that needs them is configured (yaml: only to read a YAML file, which
+# a worker given its config by the manager never does; websockets' asyncio client: on the first WebSocket).
+OPTIONAL = ("httpx", "opentelemetry", "redis", "jwt", "cryptography", "yaml", "websockets.asyncio.client")
 STEPS = (
     "asyncio",  # with ssl, which asyncio.base_events imports (OpenSSL's libraries)
     "uvloop",
     "httptools",
     "uvicorn",  # with click, multiprocessing and watchfiles (uvicorn.main imports them)
+    "prometheus_client",  # metrics are on by default
+    "websockets.server",  # Uvicorn's WebSocket protocol
     "pydantic",
     "pydantic.main",
-    "yaml",
-    "websockets.asyncio.client",
-    "fastgate.config",  # building the config models' validators
+    "fastgate.config",  # the config model classes (validators are built on first use: defer_build)
+    "fastgate.app",  # the rest of fastgate a worker runs
     "fastgate.server",
 )
 
@@ -63,15 +66,21 @@ def measure_process(args: argparse.Namespace) -> None:
         if args.config:
             argv = [*harness.fastgate_prefix(), "run", str(args.config)]
         else:
-            argv, _ = harness.proxy_command("fastgate", port, upstream, root, 64)
+            name = "fastgate-w2" if args.workers2 else "fastgate"
+            argv, _ = harness.proxy_command(name, port, upstream, root, 64)
         proc = procs.start("fastgate", argv, harness.PROXY_CPU)
         base = f"http://127.0.0.1:{args.port or port}"
         harness.wait_ready(base + "/256b", proc)
-        st = _status(proc.pid)
-        print(
-            f"idle RSS: {harness.tree_rss_bytes(proc.pid) / MB:.1f} MB "
-            f"(anonymous {st['RssAnon']:.1f}, file-backed {st['RssFile']:.1f})"
-        )
+        if args.workers2:
+            _wait_for_workers(base + "/256b", proc.pid, 2)
+        for pid in harness._tree(proc.pid):
+            st = _status(pid)
+            role = "worker" if pid == proc.pid and not args.workers2 else _role(pid)
+            print(
+                f"idle RSS of {role} {pid}: {st['VmRSS']:.1f} MB "
+                f"(anonymous {st['RssAnon']:.1f}, file-backed {st['RssFile']:.1f})"
+            )
+        print(f"idle RSS of the process tree: {harness.tree_rss_bytes(proc.pid) / MB:.1f} MB")
         for name, path, conns, timeout in LOADS:
             res = harness.run_wrk(base + path, conns, args.duration, timeout, 0, proc.pid)
             errs = sum(res.errors.values())
@@ -84,8 +93,41 @@ def measure_process(args: argparse.Namespace) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _role(pid: int) -> str:
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    if b"resource_tracker" in cmdline:
+        return "multiprocessing's resource tracker"
+    return "worker" if b"multiprocessing" in cmdline else "manager"
+
+
+def _wait_for_workers(url: str, pid: int, workers: int) -> None:
+    """Until ``workers`` workers run and their RSS has settled (each has built its gateway and served)."""
+    import time
+    import urllib.request
+
+    import harness
+
+    deadline, last = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        for _ in range(4 * workers):
+            urllib.request.urlopen(url, timeout=5).read()
+        sizes = [round(_status(p)["VmRSS"]) for p in harness._tree(pid) if _role(p) == "worker"]
+        if len(sizes) >= workers and sizes == last:
+            return
+        last = sizes
+        time.sleep(0.5)
+
+
 def import_steps() -> None:
     print("\nwhat a worker's imports add (this process, in order):")
+    # fastgate/__init__.py imports the whole package: a bare package object lets each step import only its modules.
+    import types
+
+    spec = importlib.util.find_spec("fastgate")  # finds the package without running it
+    assert spec is not None and spec.submodule_search_locations is not None
+    package = types.ModuleType("fastgate")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["fastgate"] = package
     prev = _status()
     print(f"  {'interpreter':28s} {prev['VmRSS']:5.1f} MB")
     for module in STEPS:
@@ -105,6 +147,7 @@ def import_steps() -> None:
     create_app()
     now = _status()
     print(f"  {'create_app()':28s} +{now['VmRSS'] - prev['VmRSS']:4.1f} MB; total {now['VmRSS']:.1f} MB")
+    print("  (create_app() validates the JSON config here; a --workers N worker unpickles the manager's: ~0 MB)")
     loaded = [m for m in OPTIONAL if m in sys.modules]
     print(f"optional packages loaded without their feature: {', '.join(loaded) or 'none'}")
 
@@ -115,6 +158,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="run this config (`fastgate run`) instead of `fastgate proxy`")
     parser.add_argument("--port", type=int, help="the port CONFIG listens on (with --config)")
     parser.add_argument("--imports-only", action="store_true", help="skip the process and loads")
+    parser.add_argument("--workers2", action="store_true", help="`fastgate proxy --workers 2`: each process's RSS")
     args = parser.parse_args()
     if args.imports_only:
         import_steps()

@@ -12,8 +12,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from fastgate import GatewayConfig
+from fastgate.handoff import CONFIG_PICKLE_ENV, export_validated
+from fastgate.reloading import ConfigSource
 from fastgate.server import CONFIG_ENV
 
 # Needed only by a feature: tracing exporters, `transport: httpx`, a redis store, the jwt plugin.
@@ -56,20 +61,51 @@ async def main():
     return statuses
 
 statuses = asyncio.run(main())
-print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+import pydantic, fastgate.config as models
+built = sorted(name for name, model in vars(models).items()
+               if isinstance(model, type) and issubclass(model, pydantic.BaseModel) and model.__pydantic_complete__)
+print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m in sys.modules}), "built": built,
+                  "ws_client": "websockets.asyncio.client" in sys.modules}))
 """
 
 
-def worker_modules(config: GatewayConfig) -> tuple[list[int], set[str]]:
+def worker_modules(
+    config: GatewayConfig, source: ConfigSource | None = None, digest: str | None = None
+) -> tuple[list[int], set[str]]:
+    out = run_worker(config, source, digest)
+    return out["statuses"], set(out["modules"])
+
+
+def run_worker(
+    config: GatewayConfig,
+    source: ConfigSource | None = None,
+    digest: str | None = None,
+    handoff: bool = False,
+) -> dict[str, Any]:
+    """What a worker did: ``statuses`` of one request to ``/x``, the top-level packages it imported (``modules``),
+    the config models whose validators it built (``built``), and whether it loaded the WebSocket client.
+
+    ``source`` and ``digest``: the worker was started by ``fastgate run FILE``, whose manager loaded ``config`` from
+    the file when it had that digest. ``handoff``: the manager exports its validated ``config`` as with
+    ``--workers N``.
+    """
     env = {**os.environ, CONFIG_ENV: config.model_dump_json()}
+    env.pop(CONFIG_PICKLE_ENV, None)
+    if source is not None:
+        source.export(env, digest)
+    remove = export_validated(config, env) if handoff else None
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    res = subprocess.run(
-        [sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        if remove is not None:
+            remove()
     assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    return out["statuses"], set(out["modules"])
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
 
 
 def test_a_worker_without_optional_features_imports_no_optional_package() -> None:
@@ -77,3 +113,48 @@ def test_a_worker_without_optional_features_imports_no_optional_package() -> Non
     statuses, modules = worker_modules(GatewayConfig.single("http://127.0.0.1:9"))
     assert statuses and statuses[0] in (502, 503, 504)
     assert modules.isdisjoint(OPTIONAL_PACKAGES), sorted(modules & set(OPTIONAL_PACKAGES))
+
+
+def test_a_worker_given_its_config_never_imports_yaml() -> None:
+    _, modules = worker_modules(GatewayConfig.single("http://127.0.0.1:9"))
+    assert "yaml" not in modules
+
+
+def test_a_worker_of_an_unchanged_config_file_takes_the_managers_config_without_parsing_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    config = GatewayConfig.single("http://127.0.0.1:9")
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    source = ConfigSource(path, {})
+    statuses, modules = worker_modules(config, source, source.digest())
+    assert statuses and statuses[0] in (502, 503, 504)
+    assert "yaml" not in modules
+
+
+def test_a_worker_of_a_config_file_changed_since_the_manager_read_it_serves_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    started = GatewayConfig.single("http://127.0.0.1:9")
+    path.write_text(yaml.safe_dump(started.model_dump(mode="json")))
+    source = ConfigSource(path, {})
+    digest = source.digest()
+    changed = started.model_dump(mode="json")
+    changed["routes"] = [{"prefix": "/elsewhere", "upstream": "default"}]
+    path.write_text(yaml.safe_dump(changed))
+    statuses, modules = worker_modules(started, source, digest)
+    assert statuses == [404]  # the file's routes: /x matches none (the manager's config would answer 502)
+    assert "yaml" in modules
+
+
+def test_a_worker_handed_the_managers_validated_config_builds_no_config_validator() -> None:
+    out = run_worker(GatewayConfig.single("http://127.0.0.1:9"), handoff=True)
+    assert out["statuses"] and out["statuses"][0] in (502, 503, 504)
+    assert out["built"] == []
+
+
+def test_a_worker_without_the_handoff_validates_the_json_config() -> None:
+    assert "GatewayConfig" in run_worker(GatewayConfig.single("http://127.0.0.1:9"))["built"]
+
+
+def test_a_worker_that_proxied_no_websocket_has_not_imported_the_websocket_client() -> None:
+    assert run_worker(GatewayConfig.single("http://127.0.0.1:9"))["ws_client"] is False

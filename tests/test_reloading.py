@@ -109,3 +109,20 @@ def test_turning_tls_on_is_refused_but_new_certificate_files_may_come(tmp_path: 
         check_reloadable(config(), config(server={"tls": pairs[0]}))
     assert info.value.detail.startswith("server.tls: turning TLS on or off cannot happen without a restart")
     assert restart_only_changes(config(server={"tls": pairs[0]}), config(server={"tls": pairs[1]})) == []
+
+
+def test_a_config_source_is_unchanged_since_export_only_while_the_file_matches_the_exported_digest(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("a: 1\n")
+    source = ConfigSource(path, {})
+    environ: dict[str, str] = {}
+    source.export(environ)
+    assert not source.unchanged_since_export(environ)  # no digest exported: always read the file
+    source.export(environ, source.digest())
+    assert source.unchanged_since_export(environ)
+    path.write_text("a: 2\n")
+    assert not source.unchanged_since_export(environ)
+    path.unlink()
+    assert source.digest() is None and not source.unchanged_since_export(environ)

@@ -200,13 +200,14 @@ def run(config_file: str, watch: bool, **overrides: Any) -> None:
     """Serve the gateway described by CONFIG_FILE (YAML or JSON); SIGHUP reloads it."""
     _import_from_cwd()
     source = ConfigSource(Path(config_file), _server_overrides(**overrides))
+    digest = source.digest()  # before loading: a change in between makes workers read the file anew
     try:
         config = source.load()
         for index, route in enumerate(config.routes):
             route_plugins(route, index)  # a plugin rejecting its options: exit 2 here, not a traceback per worker
     except ConfigError as exc:
         _fail(exc)
-    _serve(config, source=source, watch=watch)
+    _serve(config, source=source, watch=watch, digest=digest)
 
 
 @main.command()
@@ -228,7 +229,9 @@ def check(config_file: str) -> None:
     click.echo(f"{config_file}: ok ({len(config.upstreams)} upstreams, {len(config.routes)} routes)")
 
 
-def _serve(config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False) -> None:
+def _serve(
+    config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False, digest: str | None = None
+) -> None:
     from .server import run as run_server
 
-    run_server(config, source=source, watch=watch)
+    run_server(config, source=source, watch=watch, digest=digest)

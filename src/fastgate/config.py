@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -36,7 +35,7 @@ from .proxy.paths import PathAboveRoot, normalize_path
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Timeouts(_Model):
@@ -328,7 +327,7 @@ class RetryPolicy(_Model):
     max_retries: int = Field(1, ge=0)
     retry_on: tuple[RetryOn, ...] = ("connect_error",)
     per_try_timeout: float | None = Field(None, gt=0)
-    backoff: Backoff = Backoff()
+    backoff: Backoff = Field(default_factory=Backoff)
     budget_percent: float = Field(20.0, ge=0, le=100)
     min_retry_concurrency: int = Field(3, ge=0)
     non_idempotent: bool = False
@@ -371,9 +370,9 @@ class UpstreamConfig(_Model):
     hash_on: str | None = None
     health_check: HealthCheck | None = None
     outlier_detection: OutlierDetection | None = None
-    retries: RetryPolicy = RetryPolicy()
-    timeouts: Timeouts = Timeouts()
-    limits: PoolLimits = PoolLimits()
+    retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    limits: PoolLimits = Field(default_factory=PoolLimits)
     circuit_breaker: CircuitBreakerConfig | None = None
     transport: Literal["fastgate", "httpx"] = "fastgate"
     ca_file: str | None = None
@@ -382,7 +381,7 @@ class UpstreamConfig(_Model):
     # The response head (status line, headers, interim 1xx responses) may not grow past this: an upstream that
     # streams header lines would otherwise grow the process until the read timeout. Then 502, as nginx does.
     max_response_header_bytes: int = Field(65536, ge=1024)
-    websocket: WebSocketOptions = WebSocketOptions()
+    websocket: WebSocketOptions = Field(default_factory=WebSocketOptions)
 
     @field_validator("ca_file")
     @classmethod
@@ -740,9 +739,9 @@ class RouteConfig(_Model):
     upstream: str
     strip_prefix: bool = False
     rewrite: Rewrite | None = None
-    request_headers: HeaderRules = HeaderRules()
-    response_headers: HeaderRules = HeaderRules()
-    timeouts: RouteTimeouts = RouteTimeouts()
+    request_headers: HeaderRules = Field(default_factory=HeaderRules)
+    response_headers: HeaderRules = Field(default_factory=HeaderRules)
+    timeouts: RouteTimeouts = Field(default_factory=RouteTimeouts)
     retries: RetryPolicy | None = None
     plugins: tuple[Annotated[PluginSpec, BeforeValidator(_plugin_entry)], ...] = ()
     priority: int = 0
@@ -880,7 +879,7 @@ class ServerConfig(_Model):
     header_timeout: float | None = Field(10.0, gt=0)
     keepalive_timeout: float | None = Field(75.0, gt=0)
     send_timeout: float | None = Field(60.0, gt=0)
-    min_request_body_rate: BodyRate | None = BodyRate()
+    min_request_body_rate: BodyRate | None = Field(default_factory=BodyRate)
     max_requests_per_connection: int | None = Field(1000, ge=1)
     max_connections: int | None = Field(10000, ge=1)
     underscores_in_headers: bool = False
@@ -965,10 +964,10 @@ class AdminConfig(_Model):
 class GatewayConfig(_Model):
     """A whole gateway: server settings, named upstreams and the routes to them."""
 
-    server: ServerConfig = ServerConfig()
+    server: ServerConfig = Field(default_factory=ServerConfig)
     upstreams: dict[str, UpstreamConfig]
     routes: list[RouteConfig]
-    metrics: MetricsConfig = MetricsConfig()
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     tracing: TracingConfig | None = None
     redis: RedisConfig | None = None
     admin: AdminConfig | None = None
@@ -1041,10 +1040,18 @@ def load_config(path: str | Path) -> GatewayConfig:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    else:
+        import yaml  # here only: a process that never reads a YAML file (a `fastgate proxy` worker) never loads it
+
+        try:
+            data = yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return build_config(data)

@@ -11,6 +11,7 @@ server overrides applied again, so a reload sees what a restart would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from .exceptions import ConfigError
 # The file a worker reloads, and the command line's server overrides (JSON), passed from the manager.
 CONFIG_FILE_ENV = "FASTGATE_CONFIG_FILE"
 CONFIG_OVERRIDES_ENV = "FASTGATE_CONFIG_OVERRIDES"
+# The file's digest as the manager read it: a worker starting while the file is unchanged takes the manager's
+# validated config and never parses the file (nor imports yaml: ~0.8 MB per worker, docs/performance.md).
+CONFIG_DIGEST_ENV = "FASTGATE_CONFIG_DIGEST"
 
 # Keys Uvicorn or the listening socket read once at start: a reload that changes one is refused, never ignored.
 RESTART_ONLY_SERVER_KEYS = (
@@ -128,10 +132,30 @@ class ConfigSource:
         """Read and validate the file now (:class:`ConfigError` naming the key when it is wrong)."""
         return apply_overrides(load_config(self.path), self.overrides)
 
-    def export(self, environ: Any) -> None:
-        """Pass this source on to worker processes through ``environ``."""
+    def digest(self) -> str | None:
+        """The file's content digest now; ``None`` when it cannot be read."""
+        try:
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def export(self, environ: Any, digest: str | None = None) -> None:
+        """Pass this source on to worker processes through ``environ``.
+
+        ``digest``: :meth:`digest` taken *before* the config the workers receive was loaded, so that a file
+        changed in between never matches it (the worker then reads the file anew).
+        """
         environ[CONFIG_FILE_ENV] = str(self.path.resolve())
         environ[CONFIG_OVERRIDES_ENV] = json.dumps(self.overrides)
+        if digest is not None:
+            environ[CONFIG_DIGEST_ENV] = digest
+        else:
+            environ.pop(CONFIG_DIGEST_ENV, None)
+
+    def unchanged_since_export(self, environ: Any = None) -> bool:
+        """Whether the file still holds what the exported config was loaded from."""
+        exported = (os.environ if environ is None else environ).get(CONFIG_DIGEST_ENV)
+        return exported is not None and exported == self.digest()
 
     @classmethod
     def from_environ(cls, environ: Any = None) -> ConfigSource | None:

@@ -33,6 +33,7 @@ from .admin.app import MANAGER_PID_ENV
 from .app import Gateway
 from .config import GatewayConfig
 from .exceptions import ConfigError
+from .handoff import export_validated, import_validated
 from .observability.logging import access_logger, apply_log_level, error_logger, logging_config
 from .reloading import ConfigSource, check_reloadable
 from .serving import tls
@@ -50,9 +51,9 @@ def create_app() -> Gateway:
     """Uvicorn's app factory, run in each worker process."""
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the lifespan handles it: never die of an early one
-    config = GatewayConfig.model_validate_json(os.environ[CONFIG_ENV])
+    config = import_validated() or GatewayConfig.model_validate_json(os.environ[CONFIG_ENV])
     source = ConfigSource.from_environ()
-    if source is not None:
+    if source is not None and not source.unchanged_since_export():
         config = _current_file(source, config)
     apply_log_level(config.server.log_level)
     access_logger.disabled = not config.server.access_log
@@ -145,20 +146,25 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
-def run(config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False) -> None:
+def run(
+    config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False, digest: str | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM. Exits 3 when the server cannot start (port in use, say).
 
-    ``source``: the file ``config`` came from, reloaded on SIGHUP (and on change with ``watch``).
+    ``source``: the file ``config`` came from, reloaded on SIGHUP (and on change with ``watch``). ``digest``: the
+    file's :meth:`ConfigSource.digest` taken before ``config`` was loaded from it; workers starting while the file
+    still matches it use ``config`` as it is instead of reading the file again.
     """
     os.environ[CONFIG_ENV] = config.model_dump_json()
     cleanup = None
+    remove_handoff = None
     if config.server.workers > 1 and config.metrics.enabled:
         # Before the workers start: they inherit PROMETHEUS_MULTIPROC_DIR, so one scrape sees every worker.
         from .observability.metrics import prepare_multiprocess_dir
 
         cleanup = prepare_multiprocess_dir()
     if source is not None:
-        source.export(os.environ)
+        source.export(os.environ, digest)
     options = uvicorn_options(config)
     server_config = uvicorn.Config("fastgate.server:create_app", factory=True, **options)
     server = uvicorn.Server(server_config)
@@ -166,6 +172,7 @@ def run(config: GatewayConfig, *, source: ConfigSource | None = None, watch: boo
     try:
         if server_config.workers > 1:
             os.environ[MANAGER_PID_ENV] = str(os.getpid())
+            remove_handoff = export_validated(config, os.environ)  # workers skip validating it again
             sock = server_config.bind_socket()
             Supervisor(server_config, sockets=[sock]).run()
         else:
@@ -179,6 +186,8 @@ def run(config: GatewayConfig, *, source: ConfigSource | None = None, watch: boo
             stop_watching()
         if cleanup is not None:
             cleanup()
+        if remove_handoff is not None:
+            remove_handoff()
     if not server.started and server_config.workers == 1:
         sys.exit(STARTUP_FAILURE)
 

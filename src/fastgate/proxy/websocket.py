@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 from starlette.exceptions import WebSocketException
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .._types import Headers, Message, Receive, Scope, Send
@@ -52,9 +51,11 @@ from ..observability.record import ExchangeRecord
 from ..plugins.base import Answer, HeaderList, RequestContext
 from ..plugins.chain import PluginChain, PluginError
 from ..upstream.tls import client_context
-from ..upstream.websocket import WebSocketTarget, dial, dial_cluster
+from ..upstream.ws_target import WebSocketTarget
 
 if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
     from ..upstream.cluster import Cluster
 from .errors import error_response
 from .headers import HeaderRules, response_headers
@@ -270,6 +271,9 @@ async def forward_websocket(
                     note = note or f"answered by {answered[0]}"
                     return
                 target, headers = context.target, context.headers.raw
+            # Here, not at import: a worker that never proxies a WebSocket never loads websockets' asyncio client.
+            from ..upstream.websocket import dial, dial_cluster
+
             if options.cluster is not None:
                 upstream = await dial_cluster(
                     options.cluster,

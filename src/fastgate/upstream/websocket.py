@@ -17,9 +17,8 @@ the upstream's answer and goes back to the client like any refusal.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -39,30 +38,10 @@ from ..exceptions import (
     UpstreamTimeout,
 )
 from .transport import UpstreamRequest
+from .ws_target import WebSocketTarget
 
 if TYPE_CHECKING:
     from .cluster import Cluster
-
-
-@dataclass(frozen=True, slots=True)
-class WebSocketTarget:
-    """Where one upstream's WebSockets are dialed, and the limits of that hop.
-
-    >>> WebSocketTarget("api", "127.0.0.1", 9000, connect_timeout=2.0, ping_interval=None)
-    WebSocketTarget(name='api', host='127.0.0.1', port=9000, tls=None, connect_timeout=2.0, ...)
-    """
-
-    name: str
-    host: str
-    port: int
-    # Built once per upstream (``tls.client_context``), never per dial: loading the CA bundle costs tens of
-    # milliseconds of CPU on the event loop. None: plain ``ws://``.
-    tls: ssl.SSLContext | None = None
-    connect_timeout: float | None = 5.0
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    close_timeout: float = 5.0
-    max_message_size: int | None = 16 * 1024 * 1024
 
 
 class _HandshakeProtocol(FastgateClientProtocol):
