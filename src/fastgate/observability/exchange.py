@@ -97,7 +97,7 @@ class Observability:
             # record comes from the logger's ``makeRecord`` (so a custom record factory still applies) and goes to
             # its handlers. The same line comes out of every handler.
             line = self.format_access(record)
-            access_logger.handle(access_logger.makeRecord(_ACCESS, logging.INFO, __file__, 0, line, None, None))
+            access_logger.handle(access_logger.makeRecord(_ACCESS, logging.INFO, __file__, 0, line, (), None))
 
     def websocket_opened(self, upstream: str) -> None:
         if self.metrics is not None:
