@@ -143,3 +143,42 @@ def test_access_line_handler_writes_what_the_formatter_writes() -> None:
 
         record = logging.LogRecord("fastgate.access", logging.ERROR, __file__, 0, "line", (), sys.exc_info())
     assert "ValueError: boom" in handler.format(record)
+
+
+def test_access_line_handler_writes_one_turns_lines_at_once_and_outside_a_loop_each_line() -> None:
+    import asyncio
+    import io
+    import logging
+
+    from fastgate.observability.logging import AccessLineHandler
+
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Stream()
+    handler = AccessLineHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def line(text: str) -> logging.LogRecord:
+        return logging.LogRecord("fastgate.access", logging.INFO, __file__, 0, text, (), None)
+
+    handler.handle(line("outside"))  # no running loop: written at once
+    assert (stream.getvalue(), stream.writes) == ("outside\n", 1)
+
+    async def turns() -> None:
+        for i in range(3):
+            handler.handle(line(f"a{i}"))
+        assert stream.getvalue() == "outside\n"  # still this turn: queued
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert stream.getvalue() == "outside\na0\na1\na2\n"
+        assert stream.writes == 2  # the turn's three lines in one write
+        handler.handle(line("last"))  # the loop ends before its turn is over: flush() (logging.shutdown) writes it
+
+    asyncio.run(turns())
+    handler.flush()
+    assert stream.getvalue().endswith("a2\nlast\n")

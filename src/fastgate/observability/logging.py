@@ -13,6 +13,7 @@ debug``, and a ``--log-config`` of your own sees them as Uvicorn writes them.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import time
@@ -63,7 +64,8 @@ class WebSocketNoiseFilter(logging.Filter):
 
 
 class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The default access-log handler: a ``StreamHandler`` that dates lines once a second, not once a line.
+    """The default access-log handler: a ``StreamHandler`` that dates lines once a second, not once a line, and
+    writes once per turn of the event loop, not once a line.
 
     With a formatter that writes ``%(asctime)s %(message)s`` in the default date format (the default configuration's
     text access line), each line is the date of its second, formatted once, the milliseconds and the message:
@@ -74,6 +76,46 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     _dated: logging.Formatter | None = None
     _second = -1
     _date = ""
+    _pending: list[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the line; the lines of one turn of the event loop leave in one ``write`` when the turn ends.
+
+        A turn of a busy proxy's loop finishes many exchanges, and with an unbuffered stdout (``PYTHONUNBUFFERED``,
+        as containers set it) each line was a system call of its own. Outside a running loop a line is written at
+        once; ``flush`` (``logging.shutdown`` at exit) writes what a last turn left.
+        """
+        try:
+            line = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        pending = self._pending
+        if pending is not None:
+            pending.append(line)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._pending = [line]
+            self.flush()
+            return
+        self._pending = [line]
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            pending, self._pending = self._pending, None
+            if pending:
+                self.stream.write("".join(pending))
+        except Exception:
+            self.handleError(logging.makeLogRecord({"name": "fastgate.access", "msg": "".join(pending or ())}))
+        finally:
+            self.release()
+        super().flush()
 
     def setFormatter(self, fmt: logging.Formatter | None) -> None:
         super().setFormatter(fmt)
