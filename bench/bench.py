@@ -123,7 +123,8 @@ class Bench:
                     proxy, port, self.upstream, self.root, self.args.nginx_buffer_kib, self.extras
                 )
                 proc = self.procs.start(proxy, argv, cpus)
-                harness.wait_ready(f"http://127.0.0.1:{port}/256b", proc)
+                arm_headers = features.wrk_headers(proxy.removeprefix("fastgate-"), self.extras)
+                harness.wait_ready(f"http://127.0.0.1:{port}/256b", proc, headers=arm_headers)
                 rss_pid = proc.pid
                 idle = harness.tree_rss_bytes(proc.pid) / MB
             url = f"http://127.0.0.1:{port}{sc.path}"

@@ -97,7 +97,10 @@ def feature_config(arm: str, port: int, upstream: int, second: int, extras: Extr
     route: dict[str, Any] = {"prefix": "/", "upstream": "api"}
     config: dict[str, Any] = {"server": server, "upstreams": {"api": {"url": url}}, "routes": [route]}
     if arm == "full":
+        # fastgate's default access line (text, to stdout: the run's log file). The access logger follows
+        # log_level, so "warning" would silently drop every line: "info" is what a default deployment runs.
         server["access_log"] = True
+        server["log_level"] = "info"
         config["upstreams"] = {
             "api": {"targets": [{"url": url}, {"url": f"http://127.0.0.1:{second}"}], "balancer": "round_robin"}
         }

@@ -172,14 +172,16 @@ class Procs:
         return " | ".join(text.strip().splitlines()[-lines:])
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0, headers: tuple[str, ...] = ()) -> None:
+    """Poll ``url`` until it answers 200; ``headers`` ("Name: value", as wrk takes them) go on every probe."""
     deadline = time.monotonic() + timeout
     last = ""
+    request = urllib.request.Request(url, headers=dict(header.split(": ", 1) for header in headers))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with code {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 resp.read()
                 if resp.status == 200:
                     return

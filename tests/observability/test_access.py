@@ -113,3 +113,72 @@ def test_json_access_lines_are_logged_without_a_prefix() -> None:
     assert logging_config("text") is LOGGING_CONFIG
     assert logging_config("json")["formatters"]["access"] == {"format": "%(message)s"}
     assert LOGGING_CONFIG["formatters"]["access"] == {"format": "%(asctime)s %(message)s"}  # left as it was
+
+
+def test_access_line_handler_writes_what_the_formatter_writes() -> None:
+    """The default handler dates lines once a second; every line is still the formatter's own, character for
+    character, across second boundaries, and any other formatter (JSON's ``%(message)s``) is used as it is."""
+    import io
+    import logging
+
+    from fastgate.observability.logging import AccessLineHandler
+
+    for fmt in ("%(asctime)s %(message)s", "%(message)s", "%(levelname)s %(asctime)s %(message)s"):
+        formatter = logging.Formatter(fmt)
+        handler = AccessLineHandler(io.StringIO())
+        handler.setFormatter(formatter)
+        for created in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_700_000_001.0005, 1_700_003_600.25):
+            record = logging.LogRecord(
+                "fastgate.access", logging.INFO, __file__, 0, 'a - "GET / HTTP/1.1" 200', (), None
+            )
+            record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+            assert handler.format(record) == formatter.format(record)
+    # A record with an exception goes through the formatter, traceback included.
+    handler = AccessLineHandler(io.StringIO())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("fastgate.access", logging.ERROR, __file__, 0, "line", (), sys.exc_info())
+    assert "ValueError: boom" in handler.format(record)
+
+
+def test_access_line_handler_writes_one_turns_lines_at_once_and_outside_a_loop_each_line() -> None:
+    import asyncio
+    import io
+    import logging
+
+    from fastgate.observability.logging import AccessLineHandler
+
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Stream()
+    handler = AccessLineHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def line(text: str) -> logging.LogRecord:
+        return logging.LogRecord("fastgate.access", logging.INFO, __file__, 0, text, (), None)
+
+    handler.handle(line("outside"))  # no running loop: written at once
+    assert (stream.getvalue(), stream.writes) == ("outside\n", 1)
+
+    async def turns() -> None:
+        for i in range(3):
+            handler.handle(line(f"a{i}"))
+        assert stream.getvalue() == "outside\n"  # still this turn: queued
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert stream.getvalue() == "outside\na0\na1\na2\n"
+        assert stream.writes == 2  # the turn's three lines in one write
+        handler.handle(line("last"))  # the loop ends before its turn is over: flush() (logging.shutdown) writes it
+
+    asyncio.run(turns())
+    handler.flush()
+    assert stream.getvalue().endswith("a2\nlast\n")

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ..config import GatewayConfig
     from .metrics import Metrics
 
+_ACCESS = access_logger.name
+
 # Under --workers N, how often each worker writes its connection and health gauges to the shared files.
 MULTIPROCESS_REFRESH_SECONDS = 2.0
 
@@ -91,7 +93,11 @@ class Observability:
             self.metrics.observe(record)
         self.live.record(record)
         if access_logger.isEnabledFor(logging.INFO):
-            access_logger.info(self.format_access(record))
+            # What ``Logger.info`` does, less its search for the caller's frame (``findCaller``, ~2 µs a line): the
+            # record comes from the logger's ``makeRecord`` (so a custom record factory still applies) and goes to
+            # its handlers. The same line comes out of every handler.
+            line = self.format_access(record)
+            access_logger.handle(access_logger.makeRecord(_ACCESS, logging.INFO, __file__, 0, line, (), None))
 
     def websocket_opened(self, upstream: str) -> None:
         if self.metrics is not None:

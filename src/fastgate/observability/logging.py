@@ -13,8 +13,10 @@ debug``, and a ``--log-config`` of your own sees them as Uvicorn writes them.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+import time
 from typing import Any
 
 TRACE = 5
@@ -61,6 +63,84 @@ class WebSocketNoiseFilter(logging.Filter):
         return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
+class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The default access-log handler: a ``StreamHandler`` that dates lines once a second, not once a line, and
+    writes once per turn of the event loop, not once a line.
+
+    With a formatter that writes ``%(asctime)s %(message)s`` in the default date format (the default configuration's
+    text access line), each line is the date of its second, formatted once, the milliseconds and the message:
+    character for character what the formatter writes, for about 2 µs less a line. Whether the formatter is such a
+    one is checked when it is set, by comparing its output on a probe record; any other formatter is used as is.
+    """
+
+    _dated: logging.Formatter | None = None
+    _second = -1
+    _date = ""
+    _pending: list[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the line; the lines of one turn of the event loop leave in one ``write`` when the turn ends.
+
+        A turn of a busy proxy's loop finishes many exchanges, and with an unbuffered stdout (``PYTHONUNBUFFERED``,
+        as containers set it) each line was a system call of its own. Outside a running loop a line is written at
+        once; ``flush`` (``logging.shutdown`` at exit) writes what a last turn left.
+        """
+        try:
+            line = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        pending = self._pending
+        if pending is not None:
+            pending.append(line)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._pending = [line]
+            self.flush()
+            return
+        self._pending = [line]
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            pending, self._pending = self._pending, None
+            if pending:
+                self.stream.write("".join(pending))
+        except Exception:
+            self.handleError(logging.makeLogRecord({"name": "fastgate.access", "msg": "".join(pending or ())}))
+        finally:
+            self.release()
+        super().flush()
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        super().setFormatter(fmt)
+        self._dated = None
+        self._second = -1
+        if type(fmt) is logging.Formatter and fmt.datefmt is None:
+            probe = logging.LogRecord("probe", logging.INFO, __file__, 0, "probe message", (), None)
+            if fmt.format(probe) == f"{self._format_time(fmt, probe)} probe message":
+                self._dated = fmt
+                self._second = -1
+
+    def _format_time(self, fmt: logging.Formatter, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._date = time.strftime(fmt.default_time_format, fmt.converter(second))
+            self._second = second
+        return fmt.default_msec_format % (self._date, record.msecs) if fmt.default_msec_format else self._date
+
+    def format(self, record: logging.LogRecord) -> str:
+        dated = self._dated
+        if dated is None or record.exc_info or record.stack_info:
+            return super().format(record)
+        return f"{self._format_time(dated, record)} {record.getMessage()}"
+
+
 LOGGING_CONFIG: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -75,7 +155,11 @@ LOGGING_CONFIG: dict[str, Any] = {
     },
     "handlers": {
         "default": {"formatter": "default", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
-        "access": {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stdout"},
+        "access": {
+            "formatter": "access",
+            "class": "fastgate.observability.logging.AccessLineHandler",
+            "stream": "ext://sys.stdout",
+        },
     },
     "loggers": {
         "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},

@@ -233,11 +233,6 @@ def _host(scope: Scope) -> bytes:
     return b""
 
 
-def _client_address(scope: Scope) -> bytes:
-    client = scope.get("client")
-    return client[0].encode("latin-1") if client else b"unknown"
-
-
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
@@ -362,10 +357,11 @@ async def forward_http(
     request: UpstreamRequest | None = None
     if route.buffer_body is not None:
         buffer_body = route.buffer_body
+    address = client[0].encode("latin-1") if client else b"unknown"
     try:
         try:
             head = options.rules.apply(
-                scope["headers"], client=_client_address(scope), scheme=scope.get("scheme", "http").encode("ascii")
+                scope["headers"], client=address, scheme=scope.get("scheme", "http").encode("ascii")
             )
         except FastgateError as exc:
             status = exc.status_code
@@ -389,7 +385,7 @@ async def forward_http(
             target,
             head.headers,
             head.body_length,
-            _client_address(scope),
+            address,
             route.timeouts,
             route.retry,
         )

@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import uvloop
 
+from .collector import tune_collector
 from .handshake import tls_handshake_factory
 
 BATCH = 512  # connections accepted per listener per turn, beyond uvloop's one
@@ -109,5 +110,7 @@ class GreedyAcceptLoop(uvloop.Loop):
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """Uvicorn's loop factory (its ``loop`` option takes ``"module:function"``)."""
+    """Uvicorn's loop factory (its ``loop`` option takes ``"module:function"``), called once in each worker: it also
+    sets the worker's garbage collector up for a proxy (:mod:`fastgate.serving.collector`)."""
+    tune_collector()
     return GreedyAcceptLoop()
