@@ -95,6 +95,17 @@ class FailingStartup(Plugin):
         raise OSError("redis is down")
 
 
+class FailingStartupAfter(Plugin):
+    """Fails in startup like FailingStartup, and records that it was never shut down."""
+
+    async def startup(self) -> None:
+        EVENTS.append("startup failing")
+        raise OSError("redis is down")
+
+    async def shutdown(self) -> None:
+        EVENTS.append("shutdown failing")
+
+
 class Lifespan(Plugin):
     def __init__(self, label: str = "a") -> None:
         self.label = label

@@ -295,6 +295,26 @@ async def test_a_plugin_startup_failure_fails_the_lifespan(upstream: RunningServ
             pass
 
 
+async def test_a_plugin_startup_failure_shuts_down_the_plugins_already_started_in_reverse_order(
+    upstream: RunningServer,
+) -> None:
+    route = {
+        "prefix": "/",
+        "upstream": "main",
+        "plugins": [
+            {"use": "tests.plugin_fixtures:Lifespan", "options": {"label": "a"}},
+            {"use": "tests.plugin_fixtures:Lifespan", "options": {"label": "b"}},
+            {"use": "tests.plugin_fixtures:FailingStartupAfter"},
+            {"use": "tests.plugin_fixtures:Lifespan", "options": {"label": "c"}},
+        ],
+    }
+    gateway = Gateway(_config(upstream.url, route))
+    with pytest.raises(RuntimeError, match=r"FailingStartupAfter failed in startup: OSError: redis is down"):
+        async with gateway.lifespan():
+            pass
+    assert plugin_fixtures.EVENTS == ["startup a", "startup b", "startup failing", "shutdown b", "shutdown a"]
+
+
 async def test_a_plugin_raising_on_a_websocket_handshake_gives_500(
     ws_upstream: RunningServer, ws_recorder: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,8 +14,10 @@ say, with its ``headers``) is answered as that error.
 from __future__ import annotations
 
 import traceback
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any
+
+import anyio
 
 from ..exceptions import FastgateError
 from ..observability.logging import error_logger
@@ -140,14 +142,25 @@ class PluginChain:
                 )
 
     async def startup(self) -> None:
+        """Run the startup hooks in order; when one fails, shut down the plugins before it (in reverse), then raise."""
         for name, hook in self._startup:
             try:
                 await hook()
             except Exception as exc:
+                failed = hook.__self__
+                position = next(i for i, (_, plugin) in enumerate(self.plugins) if plugin is failed)
+                earlier = {id(plugin) for _, plugin in self.plugins[:position]}
+                with anyio.CancelScope(shield=True):
+                    await self._shut_down(hooks for hooks in self._shutdown if id(hooks[1].__self__) in earlier)
                 raise RuntimeError(PluginError(name, "startup", exc).describe()) from exc
 
     async def shutdown(self) -> None:
-        for name, hook in self._shutdown:
+        """Run the shutdown hooks in reverse order; a failure is logged and the others still run."""
+        await self._shut_down(self._shutdown)
+
+    @staticmethod
+    async def _shut_down(hooks: Iterable[tuple[str, Any]]) -> None:
+        for name, hook in hooks:
             try:
                 await hook()
             except Exception as exc:
