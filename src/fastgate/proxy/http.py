@@ -41,7 +41,7 @@ import anyio.abc
 
 from .._types import Receive, Scope, Send
 from ..config import RetryPolicy, ServerConfig, Timeouts, UpstreamConfig
-from ..exceptions import ClientDisconnected, FastgateError, UpstreamError
+from ..exceptions import ClientDisconnected, FastgateError, UpstreamError, UpstreamOverflow
 from ..observability.exchange import Observability
 from ..observability.logging import error_logger
 from ..observability.record import ExchangeRecord
@@ -303,6 +303,12 @@ def _refused_by_plugin(exc: FastgateError, method: str, target: bytes, request_i
     return exc.status_code, f"{exc.code}: {exc.detail}"
 
 
+def _first_of_burst(transport: Transport, exc: UpstreamOverflow) -> bool:
+    """Whether a circuit-breaker refusal logs its own line (the first of a burst; the burst's size comes after)."""
+    log = getattr(transport, "overflow_log", None)
+    return log is None or bool(log.refused(exc.threshold))
+
+
 def log_plugin_error(exc: PluginError, method: str, target: bytes, request_id: bytes) -> None:
     """The one ``fastgate.error`` line a failing plugin gets (its name, phase, exception and where it was raised)."""
     error_logger.error(
@@ -447,16 +453,17 @@ async def forward_http(
                 status = exc.status_code
                 outcome = f"{exc.code}: {exc.detail}"
                 failed_at = getattr(exc, "target", "")
-                error_logger.warning(
-                    "%s %s -> %d %s: %s (upstream %s, request_id %s)",
-                    scope["method"],
-                    target.decode("latin-1"),
-                    status,
-                    exc.code,
-                    exc.detail,
-                    _upstream_at(options.name, exc),
-                    request_id.decode("latin-1"),
-                )
+                if not isinstance(exc, UpstreamOverflow) or _first_of_burst(options.transport, exc):
+                    error_logger.warning(
+                        "%s %s -> %d %s: %s (upstream %s, request_id %s)",
+                        scope["method"],
+                        target.decode("latin-1"),
+                        status,
+                        exc.code,
+                        exc.detail,
+                        _upstream_at(options.name, exc),
+                        request_id.decode("latin-1"),
+                    )
                 if not disconnect.disconnected:
                     await error_response(send, exc, request_id)
                 return
