@@ -216,10 +216,7 @@ class Metrics:
 
     def bind_config(self, config: GatewayConfig) -> None:
         """Create the children of ``config``'s routes and targets (at start, and for a reloaded config)."""
-        self.bind_routes(
-            (route_label(index, getattr(route, "name", None)), route.upstream)
-            for index, route in enumerate(config.routes)
-        )
+        self.bind_routes((route_label(index, route.name), route.upstream) for index, route in enumerate(config.routes))
         for name, upstream in config.upstreams.items():
             self.bind_targets(name, [target.target for target in upstream.targets])
             if upstream.circuit_breaker is not None:
