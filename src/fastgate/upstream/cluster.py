@@ -206,7 +206,8 @@ class TargetStats:
     """One target's state for the admin API, metrics and tests (``Cluster.stats()``).
 
     ``ejected_for`` is the seconds of ejection left (None when not ejected); ``pool`` is None for the httpx
-    transport; ``requests`` and ``errors`` count tries since the cluster started.
+    transport; ``requests`` counts tries since the cluster started, ``errors`` those of them that failed (a connect
+    error, a timeout, a reset) or were answered 5xx (the admin API's ``/upstreams`` contract).
     """
 
     address: str
@@ -335,12 +336,12 @@ class Cluster:
                     try:
                         response = await target.transport.send(request, body)
                     except UpstreamError as exc:
-                        target.errors += 1
                         kind = failure_kind(exc)
                         if observer is not None:
                             observer.failed(index, exc.code, kind == "connect_error", token)
-                        if kind is None:
+                        if kind is None:  # not the target's failure (the pool was exhausted, say)
                             raise
+                        target.errors += 1
                         if self._passive:
                             self.record(index, kind)
                         if (
@@ -356,6 +357,8 @@ class Cluster:
                         raise
                     else:
                         status = response.status
+                        if status >= 500:
+                            target.errors += 1
                         if observer is not None:
                             observer.answered(index, status, token)
                         if self._passive:
@@ -371,7 +374,6 @@ class Cluster:
                                 return _Tracked(response, functools.partial(least.on_finish, index))
                             return response
                         retries += 1
-                        target.errors += 1
                         why = f"status {status}"
                         with anyio.CancelScope(shield=response.aclose_waits):
                             await response.aclose()
