@@ -29,6 +29,14 @@ class Refuse(Plugin):
         return None
 
 
+class RouteOf(Plugin):
+    """Records ``request.route`` of each request it sees in EVENTS (``route 1``)."""
+
+    async def on_request(self, request: RequestContext) -> Answer | None:
+        EVENTS.append(f"route {request.route}")
+        return None
+
+
 class Boom(Plugin):
     """Raises in ``phase`` (``on_request`` or ``on_response``) when the path contains ``/boom``."""
 
