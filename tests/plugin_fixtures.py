@@ -29,6 +29,14 @@ class Refuse(Plugin):
         return None
 
 
+class RouteOf(Plugin):
+    """Records ``request.route`` of each request it sees in EVENTS (``route 1``)."""
+
+    async def on_request(self, request: RequestContext) -> Answer | None:
+        EVENTS.append(f"route {request.route}")
+        return None
+
+
 class Boom(Plugin):
     """Raises in ``phase`` (``on_request`` or ``on_response``) when the path contains ``/boom``."""
 
@@ -93,6 +101,17 @@ class Stall(Plugin):
 class FailingStartup(Plugin):
     async def startup(self) -> None:
         raise OSError("redis is down")
+
+
+class FailingStartupAfter(Plugin):
+    """Fails in startup like FailingStartup, and records that it was never shut down."""
+
+    async def startup(self) -> None:
+        EVENTS.append("startup failing")
+        raise OSError("redis is down")
+
+    async def shutdown(self) -> None:
+        EVENTS.append("shutdown failing")
 
 
 class Lifespan(Plugin):

@@ -302,3 +302,29 @@ def test_builtin_plugins_resolve_through_the_registry(monkeypatch: pytest.Monkey
     monkeypatch.setitem(plugins.BUILTIN_PLUGINS, "json_dumps", "json:dumps")
     assert plugins.resolve_plugin("json_dumps") is json.dumps
     assert _config(plugins=["json_dumps"]).routes[0].plugins[0].use == "json_dumps"
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["users", "users"], "routes[1].name: 'users' is already routes[0]'s name; names must be unique"),
+        (["1", None], "routes[0].name: '1' is already the label of unnamed routes[1]; names must be unique"),
+        (["has space", None], "routes[0].name: String should match pattern"),
+        (["x" * 65, None], "routes[0].name: String should match pattern"),
+    ],
+)
+def test_a_route_name_must_be_a_unique_label(names: list[str | None], message: str) -> None:
+    routes = [{"upstream": "api", "prefix": f"/{i}"} | ({"name": n} if n else {}) for i, n in enumerate(names)]
+    with pytest.raises(ConfigError) as info:
+        build_config({"upstreams": {"api": {"url": "http://127.0.0.1:9000"}}, "routes": routes})
+    assert str(info.value).startswith(message)
+
+
+def test_a_route_name_is_optional_and_kept() -> None:
+    config = build_config(
+        {
+            "upstreams": {"api": {"url": "http://127.0.0.1:9000"}},
+            "routes": [{"name": "users.v2_a-b", "upstream": "api"}, {"upstream": "api", "prefix": "/x"}],
+        }
+    )
+    assert [route.name for route in config.routes] == ["users.v2_a-b", None]

@@ -221,6 +221,22 @@ async def test_a_websocket_handshake_passes_the_routes_request_plugins(
         assert ws_recorder.header("x-identity") == ["tester"]
 
 
+async def test_websocket_plugins_see_the_route_index_of_the_handshake(ws_upstream: RunningServer) -> None:
+    route_of = {"use": "tests.plugin_fixtures:RouteOf"}
+    routes = [
+        {"prefix": "/other", "upstream": "ws", "plugins": [route_of]},
+        {"prefix": "/ws", "upstream": "ws", "plugins": [route_of]},
+    ]
+    config = build_config({"upstreams": {"ws": {"url": ws_upstream.url}}, "routes": routes})
+    async with run_gateway(Gateway(config)) as gw, await _client(gw) as client:
+        async with connect(f"ws://127.0.0.1:{gw.port}/ws/echo", open_timeout=5) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+        assert plugin_fixtures.EVENTS == ["route 1"]
+        await client.get("/other/x")  # and an HTTP request on the other route, for comparison
+        assert plugin_fixtures.EVENTS == ["route 1", "route 0"]
+
+
 class _RecordingTransport:
     """Passes requests to the real transport, keeping each UpstreamRequest (the seam the cluster reads)."""
 
@@ -293,6 +309,26 @@ async def test_a_plugin_startup_failure_fails_the_lifespan(upstream: RunningServ
     with pytest.raises(RuntimeError, match=r"plugin tests.plugin_fixtures:FailingStartup failed in startup: OSError"):
         async with gateway.lifespan():
             pass
+
+
+async def test_a_plugin_startup_failure_shuts_down_the_plugins_already_started_in_reverse_order(
+    upstream: RunningServer,
+) -> None:
+    route = {
+        "prefix": "/",
+        "upstream": "main",
+        "plugins": [
+            {"use": "tests.plugin_fixtures:Lifespan", "options": {"label": "a"}},
+            {"use": "tests.plugin_fixtures:Lifespan", "options": {"label": "b"}},
+            {"use": "tests.plugin_fixtures:FailingStartupAfter"},
+            {"use": "tests.plugin_fixtures:Lifespan", "options": {"label": "c"}},
+        ],
+    }
+    gateway = Gateway(_config(upstream.url, route))
+    with pytest.raises(RuntimeError, match=r"FailingStartupAfter failed in startup: OSError: redis is down"):
+        async with gateway.lifespan():
+            pass
+    assert plugin_fixtures.EVENTS == ["startup a", "startup b", "startup failing", "shutdown b", "shutdown a"]
 
 
 async def test_a_plugin_raising_on_a_websocket_handshake_gives_500(

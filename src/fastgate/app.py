@@ -301,7 +301,14 @@ class Gateway:
                 snapshot.inflight += 1
                 try:
                     await forward_websocket(
-                        scope, receive, send, options, target, plugins=route_options.plugins, route=route_options.label
+                        scope,
+                        receive,
+                        send,
+                        options,
+                        target,
+                        plugins=route_options.plugins,
+                        route=route_options.label,
+                        route_index=route.index,
                     )
                 finally:
                     snapshot.leave()

@@ -729,6 +729,7 @@ class RouteConfig(_Model):
     normalised path), and every one of ``host``, ``methods``, ``headers`` and ``query`` it gives.
     """
 
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # the route label in metrics and logs
     host: str | None = None
     prefix: str | None = None
     path: str | None = None
@@ -984,6 +985,18 @@ class GatewayConfig(_Model):
     def _check_references(self) -> GatewayConfig:
         if not self.routes:
             raise ValueError("routes: at least one route is required")
+        labels = {str(index): index for index, route in enumerate(self.routes) if route.name is None}
+        for index, route in enumerate(self.routes):
+            if route.name is not None:
+                other = labels.get(route.name)
+                if other is not None:
+                    taken = (
+                        f"routes[{other}]'s name"
+                        if self.routes[other].name
+                        else f"the label of unnamed routes[{other}]"
+                    )
+                    raise ValueError(f"routes[{index}].name: {route.name!r} is already {taken}; names must be unique")
+                labels[route.name] = index
         for index, route in enumerate(self.routes):
             if route.upstream not in self.upstreams:
                 known = ", ".join(sorted(self.upstreams)) or "none"

@@ -178,7 +178,7 @@ def _route_options(config: GatewayConfig, index: int, route: RouteConfig) -> Rou
     upstream = config.upstreams[route.upstream]
     return RouteOptions(
         index=index,
-        label=route_label(index, getattr(route, "name", None)),
+        label=route_label(index, route.name),
         plugins=route_plugins(route, index, config.redis),
         timeouts=route.effective_timeouts(upstream) if route.timeouts.model_fields_set else None,
         retry=route.retry_policy(upstream) if route.retries is not None else None,

@@ -13,9 +13,11 @@ import pytest
 
 from fastgate import Gateway
 from fastgate.admin import app as admin_app
+from fastgate.config import build_config
 from fastgate.reloading import ConfigSource
 from tests.reload_support import NamedUpstream, gateway_config, write_config
-from tests.servers import RunningServer, free_port, run_gateway, run_server
+from tests.servers import REFUSED_PORT, RunningServer, free_port, run_gateway, run_server
+from tests.upstream_app import Recorder, UpstreamApp
 
 pytestmark = pytest.mark.anyio
 
@@ -209,3 +211,31 @@ async def test_the_dashboards_static_files_are_served_without_the_token(
         for path in ("/missing.js", "/../secret.txt", "/..%2Fsecret.txt", "/static/index.html", "/.hidden.css"):
             assert (await client.get(path)).status_code == 404, path
         assert (await client.post("/")).status_code == 405
+
+
+async def test_upstream_target_errors_count_failed_tries_and_5xx_answers() -> None:
+
+    async with run_server(UpstreamApp(Recorder())) as upstream:
+        await _count_errors(upstream.url, REFUSED_PORT)
+
+
+async def _count_errors(url: str, refused_port: int) -> None:
+    config = build_config(
+        {
+            "upstreams": {
+                "good": {"url": url},
+                "dead": {"url": f"http://127.0.0.1:{refused_port}", "retries": {"max_retries": 0}},
+            },
+            "routes": [{"prefix": "/dead", "upstream": "dead"}, {"prefix": "/", "upstream": "good"}],
+        }
+    )
+    gateway = Gateway(config)
+    async with run_gateway(gateway) as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        for status in (200, 200, 404, 429, 500, 503):
+            assert (await client.get(f"/status/{status}")).status_code == status
+        for _ in range(2):
+            assert (await client.get("/dead")).status_code == 502
+        by_name = {entry["name"]: entry["targets"] for entry in admin_app.upstreams(gateway)}
+    ((good,), (dead,)) = by_name["good"], by_name["dead"]
+    assert (good["requests"], good["errors"]) == (6, 2)  # the 500 and the 503; not the 404 nor the 429
+    assert (dead["requests"], dead["errors"]) == (2, 2)  # connect errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,3 +120,35 @@ def test_cors_bad_options_are_config_errors_naming_the_key(options: dict[str, An
     with pytest.raises(ConfigError, match=r"routes\[0\]\.plugins\[0\]\.options") as info:
         Gateway(gateway_config("http://127.0.0.1:9", {"use": "cors", "options": options}))
     assert message in str(info.value)
+
+
+async def test_cors_headers_are_on_an_auth_refusal_and_a_rate_limit_refusal_of_the_same_route(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("web:s3cret-key-for-the-browser\n")
+    plugins = [
+        _cors(),
+        {"use": "api_key", "options": {"keys_file": str(keys)}},
+        {"use": "rate_limit", "options": {"rate": 1, "per": "1h"}},
+    ]
+    config = gateway_config(upstream.url, *plugins)
+    async with run_gateway(Gateway(config)) as gw, client_for(gw) as client:
+        refused = await client.get("/echo", headers={"origin": APP})  # no key: the api_key plugin's own 401
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == APP
+        assert refused.headers["access-control-allow-credentials"] == "true"
+        assert refused.headers["access-control-expose-headers"] == "X-Total"
+        assert "Origin" in refused.headers["vary"]
+        assert refused.headers["x-request-id"]
+
+        key = {"origin": APP, "x-api-key": "s3cret-key-for-the-browser"}
+        assert (await client.get("/echo", headers=key)).status_code == 200
+        limited = await client.get("/echo", headers=key)  # rate_limit raises RateLimited: an error answer
+        assert_error_body(limited, 429, "rate_limited")
+        assert limited.headers["access-control-allow-origin"] == APP
+        assert limited.headers["retry-after"]
+
+        other = await client.get("/echo", headers={"origin": "https://evil.test"})  # not an allowed origin
+        assert other.status_code == 401 and "access-control-allow-origin" not in other.headers
+        assert len(recorder.requests) == 1

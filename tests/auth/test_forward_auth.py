@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from fastgate import Gateway
+from fastgate.config import build_config
 from tests.servers import REFUSED_PORT, RunningServer, captured_logs, run_gateway, run_server
 from tests.upstream_app import Recorder
 
@@ -32,6 +33,8 @@ class AuthServer:
         token = headers.get("x-token")
         if token == "good":
             status, out, body = 200, [(b"x-user", b"alice"), (b"x-role", b"admin")], b""
+        elif token == "bob":
+            status, out, body = 200, [(b"X-User", b"bob")], b""
         elif token == "anonymous":
             status, out, body = 204, [], b""
         elif token == "login":
@@ -109,3 +112,37 @@ async def test_forward_auth_server_down_is_503_json_and_one_log_line(
         assert recorder.requests == []
     lines = [r.getMessage() for r in logs.records if "forward_auth" in r.getMessage()]
     assert len(lines) == 1 and "503" in lines[0] and response.headers["x-request-id"] in lines[0]
+
+
+async def test_forward_auth_identity_header_from_names_the_caller_for_a_rate_limit_by_identity(
+    upstream: RunningServer, recorder: Recorder, auth_server: RunningServer
+) -> None:
+    plugin = {"use": "forward_auth", "options": {"url": f"{auth_server.url}/check", "identity_header_from": "x-user"}}
+    config = build_config(
+        {
+            "upstreams": {"main": {"url": upstream.url}},
+            "routes": [
+                {
+                    "prefix": "/",
+                    "upstream": "main",
+                    "plugins": [plugin],
+                    "rate_limit": {"rate": 1, "per": "1h", "key": "identity"},
+                }
+            ],
+        }
+    )
+    async with run_gateway(Gateway(config)) as gw, client_for(gw) as client:
+        # alice and bob come from the same address: counted apart, each by the name the auth server gave
+        assert (await client.get("/echo", headers={"x-token": "good", "x-user": "bob"})).status_code == 200
+        assert (await client.get("/echo", headers={"x-token": "bob"})).status_code == 200
+        assert (await client.get("/echo", headers={"x-token": "good"})).status_code == 429
+        assert (await client.get("/echo", headers={"x-token": "bob", "x-user": "alice"})).status_code == 429
+        assert len(recorder.requests) == 2
+        assert recorder.header("x-user") == []  # bob's own request: the identity is not sent upstream by itself
+
+
+def test_forward_auth_identity_header_from_must_be_a_header_name() -> None:
+    from fastgate.plugins.auth.forward_auth import ForwardAuth
+
+    with pytest.raises(ValueError, match="identity_header_from"):
+        ForwardAuth("http://127.0.0.1:9/check", identity_header_from="bad header")

@@ -359,3 +359,33 @@ async def test_a_try_cut_short_by_the_client_leaving_is_counted_as_cancelled(ups
         await wait_until(lambda: _values(gateway).get(cancelled) == 1, limit=10)
         values = _values(gateway)
     assert values['fastgate_requests_total{code="499",method="GET",route="1",upstream="api"}'] == 1
+
+
+async def test_a_route_name_is_the_route_label_in_metrics_live_stats_and_the_admin_stats(
+    upstream: RunningServer,
+) -> None:
+    from fastgate.admin.app import AdminApp
+
+    config = build_config(
+        {
+            "upstreams": {"api": {"url": upstream.url}},
+            "routes": [
+                {"name": "status-pages", "prefix": "/named", "upstream": "api", "strip_prefix": True},
+                {"prefix": "/", "upstream": "api"},
+            ],
+        }
+    )
+    gateway = Gateway(config)
+    async with _serve(gateway) as client:
+        assert (await client.get("/named/status/503")).status_code == 503
+        assert (await client.get("/echo")).status_code == 200
+        values = _values(gateway)
+        assert values['fastgate_requests_total{code="503",method="GET",route="status-pages",upstream="api"}'] == 1
+        assert values['fastgate_request_duration_seconds_count{route="status-pages",upstream="api"}'] == 1
+        assert values['fastgate_requests_total{code="200",method="GET",route="1",upstream="api"}'] == 1
+        assert not [key for key in values if 'route="0"' in key]
+        assert gateway.observability.live.snapshot()["recent_errors"][0]["route"] == "status-pages"
+        admin = httpx.AsyncClient(transport=httpx.ASGITransport(app=AdminApp(gateway)), base_url="http://admin")
+        async with admin:
+            routes = (await admin.get("/stats")).json()["routes"]
+        assert [(route["index"], route["name"]) for route in routes] == [(0, "status-pages"), (1, "1")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from fastgate import Gateway
 from fastgate.config import build_config
+from fastgate.observability.metrics import metrics_mapping
 from fastgate.upstream.cluster import Cluster
 from fastgate.upstream.guarded import GuardedCluster
 from tests.servers import RunningServer, run_gateway, run_server, wait_until
@@ -252,3 +254,74 @@ async def test_without_a_circuit_breaker_the_plain_cluster_is_used() -> None:
             cluster = gateway.transports["api"]
             assert type(cluster) is Cluster
             assert cluster.pool.breaker is None
+
+
+async def test_circuit_breaker_counts_and_overflows_are_prometheus_metrics() -> None:
+    async with holding_upstream() as (app, upstream):
+        gateway = Gateway(
+            build_config(
+                {
+                    "upstreams": {"api": {"url": upstream.url, "circuit_breaker": {"max_requests": 2}}},
+                    "routes": [{"prefix": "/", "upstream": "api"}],
+                }
+            )
+        )
+        metrics = gateway.observability.metrics
+        assert metrics is not None
+
+        def scraped() -> dict[str, float]:
+            assert metrics is not None
+            return dict(metrics_mapping(metrics.render()[0].decode()))
+
+        async with run_gateway(gateway) as server, httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+            values = scraped()
+            assert values['fastgate_upstream_overflow_total{threshold="max_requests",upstream="api"}'] == 0
+            assert values['fastgate_circuit_breaker_requests{upstream="api"}'] == 0
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    held = Requests(client, group)
+                    held.start("/hold?n=1")
+                    held.start("/hold?n=2")
+                    await wait_until(lambda: len(app.arrivals) == 2, limit=10)
+                    for _ in range(3):
+                        assert_overflow(await client.get("/hold?n=3"), "max_requests")
+                    values = scraped()
+                    assert values['fastgate_circuit_breaker_requests{upstream="api"}'] == 2
+                    assert values['fastgate_circuit_breaker_connections{upstream="api"}'] == 2
+                    assert values['fastgate_circuit_breaker_pending_requests{upstream="api"}'] == 0
+                    assert values['fastgate_circuit_breaker_retries{upstream="api"}'] == 0
+                    assert values['fastgate_upstream_overflow_total{threshold="max_requests",upstream="api"}'] == 3
+                    app.release.set()
+            values = scraped()
+            assert values['fastgate_circuit_breaker_requests{upstream="api"}'] == 0
+            assert values['fastgate_upstream_overflow_total{threshold="max_requests",upstream="api"}'] == 3  # not twice
+            assert values['fastgate_upstream_overflow_total{threshold="max_pending_requests",upstream="api"}'] == 0
+
+
+async def test_circuit_breaker_refusals_log_one_line_per_burst_then_its_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def overflow_lines() -> list[str]:
+        records = caplog.records
+        return [r.getMessage() for r in records if r.name == "fastgate.error" and "circuit breaker" in r.getMessage()]
+
+    async with (
+        holding_upstream() as (app, upstream),
+        breaker_gateway([upstream.url], {"max_requests": 1}) as (client, _),
+    ):
+        with caplog.at_level(logging.INFO, logger="fastgate.error"), anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                held = Requests(client, group)
+                held.start("/hold?n=1")
+                await wait_until(lambda: len(app.arrivals) == 1, limit=10)
+                for _ in range(20):
+                    assert_overflow(await client.get("/hold?n=2"), "max_requests")
+                assert len(overflow_lines()) == 1  # the first refusal of the burst, as any error is logged
+                assert "-> 503 upstream_overflow" in overflow_lines()[0]
+                await wait_until(lambda: len(overflow_lines()) == 2, limit=10)  # the burst ended: its size
+                assert overflow_lines()[1] == (
+                    "upstream api: circuit breaker refused 20 request(s) in a burst (20 over max_requests)"
+                )
+                assert_overflow(await client.get("/hold?n=3"), "max_requests")  # a new burst logs again
+                assert len(overflow_lines()) == 3 and "-> 503 upstream_overflow" in overflow_lines()[2]
+                app.release.set()

@@ -19,8 +19,11 @@ import uvicorn
 from websockets.asyncio.client import connect
 
 from fastgate import Gateway
-from fastgate.config import build_config
+from fastgate.config import UpstreamConfig, build_config
+from fastgate.exceptions import BadRequest
+from fastgate.upstream.balancer import LeastRequest
 from fastgate.upstream.cluster import Cluster
+from fastgate.upstream.transport import CHUNKED, UpstreamRequest
 from tests.servers import RunningServer, run_gateway, wait_until
 from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
 
@@ -200,6 +203,34 @@ async def test_least_request_sends_new_requests_away_from_a_slow_target() -> Non
     assert statuses == {200: 400}
     print(f"least_request: slow target took {slow.count} of 400")
     assert slow.count < 400 * 0.2
+
+
+async def test_least_request_in_flight_count_returns_to_zero_after_a_cancelled_and_a_body_error_request() -> None:
+    slow, other = TargetApp("slow", delay=3), TargetApp("other", delay=3)  # the servers wait for them on stop
+    async with targets(slow, other) as servers:
+        upstream = UpstreamConfig(targets=[{"url": s.url} for s in servers], balancer="least_request")
+        async with Cluster("api", upstream) as cluster:
+            balancer = cluster.balancer
+            assert isinstance(balancer, LeastRequest)
+
+            # cancelled while the upstream has the request and has not answered yet
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(cluster.send, UpstreamRequest(b"GET", b"/slow", [(b"host", b"api")]), None)
+                    await wait_until(lambda: slow.count + other.count == 1, limit=10)
+                    assert sum(balancer.active) == 1
+                    scope.cancel()
+            assert balancer.active == (0, 0)
+
+            # the client's body breaks off with a bad request after its first piece went upstream
+            async def bad_body() -> AsyncIterator[bytes]:
+                yield b"x" * 10
+                raise BadRequest("bad chunk")
+
+            request = UpstreamRequest(b"POST", b"/body", [(b"host", b"api")], body_length=CHUNKED)
+            with pytest.raises(BadRequest):
+                await cluster.send(request, bad_body())
+            assert balancer.active == (0, 0)
 
 
 async def test_consistent_hash_keeps_a_key_on_one_target_and_moves_about_1_in_n_when_one_goes() -> None:

@@ -24,6 +24,7 @@ import anyio.to_thread
 from .._types import Receive, Scope, Send
 from ..exceptions import ConfigError
 from ..observability.metrics import metrics_app
+from ..observability.record import route_label
 from ..upstream.cluster import Cluster
 from .redaction import redacted_config
 
@@ -101,7 +102,12 @@ class AdminApp:
     def _stats(self) -> dict[str, Any]:
         live = _as_dict(self.gateway.observability.live.snapshot())
         routes = [
-            {"index": index, "name": str(index), "match": describe_match(route), "upstream": route.upstream}
+            {
+                "index": index,
+                "name": route_label(index, route.name),
+                "match": describe_match(route),
+                "upstream": route.upstream,
+            }
             for index, route in enumerate(self.gateway.config.routes)
         ]
         return {"time": time.time(), "pid": os.getpid(), **live, "routes": routes}

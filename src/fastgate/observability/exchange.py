@@ -110,7 +110,8 @@ class Observability:
     def watch(self, transports: Mapping[str, object]) -> None:
         """Observe the clusters among ``transports``: per-try metrics and spans, gauges read at scrape time."""
         from ..upstream.cluster import Cluster
-        from .upstream import TryObserver, refresh_cluster
+        from ..upstream.guarded import GuardedCluster
+        from .upstream import BreakerRefresher, TryObserver, refresh_cluster
 
         metrics = self.metrics
         for name, transport in transports.items():
@@ -121,12 +122,16 @@ class Observability:
             if metrics is not None:
                 refresh = functools.partial(refresh_cluster, metrics, transport)
                 metrics.add_refresher(("cluster", name, id(transport)), refresh)
+                if isinstance(transport, GuardedCluster):
+                    metrics.bind_breaker(name)
+                    metrics.add_refresher(("breaker", name, id(transport)), BreakerRefresher(metrics, transport))
 
     def unwatch(self, transports: Mapping[str, object]) -> None:
         """Stop reading the gauges of ``transports`` (they are closing; a reload may have replaced them)."""
         if self.metrics is not None:
             for name, transport in transports.items():
                 self.metrics.remove_refresher(("cluster", name, id(transport)))
+                self.metrics.remove_refresher(("breaker", name, id(transport)), last=True)  # count the last refusals
 
     @contextlib.asynccontextmanager
     async def running(self, transports: Mapping[str, object]) -> AsyncIterator[None]:

@@ -42,12 +42,14 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.process_collector import ProcessCollector
 
 from .._types import Receive, Scope, Send
+from ..policies.breaker import MAX_CONNECTIONS, MAX_PENDING_REQUESTS, MAX_REQUESTS, MAX_RETRIES
 from .record import STANDARD_METHODS, ExchangeRecord, route_label
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+BREAKER_THRESHOLDS = (MAX_CONNECTIONS, MAX_PENDING_REQUESTS, MAX_REQUESTS, MAX_RETRIES)
 # A proxy adds little itself but fronts anything from 1 ms caches to 30 s reports.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ReloadResult = Literal["success", "error"]
@@ -158,6 +160,28 @@ class Metrics:
             registry=own,
             multiprocess_mode="livesum",
         )
+        breaker_gauges = (
+            ("requests", "Requests in flight through an upstream's circuit breaker (max_requests)."),
+            ("pending_requests", "Requests waiting for an upstream connection (max_pending_requests)."),
+            ("connections", "Connections open to an upstream's targets together (max_connections)."),
+            ("retries", "Retries in flight to an upstream (the circuit breaker's max_retries)."),
+        )
+        self.breaker = {
+            what: Gauge(
+                f"fastgate_circuit_breaker_{what}",
+                help_text,
+                ["upstream"],
+                registry=own,
+                multiprocess_mode="livesum",  # each worker has its own breaker: the sum is the gateway's
+            )
+            for what, help_text in breaker_gauges
+        }
+        self.overflows = Counter(
+            "fastgate_upstream_overflow",
+            "Requests and retries refused by an upstream's circuit breaker, by threshold.",
+            ["upstream", "threshold"],
+            registry=own,
+        )
         self.config_reloads = Counter(
             "fastgate_config_reload", "Configuration reloads, by result.", ["result"], registry=own
         )
@@ -192,12 +216,30 @@ class Metrics:
 
     def bind_config(self, config: GatewayConfig) -> None:
         """Create the children of ``config``'s routes and targets (at start, and for a reloaded config)."""
-        self.bind_routes(
-            (route_label(index, getattr(route, "name", None)), route.upstream)
-            for index, route in enumerate(config.routes)
-        )
+        self.bind_routes((route_label(index, route.name), route.upstream) for index, route in enumerate(config.routes))
         for name, upstream in config.upstreams.items():
             self.bind_targets(name, [target.target for target in upstream.targets])
+            if upstream.circuit_breaker is not None:
+                self.bind_breaker(name)
+
+    def bind_breaker(self, upstream: str) -> None:
+        """Create the circuit-breaker children of ``upstream`` (gauges, and the overflow counter per threshold)."""
+        for gauge in self.breaker.values():
+            gauge.labels(upstream)
+        for threshold in BREAKER_THRESHOLDS:
+            self.overflows.labels(upstream, threshold)
+
+    def set_breaker(self, upstream: str, requests: int, pending: int, connections: int, retries: int) -> None:
+        """This worker's circuit-breaker counts for ``upstream`` (from ``GuardedCluster.breaker_stats()``)."""
+        breaker = self.breaker
+        breaker["requests"].labels(upstream).set(requests)
+        breaker["pending_requests"].labels(upstream).set(pending)
+        breaker["connections"].labels(upstream).set(connections)
+        breaker["retries"].labels(upstream).set(retries)
+
+    def overflowed(self, upstream: str, threshold: str, count: int) -> None:
+        """Count ``count`` circuit-breaker refusals of ``upstream`` over ``threshold``."""
+        self.overflows.labels(upstream, threshold).inc(count)
 
     def bind_routes(self, routes: Iterable[tuple[str, str]]) -> None:
         """Create the duration children of (route, upstream) pairs."""
@@ -276,8 +318,11 @@ class Metrics:
         """
         self._refreshers[key] = refresh
 
-    def remove_refresher(self, key: object) -> None:
-        self._refreshers.pop(key, None)
+    def remove_refresher(self, key: object, *, last: bool = False) -> None:
+        """Drop the refresher named ``key``; with ``last``, run it once more first (counters it advances)."""
+        refresh = self._refreshers.pop(key, None)
+        if last and refresh is not None:
+            refresh()
 
     def refresh(self) -> None:
         """Run the refreshers: this worker's gauges (connections, health) from its pools and health state."""

@@ -11,7 +11,9 @@ try costs one list index and one ``inc()``. A gateway with metrics and tracing b
 observer at all.
 
 Pool occupancy and health are also read at scrape time (:func:`refresh_cluster`, registered with
-``Metrics.add_refresher``): gauges that are set from the pools' own counters cost nothing per request.
+``Metrics.add_refresher``): gauges that are set from the pools' own counters cost nothing per request. So are an
+upstream's circuit-breaker counts (:class:`BreakerRefresher`): its gauges, and ``fastgate_upstream_overflow_total``
+advanced by the refusals the breaker counted since the last scrape (a plain counter, so multiprocess mode sums it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .tracing import TryTrace
 if TYPE_CHECKING:
     from ..config import UpstreamTarget
     from ..upstream.cluster import Cluster
+    from ..upstream.guarded import GuardedCluster
     from ..upstream.transport import UpstreamRequest
     from .metrics import Metrics
 
@@ -120,3 +123,24 @@ def refresh_cluster(metrics: Metrics, cluster: Cluster) -> None:
         if stats.pool is not None:
             metrics.set_upstream_connections(cluster.name, stats.address, stats.pool.busy, stats.pool.idle)
         metrics.set_health(cluster.name, stats.address, stats.state == TargetState.HEALTHY.value)
+
+
+class BreakerRefresher:
+    """At scrape time: a guarded cluster's breaker counts as gauges, its new refusals onto the overflow counter."""
+
+    __slots__ = ("metrics", "cluster", "_seen")
+
+    def __init__(self, metrics: Metrics, cluster: GuardedCluster) -> None:
+        self.metrics = metrics
+        self.cluster = cluster
+        self._seen: dict[str, int] = {}
+
+    def __call__(self) -> None:
+        stats = self.cluster.breaker_stats()
+        name = self.cluster.name
+        self.metrics.set_breaker(name, stats.requests, stats.pending, stats.connections, stats.retries)
+        for threshold, count in stats.overflows.items():
+            new = count - self._seen.get(threshold, 0)
+            if new > 0:
+                self.metrics.overflowed(name, threshold, new)
+                self._seen[threshold] = count

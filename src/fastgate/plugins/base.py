@@ -163,6 +163,7 @@ class RequestContext:
         "identity",
         "scope",
         "_state",
+        "answered_at",
     )
 
     def __init__(
@@ -190,6 +191,7 @@ class RequestContext:
         self.identity: str | None = None
         self.scope = scope
         self._state: dict[str, Any] | None = None
+        self.answered_at = -1  # set by the chain: the position of the plugin that answered early, or raised
 
     @property
     def state(self) -> dict[str, Any]:
@@ -287,6 +289,8 @@ class Plugin:
     """
 
     name: str = ""
+    early_answers: bool = False
+    """True: ``on_response`` also sees the early answers (``Answer`` or error) of the plugins after this one."""
 
     async def startup(self) -> None:
         """Called once when the gateway's lifespan starts, before the first request."""

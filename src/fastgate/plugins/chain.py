@@ -6,16 +6,22 @@ then only calls hooks that do something: a plugin with only ``on_request`` costs
 a route without plugins has no chain at all (``None``: the exchange skips every plugin step).
 
 Request hooks run in the route's order; response hooks in reverse order (the first plugin sees the response
-last, as with middleware). What a hook raises becomes :class:`PluginError` (a 500 ``internal_error`` for the
-client, one ``fastgate.error`` line naming the plugin); a :class:`FastgateError` a hook raises on purpose (a 403,
-say, with its ``headers``) is answered as that error.
+last, as with middleware). An early answer (an :class:`Answer`, or an error a request hook raised) goes through
+the response hooks of the plugins before the answering one that set ``early_answers`` (``cors``; see
+:meth:`PluginChain.early_response`).
+
+What a hook raises becomes :class:`PluginError` (a 500 ``internal_error`` for the client, one ``fastgate.error`` line
+naming the plugin); a :class:`FastgateError` a hook raises on purpose (a 403, say, with its ``headers``) is answered
+as that error.
 """
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any
+
+import anyio
 
 from ..exceptions import FastgateError
 from ..observability.logging import error_logger
@@ -57,13 +63,30 @@ class PluginChain:
     >>> answer = await chain.request(context)  # None: go on; an Answer: send it instead
     """
 
-    __slots__ = ("plugins", "_request", "_body", "_response", "_finish", "_startup", "_shutdown")
+    __slots__ = (
+        "plugins",
+        "_request",
+        "_request_at",
+        "_body",
+        "_response",
+        "_early",
+        "_finish",
+        "_startup",
+        "_shutdown",
+    )
 
     def __init__(self, plugins: Sequence[tuple[str, object]]) -> None:
         self.plugins = tuple(plugins)
+        position = {id(plugin): index for index, (_, plugin) in enumerate(self.plugins)}
         self._request = _hooks(plugins, "on_request")
+        self._request_at = tuple(position[id(hook.__self__)] for _, hook in self._request)
         self._body = _hooks(plugins, "request_body")
         self._response = tuple(reversed(_hooks(plugins, "on_response")))
+        self._early = tuple(
+            (position[id(hook.__self__)], name, hook)
+            for name, hook in self._response
+            if getattr(hook.__self__, "early_answers", False) is True
+        )
         self._finish = _hooks(plugins, "on_finish")
         self._startup = _hooks(plugins, "startup")
         self._shutdown = tuple(reversed(_hooks(plugins, "shutdown")))
@@ -89,8 +112,9 @@ class PluginChain:
 
     async def request(self, request: RequestContext) -> tuple[str, Answer] | None:
         """Run the request-head hooks in order; the first answer ends the chain: ``(plugin name, answer)``."""
-        for name, hook in self._request:
+        for at, (name, hook) in zip(self._request_at, self._request, strict=True):
             target = request.target
+            request.answered_at = at  # for early_response, should this one answer or raise
             try:
                 answer = await hook(request)
             except FastgateError:
@@ -108,6 +132,7 @@ class PluginChain:
                 except Exception as exc:
                     raise PluginError(name, "on_request", exc) from exc
                 return name, answer
+        request.answered_at = -1
         return None
 
     def body(self, request: RequestContext, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -129,6 +154,31 @@ class PluginChain:
             except Exception as exc:
                 raise PluginError(name, "on_response", exc) from exc
 
+    @property
+    def has_early(self) -> bool:
+        """Whether a plugin here wants to see early answers (``Plugin.early_answers``: ``cors``)."""
+        return bool(self._early)
+
+    async def early_response(self, request: RequestContext, response: ResponseHead) -> None:
+        """Run the response hooks of the plugins before the one that answered early (or raised) in ``on_request``,
+        among those that ask for it (``Plugin.early_answers``).
+
+        A refusal by an auth plugin then carries what ``cors`` (placed before it) adds to any response, so that a
+        browser sees the 401 rather than a network error. Plugins at or after the answering one never saw the
+        request, and do not see this answer.
+        """
+        before = request.answered_at
+        if before <= 0:
+            return
+        for at, name, hook in self._early:
+            if at < before:
+                try:
+                    await hook(request, response)
+                except FastgateError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(name, "on_response", exc) from exc
+
     async def finish(self, request: RequestContext, exchange: Exchange) -> None:
         """Run the finish hooks; a failure is logged (the client has its answer) and the others still run."""
         for name, hook in self._finish:
@@ -140,14 +190,25 @@ class PluginChain:
                 )
 
     async def startup(self) -> None:
+        """Run the startup hooks in order; when one fails, shut down the plugins before it (in reverse), then raise."""
         for name, hook in self._startup:
             try:
                 await hook()
             except Exception as exc:
+                failed = hook.__self__
+                position = next(i for i, (_, plugin) in enumerate(self.plugins) if plugin is failed)
+                earlier = {id(plugin) for _, plugin in self.plugins[:position]}
+                with anyio.CancelScope(shield=True):
+                    await self._shut_down(hooks for hooks in self._shutdown if id(hooks[1].__self__) in earlier)
                 raise RuntimeError(PluginError(name, "startup", exc).describe()) from exc
 
     async def shutdown(self) -> None:
-        for name, hook in self._shutdown:
+        """Run the shutdown hooks in reverse order; a failure is logged and the others still run."""
+        await self._shut_down(self._shutdown)
+
+    @staticmethod
+    async def _shut_down(hooks: Iterable[tuple[str, Any]]) -> None:
+        for name, hook in hooks:
             try:
                 await hook()
             except Exception as exc:

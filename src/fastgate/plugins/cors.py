@@ -46,6 +46,8 @@ class Cors(Plugin):
     ([GET, HEAD, PUT, PATCH, POST, DELETE]), ``allow_headers`` (null: whatever the preflight asks for),
     ``expose_headers`` ([]), ``max_age`` (null: the browser's default), ``allow_credentials`` (false)."""
 
+    early_answers = True  # an auth plugin's 401 after this one carries the CORS headers (the browser can read it)
+
     def __init__(
         self,
         allow_origins: Sequence[str],

@@ -8,7 +8,8 @@ from .._types import Send
 from ..exceptions import FastgateError
 
 
-async def error_response(send: Send, exc: FastgateError, request_id: bytes) -> None:
+def error_parts(exc: FastgateError, request_id: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and JSON body of the answer for ``exc``."""
     body = json.dumps(
         {"error": exc.code, "detail": exc.detail, "request_id": request_id.decode("latin-1")}, separators=(",", ":")
     ).encode()
@@ -20,5 +21,13 @@ async def error_response(send: Send, exc: FastgateError, request_id: bytes) -> N
     headers.extend(exc.headers)
     if exc.status_code in (431, 400):
         headers.append((b"connection", b"close"))
+    return headers, body
+
+
+async def error_response(
+    send: Send, exc: FastgateError, request_id: bytes, parts: tuple[list[tuple[bytes, bytes]], bytes] | None = None
+) -> None:
+    """Answer ``exc`` as short JSON; ``parts``: its ``error_parts`` as changed by plugins (``early_response``)."""
+    headers, body = parts if parts is not None else error_parts(exc, request_id)
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

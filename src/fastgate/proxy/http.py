@@ -41,7 +41,7 @@ import anyio.abc
 
 from .._types import Receive, Scope, Send
 from ..config import RetryPolicy, ServerConfig, Timeouts, UpstreamConfig
-from ..exceptions import ClientDisconnected, FastgateError, UpstreamError
+from ..exceptions import ClientDisconnected, FastgateError, UpstreamError, UpstreamOverflow
 from ..observability.exchange import Observability
 from ..observability.logging import error_logger
 from ..observability.record import ExchangeRecord
@@ -52,7 +52,7 @@ from ..serving.cycle import ServerHooks
 from ..upstream.transport import CHUNKED, Transport, UpstreamRequest
 from .bodylimit import declared_too_large, limited_body
 from .buffering import BufferedBody
-from .errors import error_response
+from .errors import error_parts, error_response
 from .headers import HeaderRules, RequestHead, new_request_id, response_headers
 
 
@@ -290,12 +290,40 @@ async def send_answer(send: Send, answer: Answer, request_id: bytes) -> None:
     await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 
+async def _early_head(
+    chain: PluginChain,
+    context: RequestContext,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    request_id: bytes,
+) -> list[tuple[bytes, bytes]]:
+    """An early answer's headers after the response hooks of the plugins before the answering one (cors, say).
+
+    The status stays (the answer is the answering plugin's); a hook that fails leaves the headers as they were and
+    logs its line.
+    """
+    head = ResponseHead(status, HeaderList(list(headers)))
+    try:
+        await chain.early_response(context, head)
+    except FastgateError as exc:
+        if isinstance(exc, PluginError):
+            log_plugin_error(exc, context.method, context.target, request_id)
+        return headers
+    return head.headers.raw
+
+
 def _refused_by_plugin(exc: FastgateError, method: str, target: bytes, request_id: bytes) -> tuple[int, str]:
     """A plugin answered with an error, or failed: the status and outcome to log (a failure logs its one line)."""
     if isinstance(exc, PluginError):
         log_plugin_error(exc, method, target, request_id)
         return exc.status_code, f"plugin {exc.plugin} failed"
     return exc.status_code, f"{exc.code}: {exc.detail}"
+
+
+def _first_of_burst(transport: Transport, exc: UpstreamOverflow) -> bool:
+    """Whether a circuit-breaker refusal logs its own line (the first of a burst; the burst's size comes after)."""
+    log = getattr(transport, "overflow_log", None)
+    return log is None or bool(log.refused(exc.threshold))
 
 
 def log_plugin_error(exc: PluginError, method: str, target: bytes, request_id: bytes) -> None:
@@ -400,13 +428,23 @@ async def forward_http(
                     answered = await chain.request(context)
                 except FastgateError as exc:
                     status, outcome = _refused_by_plugin(exc, scope["method"], target, request_id)
-                    await error_response(send, exc, request_id)
+                    parts = error_parts(exc, request_id)
+                    if chain.has_early and context.answered_at > 0:
+                        parts = (await _early_head(chain, context, exc.status_code, parts[0], request_id), parts[1])
+                    await error_response(send, exc, request_id, parts)
                     return
                 if answered is not None:
-                    status = answered[1].status
+                    answer = answered[1]
+                    status = answer.status
                     outcome = f"answered by {answered[0]}"
-                    await send_answer(send, answered[1], request_id)
-                    sent = len(answered[1].body)
+                    if chain.has_early and context.answered_at > 0:
+                        early = answer.raw_headers(request_id)
+                        early = await _early_head(chain, context, status, early, request_id)
+                        await send({"type": "http.response.start", "status": status, "headers": early})
+                        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+                    else:
+                        await send_answer(send, answer, request_id)
+                    sent = len(answer.body)
                     return
                 target = request.target = context.target
                 request.headers = context.headers.raw
@@ -443,16 +481,17 @@ async def forward_http(
                 status = exc.status_code
                 outcome = f"{exc.code}: {exc.detail}"
                 failed_at = getattr(exc, "target", "")
-                error_logger.warning(
-                    "%s %s -> %d %s: %s (upstream %s, request_id %s)",
-                    scope["method"],
-                    target.decode("latin-1"),
-                    status,
-                    exc.code,
-                    exc.detail,
-                    _upstream_at(options.name, exc),
-                    request_id.decode("latin-1"),
-                )
+                if not isinstance(exc, UpstreamOverflow) or _first_of_burst(options.transport, exc):
+                    error_logger.warning(
+                        "%s %s -> %d %s: %s (upstream %s, request_id %s)",
+                        scope["method"],
+                        target.decode("latin-1"),
+                        status,
+                        exc.code,
+                        exc.detail,
+                        _upstream_at(options.name, exc),
+                        request_id.decode("latin-1"),
+                    )
                 if not disconnect.disconnected:
                     await error_response(send, exc, request_id)
                 return

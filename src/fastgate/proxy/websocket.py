@@ -209,13 +209,15 @@ async def forward_websocket(
     *,
     plugins: PluginChain | None = None,
     route: str = "",
+    route_index: int = -1,
 ) -> None:
     """Forward one WebSocket session to ``options``'s upstream at ``target`` (path and query) and relay it.
 
     ``plugins``: the route's plugin chain; its request-head hooks see the handshake (a ``GET``) before the upstream
     is dialed, and an :class:`Answer` from one is the client's answer (``refuse_websocket_answer``). ``route``:
-    the route's label in metrics and logs. The handshake goes upstream with a ``traceparent``, as HTTP requests do;
-    an open session counts in ``fastgate_websocket_sessions``, and its end writes one access line.
+    the route's label in metrics and logs; ``route_index``: its index in ``routes`` (the plugins' ``request.route``).
+    The handshake goes upstream with a ``traceparent``, as HTTP requests do; an open session counts in
+    ``fastgate_websocket_sessions``, and its end writes one access line.
 
     >>> options = WebSocketForwardOptions.from_config("chat", UpstreamConfig(url="http://127.0.0.1:9000"))
     >>> await forward_websocket(scope, receive, send, options, b"/chat?room=1")  # returns when the session ends
@@ -254,6 +256,7 @@ async def forward_websocket(
                     client=(client[0], client[1]) if client else None,
                     request_id=request_id.decode("latin-1"),
                     upstream=options.target.name,
+                    route=route_index,
                     scope=scope,
                 )
                 try:

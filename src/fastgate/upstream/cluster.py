@@ -206,7 +206,8 @@ class TargetStats:
     """One target's state for the admin API, metrics and tests (``Cluster.stats()``).
 
     ``ejected_for`` is the seconds of ejection left (None when not ejected); ``pool`` is None for the httpx
-    transport; ``requests`` and ``errors`` count tries since the cluster started.
+    transport; ``requests`` counts tries since the cluster started, ``errors`` those of them that failed (a connect
+    error, a timeout, a reset) or were answered 5xx (the admin API's ``/upstreams`` contract).
     """
 
     address: str
@@ -330,48 +331,54 @@ class Cluster:
                     least.on_start(index)
                 target.requests += 1
                 token = observer.start_try(request, index) if observer is not None else None
+                tracked = False  # the response carries on_finish to its aclose (least_request only)
                 try:
-                    response = await target.transport.send(request, body)
-                except UpstreamError as exc:
-                    if least is not None:
-                        least.on_finish(index)
-                    target.errors += 1
-                    kind = failure_kind(exc)
-                    if observer is not None:
-                        observer.failed(index, exc.code, kind == "connect_error", token)
-                    if kind is None:
+                    try:
+                        response = await target.transport.send(request, body)
+                    except UpstreamError as exc:
+                        kind = failure_kind(exc)
+                        if observer is not None:
+                            observer.failed(index, exc.code, kind == "connect_error", token)
+                        if kind is None:  # not the target's failure (the pool was exhausted, say)
+                            raise
+                        target.errors += 1
+                        if self._passive:
+                            self.record(index, kind)
+                        if (
+                            not self._may_retry(retry, attempt, kind, request, body, replay)
+                            or not budget.try_start_retry()
+                        ):
+                            raise
+                        retries += 1
+                        why = f"{kind} ({exc.detail})"
+                    except BaseException as exc:  # the client went (cancelled), or sent a bad body: the try ends here
+                        if observer is not None:
+                            observer.failed(index, getattr(exc, "code", "cancelled"), False, token)
                         raise
-                    if self._passive:
-                        self.record(index, kind)
-                    if not self._may_retry(retry, attempt, kind, request, body, replay) or not budget.try_start_retry():
-                        raise
-                    retries += 1
-                    why = f"{kind} ({exc.detail})"
-                except BaseException as exc:  # the client went (cancelled), or sent a bad body: the try ends here
-                    if observer is not None:
-                        observer.failed(index, getattr(exc, "code", "cancelled"), False, token)
-                    raise
-                else:
-                    status = response.status
-                    if observer is not None:
-                        observer.answered(index, status, token)
-                    if self._passive:
-                        self.record(index, status)
-                    if (
-                        status not in retry.statuses
-                        or not self._may_retry(retry, attempt, status, request, body, replay)
-                        or not budget.try_start_retry()
-                    ):
-                        response.tries = attempt
-                        if least is not None:
-                            return _Tracked(response, functools.partial(least.on_finish, index))
-                        return response
-                    retries += 1
-                    target.errors += 1
-                    why = f"status {status}"
-                    with anyio.CancelScope(shield=response.aclose_waits):
-                        await response.aclose()
-                    if least is not None:
+                    else:
+                        status = response.status
+                        if status >= 500:
+                            target.errors += 1
+                        if observer is not None:
+                            observer.answered(index, status, token)
+                        if self._passive:
+                            self.record(index, status)
+                        if (
+                            status not in retry.statuses
+                            or not self._may_retry(retry, attempt, status, request, body, replay)
+                            or not budget.try_start_retry()
+                        ):
+                            response.tries = attempt
+                            if least is not None:
+                                tracked = True
+                                return _Tracked(response, functools.partial(least.on_finish, index))
+                            return response
+                        retries += 1
+                        why = f"status {status}"
+                        with anyio.CancelScope(shield=response.aclose_waits):
+                            await response.aclose()
+                finally:  # an upstream error, a bad body or cancellation: this try is no longer in flight
+                    if least is not None and not tracked:
                         least.on_finish(index)
                 if replay is not None:
                     replay.rewind()

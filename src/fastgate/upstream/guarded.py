@@ -12,7 +12,8 @@ upstream without one runs the plain :class:`Cluster` and pays nothing. The guard
 - takes a retry's place from the breaker after the retry budget gave one, so at most ``max_retries`` retries are in
   flight at once; a retry over it is not made and the try's own answer goes to the client.
 
-Refusals are :class:`~fastgate.exceptions.UpstreamOverflow`: 503 ``upstream_overflow`` with ``x-fastgate-overflow``.
+Refusals are :class:`~fastgate.exceptions.UpstreamOverflow`: 503 ``upstream_overflow`` with ``x-fastgate-overflow``,
+logged once per burst (``upstream/overflow_log.py``).
 The httpx transport has no pool of ours: there, ``max_requests`` and ``max_retries`` apply, the other two do not.
 """
 
@@ -27,6 +28,7 @@ from ..exceptions import UpstreamOverflow
 from ..policies.breaker import MAX_REQUESTS, BreakerStats, CircuitBreaker, Thresholds
 from ..policies.retry_policy import RetryBudget
 from .cluster import Cluster, _Tracked
+from .overflow_log import OverflowLog
 from .pool import ConnectionPool
 from .transport import UpstreamRequest, UpstreamResponse
 
@@ -75,6 +77,7 @@ class GuardedCluster(Cluster):
         for pool in self.pools:
             pool.breaker = self.breaker
             pool.siblings = self.pools
+        self.overflow_log = OverflowLog(name)  # refusals logged once per burst (proxy/http.py)
 
     def __repr__(self) -> str:
         return f"<GuardedCluster {self.name} {self.breaker!r} {self.balancer!r} {self.health!r}>"

@@ -10,7 +10,9 @@ travels in ``X-Forwarded-Method``, as Traefik does it), through a fastgate poole
 answer lets the request through, with each ``copy_headers`` header of the answer set on the upstream request (a
 client-sent copy is removed first, whether or not the answer has one, as Traefik's ``authResponseHeaders``). Any
 other answer goes back to the client as it is: status, headers (hop-by-hop ones dropped) and body (up to
-``max_body`` bytes). An auth server that cannot be reached, times out or answers garbage gives 503
+``max_body`` bytes). With ``identity_header_from: x-user``, that header of a 2xx answer becomes ``request.identity``
+(for ``rate_limit: {key: identity}`` and the access record); without it in the answer there is no identity. An
+auth server that cannot be reached, times out or answers garbage gives 503
 ``auth_unavailable`` and one log line (Traefik answers 500 there).
 """
 
@@ -47,7 +49,8 @@ _NOT_RETURNED = PROTECTED_HEADERS | {b"x-request-id"}
 
 
 class ForwardAuth(Plugin):
-    """Options: ``url`` (required), ``copy_headers`` ([]), ``timeout`` (5 s), ``max_body`` (65536), ``ca_file``."""
+    """Options: ``url`` (required), ``copy_headers`` ([]), ``timeout`` (5 s), ``max_body`` (65536), ``ca_file``,
+    ``identity_header_from`` (none: the header of the auth server's 2xx answer that names the caller)."""
 
     def __init__(
         self,
@@ -56,6 +59,7 @@ class ForwardAuth(Plugin):
         timeout: float = 5.0,
         max_body: int = 65536,
         ca_file: str | None = None,
+        identity_header_from: str | None = None,
     ) -> None:
         if timeout <= 0 or max_body < 0:
             raise ValueError("timeout, max_body: must be positive")
@@ -63,6 +67,7 @@ class ForwardAuth(Plugin):
             raise ValueError("copy_headers: a list of header names")
         names = [header_name(name, "copy_headers") for name in copy_headers]
         self.copy_headers = frozenset(name for name in names if name is not None)
+        self.identity_header_from = header_name(identity_header_from, "identity_header_from")
         self.client = OutboundClient("forward_auth", url, "url", timeout, ca_file)
         self.url = url
         self.max_body = max_body
@@ -104,6 +109,11 @@ class ForwardAuth(Plugin):
             )
             return refusal(request, 503, "authentication server unavailable")
         if 200 <= status < 300:
+            wanted = self.identity_header_from
+            if wanted is not None:
+                identity = next((v for k, v in answer_headers if k.lower() == wanted), None)
+                if identity:  # empty or absent: no identity (a rate limit by identity counts under the client IP)
+                    request.identity = identity.decode("utf-8", "replace")
             copy = self.copy_headers
             if copy:
                 raw[:] = [pair for pair in raw if pair[0] not in copy]
