@@ -32,8 +32,11 @@ def declared_too_large(length: int | None, limit: int) -> RequestTooLarge | None
     return None
 
 
-async def limited_body(receive: Receive, scope: _Scope, limit: int) -> AsyncGenerator[bytes]:
-    """The request body from ``receive``, raising :class:`RequestTooLarge` once more than ``limit`` bytes came."""
+async def request_body(receive: Receive, scope: _Scope, limit: int | None = None) -> AsyncGenerator[bytes]:
+    """The request body from ``receive``; with ``limit``, :class:`RequestTooLarge` once more than that came.
+
+    ``scope.watch()`` is called with the last piece (the body is read: a disconnect watcher may take ``receive``).
+    """
     seen = 0
     more = True
     while more:
@@ -43,9 +46,10 @@ async def limited_body(receive: Receive, scope: _Scope, limit: int) -> AsyncGene
             raise ClientDisconnected("client disconnected during the request body")
         more = message.get("more_body", False)
         chunk: bytes = message.get("body", b"")
-        seen += len(chunk)
-        if seen > limit:
-            raise RequestTooLarge(f"request body grew past the limit of {limit} bytes")
+        if limit is not None:
+            seen += len(chunk)
+            if seen > limit:
+                raise RequestTooLarge(f"request body grew past the limit of {limit} bytes")
         if not more:
             scope.watch()
         yield chunk

@@ -50,7 +50,7 @@ from ..plugins.base import Answer, Exchange, HeaderList, RequestContext, Respons
 from ..plugins.chain import PluginChain, PluginError
 from ..serving.cycle import ServerHooks
 from ..upstream.transport import CHUNKED, Transport, UpstreamRequest
-from .bodylimit import declared_too_large, limited_body
+from .bodylimit import declared_too_large, request_body
 from .buffering import BufferedBody
 from .errors import error_parts, error_response
 from .headers import HeaderRules, RequestHead, new_request_id, response_headers
@@ -204,19 +204,6 @@ class _WatcherScope:
 
 
 _DisconnectScope = _HookScope | _WatcherScope
-
-
-async def _request_body(receive: Receive, scope: _DisconnectScope) -> AsyncGenerator[bytes]:
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.disconnected = True
-            raise ClientDisconnected("client disconnected during the request body")
-        more = message.get("more_body", False)
-        if not more:
-            scope.watch()
-        yield message.get("body", b"")
 
 
 def _upstream_at(name: str, exc: FastgateError) -> str:
@@ -455,10 +442,9 @@ async def forward_http(
                     buffered = await BufferedBody.read(receive, memory_bytes=buffer_body, max_bytes=route.max_body)
                     request.body_length = buffered.length
                     body = buffered.pieces()
-                elif head.body_length == CHUNKED and route.max_body is not None:
-                    body = limited_body(receive, disconnect, route.max_body)
                 elif head.body_length:
-                    body = _request_body(receive, disconnect)
+                    # counted against max_body_bytes only when chunked: the server's framing holds a Content-Length
+                    body = request_body(receive, disconnect, route.max_body if head.body_length == CHUNKED else None)
                 if body is None or buffer_body is not None:
                     disconnect.watch()
                 piped = body
