@@ -57,12 +57,17 @@ def build_app(users: str, orders: str) -> FastAPI:
         async def load(key: str, client: UpstreamClient, path: str, params: dict[str, Any] | None = None) -> None:
             results[key] = await fetch_json(client, path, params)
 
+        failure: DownstreamFailed | None = None
         try:
             async with anyio.create_task_group() as tg:  # one failure cancels the other call
                 tg.start_soon(load, "user", users, f"/users/{user_id}")
                 tg.start_soon(load, "orders", orders, "/orders", {"user_id": user_id})
         except* DownstreamFailed as group:
-            raise group.exceptions[0] from None  # the first failure answers; the handler makes it a 502
+            failure = group.exceptions[0]  # type: ignore[assignment]  # the first failure answers
+        if failure is not None:
+            # Raised here, not inside except*: Python 3.11.0-3.11.3 wrap what an except* block raises in an
+            # ExceptionGroup, which the DownstreamFailed handler would not match.
+            raise failure from None  # the handler makes it a 502
         return {"user": results["user"], "orders": results["orders"]}
 
     return app
