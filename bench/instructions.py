@@ -8,7 +8,8 @@ request path?"), and bench/run.sh for speed.
 
     python bench/instructions.py                          # `fastgate proxy` from this interpreter's install
     python bench/instructions.py --cmd "env PYTHONPATH=/other/checkout/src fastgate" --label other
-    python bench/instructions.py --config gateway.json    # `fastgate run FILE` (the file's listener must be --port)
+    python bench/instructions.py --config gateway.json    # `fastgate run FILE`: {UPSTREAM_PORT}, {UPSTREAM_PORT_2}
+    python bench/instructions.py --arm full               # a bench/features.py arm (the issue's "full" row)
 
 The upstream (a fixed 256-byte response) and the client (``--connections`` keep-alive connections, each sending
 GET requests one after another) run in this process on 127.0.0.1; the proxy runs under callgrind (about 50x
@@ -123,7 +124,7 @@ def _dump_total(directory: Path, pid: int, before: set[Path]) -> int:
     raise RuntimeError("callgrind wrote no dump")
 
 
-def _proxy_command(args: argparse.Namespace, port: int, upstream_port: int) -> tuple[list[str], dict[str, str]]:
+def _proxy_command(args: argparse.Namespace, port: int, upstreams: list[int]) -> tuple[list[str], dict[str, str]]:
     """The proxy's argv (without valgrind) and its environment."""
     default = shutil.which("fastgate") or str(Path(sys.executable).parent / "fastgate")
     command = shlex.split(args.cmd) if args.cmd else [default]
@@ -133,21 +134,32 @@ def _proxy_command(args: argparse.Namespace, port: int, upstream_port: int) -> t
         while command and "=" in command[0]:
             key, _, value = command.pop(0).partition("=")
             environment[key] = value
+    if args.arm:
+        import features  # bench/features.py: the same configs bench/run.sh runs
+
+        root = Path(tempfile.mkdtemp(prefix="fastgate-instr-"))
+        extras = features.Extras(root, procs=None)  # type: ignore[arg-type]  # arms needing redis/JWT are refused
+        config = features.feature_config(args.arm, port, upstreams[0], upstreams[1], extras)
+        config_path = root / "gateway.json"
+        config_path.write_text(json.dumps(config))
+        return [*command, "run", str(config_path)], environment
     if args.config:
-        config = json.loads(Path(args.config).read_text().replace("{UPSTREAM_PORT}", str(upstream_port)))
+        text = Path(args.config).read_text().replace("{UPSTREAM_PORT}", str(upstreams[0]))
+        config = json.loads(text.replace("{UPSTREAM_PORT_2}", str(upstreams[1])))
         config.setdefault("server", {}).update({"host": "127.0.0.1", "port": port})
         config_path = Path(tempfile.mkdtemp(prefix="fastgate-instr-")) / "gateway.json"
         config_path.write_text(json.dumps(config))
         return [*command, "run", str(config_path)], environment
-    command += ["proxy", "--from", f"127.0.0.1:{port}", "--to", f"http://127.0.0.1:{upstream_port}"]
+    command += ["proxy", "--from", f"127.0.0.1:{port}", "--to", f"http://127.0.0.1:{upstreams[0]}"]
     return [*command, "--workers", "1", "--no-access-log", "--log-level", "warning"], environment
 
 
 async def _drive(
-    args: argparse.Namespace, upstream: socket.socket, port: int, proc: subprocess.Popen[bytes], directory: Path
+    args: argparse.Namespace, upstreams: list[socket.socket], port: int, proc: subprocess.Popen[bytes], directory: Path
 ) -> tuple[int, float]:
-    """Serve the upstream, warm the proxy up, then count ``args.requests``: (instructions, seconds)."""
-    server = await asyncio.get_running_loop().create_server(_Upstream, sock=upstream)
+    """Serve the upstreams, warm the proxy up, then count ``args.requests``: (instructions, seconds)."""
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(_Upstream, sock=upstream) for upstream in upstreams]
     path = args.path.encode()
     try:
         await _wait_ready(port, proc, path, args.start_timeout)
@@ -160,15 +172,17 @@ async def _drive(
         await asyncio.to_thread(_callgrind_control, "-d", str(proc.pid))
         return await asyncio.to_thread(_dump_total, directory, proc.pid, before), elapsed
     finally:
-        server.close()
+        for server in servers:
+            server.close()
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
-    upstream = socket.socket()
-    upstream.bind(("127.0.0.1", 0))
-    upstream.listen(128)
+    upstreams = [socket.socket(), socket.socket()]  # the second for configs with {UPSTREAM_PORT_2}
+    for upstream in upstreams:
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen(128)
     port = args.port or _free_port()
-    command, environment = _proxy_command(args, port, upstream.getsockname()[1])
+    command, environment = _proxy_command(args, port, [upstream.getsockname()[1] for upstream in upstreams])
     directory = Path(tempfile.mkdtemp(prefix="fastgate-callgrind-"))
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/cg.%p", "--dump-instr=no"]
     pin = ["taskset", "-c", args.cpu] if args.cpu and shutil.which("taskset") else []
@@ -176,7 +190,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         [*pin, *valgrind, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
     )
     try:
-        total, elapsed = asyncio.run(_drive(args, upstream, port, proc, directory))
+        total, elapsed = asyncio.run(_drive(args, upstreams, port, proc, directory))
     finally:
         proc.terminate()
         try:
@@ -199,6 +213,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cmd", help="the fastgate command (default: fastgate beside this interpreter)")
     p.add_argument("--config", help="a JSON config for `fastgate run`; {UPSTREAM_PORT} is replaced, the listener set")
+    p.add_argument("--arm", choices=("full", "metrics-on", "metrics-off", "ratelimit-memory"), help="a bench arm")
     p.add_argument("--label", default="fastgate")
     p.add_argument("--path", default="/256b")
     p.add_argument("--port", type=int, default=0)
