@@ -33,12 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
-BODY = b"x" * 256
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 256\r\n\r\n" + BODY
+
+def response(size: int) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
+
+
+RESPONSE = response(256)
 
 
 class _Upstream(asyncio.Protocol):
-    """Answers every GET head it receives with RESPONSE (the client sends no bodies)."""
+    """Answers every GET head it receives with ``RESPONSE`` (the client sends no bodies)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -205,6 +209,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "connections": args.connections,
         "instructions": total,
         "instructions_per_request": round(total / args.requests),
+        "response_bytes": args.size,
         "seconds_under_callgrind": round(elapsed, 1),
     }
 
@@ -222,7 +227,10 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--cpu", default="1", help="CPU list for the proxy (taskset), '' for none")
     p.add_argument("--start-timeout", type=float, default=180)
+    p.add_argument("--size", type=int, default=256, help="response body bytes (default 256; S4 is 1048576)")
     args = p.parse_args()
+    global RESPONSE
+    RESPONSE = response(args.size)
     if shutil.which("valgrind") is None:
         sys.exit("bench/instructions.py needs valgrind (apt-get install valgrind)")
     if args.requests <= 0 or args.warmup < 0 or args.connections <= 0:
