@@ -2,10 +2,11 @@
 
 How this works
 --------------
-A connection carries one exchange at a time. ``start()`` writes the request head and arms a fresh response
-parser; the caller then writes the body (``write`` / ``drain``), waits for the response head (``wait_head``) and
-pulls body chunks (``read``). Everything the event loop tells us (bytes, EOF, loss, write pressure) lands in
-plain attributes and wakes the single waiter future, so the hot path costs one future per wait and no task.
+A connection carries one exchange at a time. ``start()`` writes the request head and arms the response parser
+(the last exchange's when its response ended at a message boundary, else a new one); the caller then writes the
+body (``write`` / ``drain``), waits for the response head (``wait_head``) and pulls body chunks (``read``).
+Everything the event loop tells us (bytes, EOF, loss, write pressure) lands in plain attributes and wakes the single
+waiter future, so the hot path costs one future per wait and no task.
 
 * Flow control: body bytes queue in ``_chunks``; above ``HIGH_WATER`` we stop reading from the socket, and
   resume once the consumer has taken them. Upstream writes wait in ``drain`` while the socket buffer is full.
@@ -66,6 +67,9 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._parser: Any = None
+        # The parser is at a message boundary (its last response ended in on_message_complete): the next exchange
+        # can use it again instead of building a new one (a parser costs two allocations and eight lookups).
+        self._parser_ready = False
         self._in_exchange = False
         self._no_body = False
         self._framed = False
@@ -97,7 +101,9 @@ class Connection(asyncio.Protocol):
         self.headers = []
         self._head_room = self.max_head
         self._exc = None
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._parser_ready:
+            self._parser = httptools.HttpResponseParser(self)
+        self._parser_ready = False
         self.transport.write(head)
 
     def write(self, data: bytes) -> None:
@@ -172,7 +178,8 @@ class Connection(asyncio.Protocol):
         self._in_exchange = False
         self.deadline = 0.0
         reusable = self.complete and self.keep_alive and not self.closed and self._exc is None
-        self._parser = None
+        if not reusable:
+            self._parser_ready = False
         self._chunks.clear()
         self._buffered = 0
         return reusable
@@ -219,7 +226,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_exchange or self._parser is None:
+        if not self._in_exchange:
             # Bytes nobody asked for: the connection is out of step; never reuse it.
             self.close(abort=True)
             return
@@ -374,4 +381,5 @@ class Connection(asyncio.Protocol):
         if self._exc is not None:
             return  # a response we already failed (a 101)
         self.complete = True
+        self._parser_ready = True
         self._wake()
