@@ -129,6 +129,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._hosts: list[bytes] = []
+        self._valid_host: bytes | None = None  # the last Host value check_host accepted on this connection
         self._expect_100 = False
         self._upgrade: bytes | None = None
         self._parsed_target = b""
@@ -408,10 +409,20 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         version = parser.get_http_version()
         method = parser.get_method()
+        url = self._url
+        hosts = self._hosts
         try:
-            version = check_version(version)
-            target, authority = check_target(method, self._url)
-            check_host(self._hosts, version)
+            if version != "1.1":
+                version = check_version(version)
+            if url[:1] == b"/" and method != b"CONNECT":
+                target, authority = url, None  # origin-form: what check_target would answer
+            else:
+                target, authority = check_target(method, url)
+            # A kept-alive client sends the same Host each time: a value this connection has validated passes.
+            if len(hosts) != 1 or hosts[0] != self._valid_host:
+                check_host(hosts, version)
+                if len(hosts) == 1:
+                    self._valid_host = hosts[0]
         except ClientError as exc:
             raise _Reject(exc) from None
         if version == "1.0" and any(name == b"transfer-encoding" for name, _ in self._headers):
@@ -426,7 +437,8 @@ class HttpProtocol(asyncio.Protocol):
         self.phase = _BUSY
         self.deadline = 0.0
         self.requests += 1
-        if parser.should_upgrade() and self._upgrade == b"websocket" and self.config.ws_protocol_class:
+        upgrade = parser.should_upgrade()
+        if upgrade and self._upgrade == b"websocket" and self.config.ws_protocol_class:
             self._parsing = None
             return  # handed over in data_received, where HttpParserUpgrade arrives
         path, query = target, b""
@@ -455,13 +467,13 @@ class HttpProtocol(asyncio.Protocol):
         limit = self.limits.max_requests_per_connection
         if limit is not None and self.requests >= limit:
             keep_alive = False
-        if parser.should_upgrade():
+        if upgrade:
             keep_alive = False  # an upgrade we do not speak (h2c): llhttp stops at it, so nothing more can follow
         cycle = RequestCycle(self, scope, target, keep_alive)
         cycle.expect_100 = self._expect_100
         scope["extensions"] = {"fastgate.server": cycle}
         self._parsing = cycle
-        if parser.should_upgrade() and _declares_body(headers):
+        if upgrade and _declares_body(headers):
             raise _Reject(BadRequest("a request body cannot be sent with an upgrade offer"))
         if self._cycle is None:
             self._start(cycle)
