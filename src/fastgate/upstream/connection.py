@@ -133,7 +133,12 @@ class Connection(asyncio.Protocol):
         while not self.head_done:
             if self._exc is not None:
                 raise self._exc
-            await self._wait()
+            # the future awaited here, not through a helper coroutine: one coroutine less on every request
+            self._waiter = waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
         self.deadline = 0.0
 
     async def read(self, idle_timeout: float | None) -> bytes:
@@ -156,10 +161,13 @@ class Connection(asyncio.Protocol):
             if idle_timeout:
                 # The deadline covers this wait only: once data is here, a slow reader must not be cut.
                 self._arm(idle_timeout, "response body data")
-                await self._wait()
+            self._waiter = waiter = self.loop.create_future()  # inline, as in wait_head
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            if idle_timeout:
                 self.deadline = 0.0
-            else:
-                await self._wait()
 
     def read_buffered(self) -> tuple[bytes, bool]:
         """What the body has buffered right now, without waiting, and whether that is all of it."""
@@ -204,13 +212,6 @@ class Connection(asyncio.Protocol):
         self.deadline = self.loop.time() + timeout if timeout else 0.0
         self.waiting_for = waiting_for
         self.armed_timeout = timeout or 0.0
-
-    async def _wait(self) -> None:
-        self._waiter = self.loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
 
     def _wake(self) -> None:
         waiter = self._waiter
