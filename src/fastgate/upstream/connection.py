@@ -129,7 +129,10 @@ class Connection(asyncio.Protocol):
             raise self._exc
 
     async def wait_head(self, limit: float | None) -> None:
-        self._arm(limit, "response headers")
+        # self._arm(limit, "response headers"), inline: a call less on every request
+        self.deadline = self.loop.time() + limit if limit else 0.0
+        self.waiting_for = "response headers"
+        self.armed_timeout = limit or 0.0
         while not self.head_done:
             if self._exc is not None:
                 raise self._exc
@@ -215,8 +218,10 @@ class Connection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # woken once: the callbacks that follow in the same read cost a test, not a call
+            if not waiter.done():
+                waiter.set_result(None)
         drain = self._drain_waiter
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -363,7 +368,8 @@ class Connection(asyncio.Protocol):
         elif not framed:
             self.keep_alive = False  # a close-delimited body: the connection ends with it
         self._framed = framed
-        self._wake()
+        if self._waiter is not None or self._drain_waiter is not None:
+            self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self._no_body:
@@ -373,7 +379,8 @@ class Connection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self._waiter is not None or self._drain_waiter is not None:
+            self._wake()
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -383,4 +390,5 @@ class Connection(asyncio.Protocol):
             return  # a response we already failed (a 101)
         self.complete = True
         self._parser_ready = True
-        self._wake()
+        if self._waiter is not None or self._drain_waiter is not None:
+            self._wake()
