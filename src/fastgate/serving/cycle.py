@@ -234,7 +234,7 @@ class RequestCycle:
             count += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
-        if head.count(b"\n") != count + 2 or head.count(b"\r") != count + 2 or b"\0" in head:
+        if head.count(b"\n") != count + 2 or head.count(b"\r") != count + 2 or head.find(b"\0") >= 0:
             raise RuntimeError("Invalid HTTP header name or value.")
         self.response_started = True
         self.expect_100 = False
