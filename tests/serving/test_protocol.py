@@ -349,3 +349,28 @@ async def test_pipelined_requests_beyond_the_queue_bound_are_refused_after_those
     assert transport.written.count(b"HTTP/1.1 200") == MAX_PIPELINED + 1
     assert transport.written.count(b"HTTP/1.1 400") == 1
     assert transport.closed
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        b"GET /b HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: example.com\r\nHost: example.com\r\n\r\n",
+        b"GET /b HTTP/1.1\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: \r\n\r\n",
+    ],
+)
+async def test_host_is_checked_on_every_request_of_a_kept_alive_connection(second: bytes) -> None:
+    # The connection remembers the last Host it validated (a kept-alive client repeats it): anything else is checked.
+    app = Echo()
+    protocol, transport = connect(app)
+    protocol.data_received(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    await settle()
+    assert status_of(transport.written) == 200
+    assert not transport.closed
+    transport.written.clear()
+    protocol.data_received(second)
+    await settle()
+    assert status_of(transport.written) == 400, bytes(transport.written)
+    assert transport.closed
+    assert [scope["path"] for scope in app.scopes] == ["/a"]

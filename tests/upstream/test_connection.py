@@ -209,3 +209,38 @@ async def test_stream_idle_does_not_cut_a_reader_slower_than_the_upstream(gatewa
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert len(body) == size  # complete, not cut by stream_idle
+
+
+async def test_kept_alive_connection_parses_each_response_afresh_after_head_204_interim_and_chunked(
+    gateway_for: GatewayFactory,
+) -> None:
+    """One upstream connection answers HEAD (Content-Length but no body), 204, 103 then 200, chunked and plain in turn:
+    the response parser, kept across exchanges, starts each response at its first byte."""
+    answers = {
+        b"HEAD": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        b"GET /nc": b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"GET /early": b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly",
+        b"GET /chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"GET /plain": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
+    }
+
+    async def handler(stream: anyio.abc.SocketStream, number: int) -> None:
+        while True:
+            head = await read_head(stream)
+            await stream.send(next(answer for start, answer in answers.items() if head.startswith(start)))
+
+    async with raw_upstream(handler) as (url, connections), gateway_for(url) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
+            for _ in range(2):
+                head = await client.head("/h")
+                assert (head.status_code, head.headers["content-length"]) == (200, "5")
+                for path, status, body in [
+                    ("/nc", 204, ""),
+                    ("/early", 200, "early"),
+                    ("/chunked", 200, "abc"),
+                    ("/plain", 200, "plain"),
+                ]:
+                    response = await client.get(path)
+                    assert (response.status_code, response.text) == (status, body), path
+    assert connections == [1]

@@ -117,12 +117,15 @@ class RequestCycle:
 
     def end_body(self) -> None:
         self.more_body = False
-        self.wake()
+        if self._waiter is not None:
+            self.wake()
 
     def wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # woken once: later wakes before the app resumes cost a test, not a call
+            if not waiter.done():
+                waiter.set_result(None)
 
     def lost(self) -> None:
         """The client is gone: wake the app and run the disconnect callback once."""
@@ -231,7 +234,7 @@ class RequestCycle:
             count += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
-        if head.count(b"\n") != count + 2 or head.count(b"\r") != count + 2 or b"\0" in head:
+        if head.count(b"\n") != count + 2 or head.count(b"\r") != count + 2 or head.find(b"\0") >= 0:
             raise RuntimeError("Invalid HTTP header name or value.")
         self.response_started = True
         self.expect_100 = False
@@ -255,12 +258,15 @@ class RequestCycle:
                 self._remaining -= len(body)
         head, self._head = self._head, None
         if head is not None:
-            self.conn.writelines(head, data)
+            conn = self.conn
+            if not conn.closed:
+                conn.transport.writelines((head, data))  # conn.writelines(head, data), inline
         elif data:
             self.conn.write(data)
         if not more:
             if self._remaining and not self._no_body and not self._close_delimited:
                 raise RuntimeError("Response content shorter than Content-Length")
             self.response_complete = True
-            self.wake()
+            if self._waiter is not None:
+                self.wake()
             self.conn.response_done(self)

@@ -36,7 +36,7 @@ def is_valid_host(value: bytes) -> bool:
         return False
     if value.startswith(b"["):
         end = value.find(b"]")
-        if end < 0 or b"[" in value[1:] or b"]" in value[end + 1 :]:
+        if end < 0 or value.find(b"[", 1) >= 0 or value.find(b"]", end + 1) >= 0:
             return False
         rest = value[end + 1 :]
         if not rest:
@@ -45,7 +45,7 @@ def is_valid_host(value: bytes) -> bool:
             return False
         port = rest[1:]
     else:
-        if b"[" in value or b"]" in value:
+        if value.find(b"[") >= 0 or value.find(b"]") >= 0:
             return False
         host, colon, port = value.partition(b":")
         if not host:
@@ -85,7 +85,7 @@ def check_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
             rest = target[len(scheme) :]
             cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
             authority, path = rest[:cut], rest[cut:]
-            if b"@" in authority or not is_valid_host(authority):
+            if authority.find(b"@") >= 0 or not is_valid_host(authority):
                 raise BadRequest(f"invalid authority in request target {target[:64]!r}")
             if not path.startswith(b"/"):
                 path = b"/" + path

@@ -74,6 +74,9 @@ class ConnectionPool:
         self.max_head = config.max_response_header_bytes
         self.timeouts = config.timeouts
         self.limits = config.limits
+        # read on every acquire and release: plain attributes, not the pydantic model's (its __getattr__ hook costs)
+        self._keepalive_expiry = config.limits.keepalive_expiry
+        self._max_keepalive = config.limits.max_keepalive_connections
         self._ssl = client_context(config.ca_file) if config.scheme == "https" else None
         self._idle: deque[Connection] = deque()
         self._busy: set[Connection] = set()
@@ -125,7 +128,7 @@ class ConnectionPool:
             return await self._connect(timeouts=timeouts)
         idle = self._idle
         if idle:
-            expiry = self.limits.keepalive_expiry
+            expiry = self._keepalive_expiry
             now = loop.time()
             while idle:
                 conn = idle.pop()
@@ -160,9 +163,7 @@ class ConnectionPool:
                     self._reuses += 1
                     waiter.set_result(conn)
                     return
-            if len(self._idle) < self.limits.max_keepalive_connections and (
-                self.breaker is None or not self._sibling_waits()
-            ):
+            if len(self._idle) < self._max_keepalive and (self.breaker is None or not self._sibling_waits()):
                 conn.idle_since = conn.loop.time()
                 self._idle.append(conn)
                 return

@@ -88,14 +88,14 @@ class FastgateResponse:
     __slots__ = ("status", "headers", "target", "tries", "_conn", "_pool", "_idle_timeout")
     aclose_waits = False
 
-    def __init__(self, pool: ConnectionPool, conn: Connection, timeouts: Timeouts) -> None:
+    def __init__(self, pool: ConnectionPool, conn: Connection, idle_timeout: float | None) -> None:
         self.status = conn.status
         self.headers = conn.headers
         self.target = pool.target
         self.tries = 1
         self._conn: Connection | None = conn
         self._pool = pool
-        self._idle_timeout = timeouts.stream_idle
+        self._idle_timeout = idle_timeout
 
     async def read(self) -> bytes:
         assert self._conn is not None, "response already closed"
@@ -129,6 +129,10 @@ class FastgateTransport:
         self.config = config
         self.pool = ConnectionPool(name, config)
         self._path_prefix = config.path_prefix  # computed from the URL: once, not per request
+        # The upstream's read, write and stream-idle timeouts as plain floats: every attribute read on a pydantic
+        # model goes through its __getattr__ hook, several times the cost of a plain one.
+        t = config.timeouts
+        self._timeouts = (t.read, t.write, t.stream_idle)
         self._task_group: anyio.abc.TaskGroup | None = None
 
     def __repr__(self) -> str:
@@ -159,7 +163,10 @@ class FastgateTransport:
     async def send(self, request: UpstreamRequest, body: AsyncIterator[bytes] | None) -> UpstreamResponse:
         head = _request_head(request, self._path_prefix)
         no_body = request.method == b"HEAD"
-        timeouts = request.timeouts or self.config.timeouts
+        timeouts = request.timeouts
+        read_timeout, write_timeout, idle_timeout = (
+            self._timeouts if timeouts is None else (timeouts.read, timeouts.write, timeouts.stream_idle)
+        )
         retried = False
         while True:
             conn = await self.pool.acquire(fresh=retried, timeouts=request.timeouts)
@@ -167,8 +174,8 @@ class FastgateTransport:
             try:
                 conn.start(head, no_body=no_body)
                 if body is not None:
-                    await self._send_body(conn, request.body_length, body, timeouts.write)
-                await conn.wait_head(timeouts.read)
+                    await self._send_body(conn, request.body_length, body, write_timeout)
+                await conn.wait_head(read_timeout)
             except UpstreamProtocolError:
                 conn.finish()
                 conn.close(abort=True)
@@ -192,7 +199,7 @@ class FastgateTransport:
                 conn.close(abort=True)
                 self.pool.release(conn, False)
                 raise
-            return FastgateResponse(self.pool, conn, timeouts)
+            return FastgateResponse(self.pool, conn, idle_timeout)
 
     async def _send_body(
         self, conn: Connection, length: int | None, body: AsyncIterator[bytes], write_timeout: float | None
