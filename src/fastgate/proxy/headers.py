@@ -176,7 +176,7 @@ def request_headers(
     if host:
         out.append((b"x-forwarded-host", host))
     if forwarded:
-        node = b'"[' + client + b']"' if b":" in client else client
+        node = b'"[' + client + b']"' if client.find(b":") >= 0 else client
         element = b"for=" + node + b";proto=" + scheme + (b";host=" + _quote(host) if host else b"")
         out.append((b"forwarded", b", ".join([*forwarded_in, element])))
     elif forwarded_in:

@@ -69,7 +69,9 @@ def normalize_path(path: bytes, *, merge_slashes: bool = False) -> bytes:
 
     A path that does not start with ``/`` (``*`` of ``OPTIONS *``) is returned unchanged.
     """
-    if b"%" not in path and b"/." not in path and not (merge_slashes and b"//" in path):
+    # find() rather than ``in``: on CPython 3.11 ``bytes in bytes`` first tries the needle as an int and builds a
+    # TypeError it throws away (~1,800 instructions a test, bench/instructions.py); this runs on every request.
+    if path.find(b"%") < 0 and path.find(b"/.") < 0 and not (merge_slashes and path.find(b"//") >= 0):
         return path
     if not path.startswith(b"/"):
         return path
