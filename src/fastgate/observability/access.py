@@ -17,7 +17,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str  # the C encoder: quotes and escapes one str
 from typing import Literal
 
-from .record import ExchangeRecord
+from .record import CLIENT_CLOSED_STATUS, ExchangeRecord
 
 AccessLogFormat = Literal["text", "json"]
 Formatter = Callable[[ExchangeRecord], str]
@@ -29,17 +29,21 @@ def format_text(record: ExchangeRecord) -> str:
     >>> format_text(ExchangeRecord(upstream="api", method="GET", target="/", status=200, request_id="ab"))
     '- - "GET / HTTP/1.1" 200 0 0.0ms upstream=api request_id=ab'
     """
-    trace = f" trace_id={record.trace_id}" if record.trace_id else ""
-    note = f" ({record.outcome})" if record.outcome else ""
+    trace_id = record.trace_id
+    outcome = record.outcome
     if record.websocket:
         return (
             f'{record.client} - "WebSocket {record.target}" {record.status} {record.duration_s * 1000:.1f}ms'
-            f" upstream={record.upstream} request_id={record.request_id}{trace}{note}"
+            f" upstream={record.upstream} request_id={record.request_id}"
+            f"{f' trace_id={trace_id}' if trace_id else ''}{f' ({outcome})' if outcome else ''}"
         )
+    # record.logged_status, inline (a property call costs more than the test); one f-string for the whole line.
+    status = CLIENT_CLOSED_STATUS if outcome and outcome.startswith("client") else record.status
     return (
-        f'{record.client} - "{record.method} {record.target} HTTP/{record.http_version}" {record.logged_status}'
+        f'{record.client} - "{record.method} {record.target} HTTP/{record.http_version}" {status}'
         f" {record.bytes_sent} {record.duration_s * 1000:.1f}ms upstream={record.upstream}"
-        f" request_id={record.request_id}{trace}{note}"
+        f" request_id={record.request_id}{f' trace_id={trace_id}' if trace_id else ''}"
+        f"{f' ({outcome})' if outcome else ''}"
     )
 
 
