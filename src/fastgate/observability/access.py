@@ -47,6 +47,9 @@ def format_text(record: ExchangeRecord) -> str:
     )
 
 
+_MILLISECONDS = tuple(f"{ms:03d}" for ms in range(1000))  # a timestamp's ".%03d", formatted once
+
+
 class _Clock:
     """RFC 3339 timestamps; the part up to the second is formatted once per second."""
 
@@ -60,8 +63,8 @@ class _Clock:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return f"{self._prefix}{_MILLISECONDS[int((now - second) * 1000)]}Z"
 
 
 _rfc3339 = _Clock()
@@ -74,14 +77,18 @@ def format_json(record: ExchangeRecord, now: float | None = None) -> str:
     '{"time":"1970-01-01T00:00:00.000Z","clie'
     """
     stamp = _rfc3339(time.time() if now is None else now)
+    outcome = record.outcome
+    websocket = record.websocket
+    # record.logged_status, inline (a property call costs more than the test).
+    status = CLIENT_CLOSED_STATUS if outcome and not websocket and outcome.startswith("client") else record.status
     return (
         f'{{"time":"{stamp}","client":{_json_str(record.client)},"method":{_json_str(record.method)}'
         f',"target":{_json_str(record.target)},"http_version":{_json_str(record.http_version)}'
-        f',"status":{record.logged_status},"bytes":{record.bytes_sent},"duration":{record.duration_s:.6f}'
+        f',"status":{status},"bytes":{record.bytes_sent},"duration":{record.duration_s:.6f}'
         f',"route":{_json_str(record.route)},"upstream":{_json_str(record.upstream)}'
         f',"upstream_address":{_json_str(record.upstream_address)},"request_id":{_json_str(record.request_id)}'
-        f',"trace_id":{_json_str(record.trace_id)},"retries":{record.retries},"outcome":{_json_str(record.outcome)}'
-        f',"websocket":{"true" if record.websocket else "false"}}}'
+        f',"trace_id":{_json_str(record.trace_id)},"retries":{record.retries},"outcome":{_json_str(outcome)}'
+        f',"websocket":{"true" if websocket else "false"}}}'
     )
 
 
