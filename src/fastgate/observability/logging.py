@@ -14,6 +14,7 @@ debug``, and a ``--log-config`` of your own sees them as Uvicorn writes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
@@ -121,11 +122,7 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             line = message + self.terminator
         else:
             return False
-        lock = self.lock
-        if lock is None:  # Handler.createLock has not run: write as logging would, lock or not
-            self._queue(line)
-            return True
-        with lock:
+        with self.lock or _NO_LOCK:
             pending = self._pending
             if pending is not None:
                 pending.append(line)  # _queue's common case, inline: not the turn's first line
@@ -149,8 +146,7 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         """Write the queued lines in one ``write``, then flush the stream (``StreamHandler.flush``), under one lock."""
-        self.acquire()
-        try:
+        with self.lock or _NO_LOCK:  # Handler.acquire/release, less two Python calls
             pending, self._pending = self._pending, None
             try:
                 if pending:
@@ -159,8 +155,6 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.handleError(logging.makeLogRecord({"name": "fastgate.access", "msg": "".join(pending or ())}))
             if self.stream and hasattr(self.stream, "flush"):
                 self.stream.flush()
-        finally:
-            self.release()
 
     def setFormatter(self, fmt: logging.Formatter | None) -> None:
         super().setFormatter(fmt)
@@ -214,6 +208,7 @@ def write_access_line(message: str) -> bool:
     return handler.write_message(message)
 
 
+_NO_LOCK = contextlib.nullcontext()  # for a handler whose lock is None (Handler.acquire checks for it too)
 _MILLISECONDS = tuple(f"{ms:03d}" for ms in range(1000))  # "%03d" of a line's milliseconds, formatted once
 _get_factory = logging.getLogRecordFactory
 _LogRecord = logging.LogRecord
