@@ -182,3 +182,18 @@ def test_access_line_handler_writes_one_turns_lines_at_once_and_outside_a_loop_e
     asyncio.run(turns())
     handler.flush()
     assert stream.getvalue().endswith("a2\nlast\n")
+
+
+def test_json_line_keeps_a_websockets_status_when_the_client_closed() -> None:
+    record = ExchangeRecord(target="/ws", status=101, outcome="client closed with 1001", websocket=True)
+    fields = json.loads(format_json(record, now=1_700_000_000.0))
+    assert (fields["status"], fields["websocket"], fields["outcome"]) == (101, True, "client closed with 1001")
+
+
+def test_json_time_is_rfc3339_utc_milliseconds_truncated_like_before() -> None:
+    import time
+
+    for now in (0.0, 0.0009, 1_700_000_000.5, 1_700_000_000.9999, 1_700_000_001.001, 1_700_003_599.123456):
+        second = int(now)
+        before = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))}.{int((now - second) * 1000):03d}Z"
+        assert json.loads(format_json(ExchangeRecord(), now=now))["time"] == before

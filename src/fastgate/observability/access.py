@@ -17,7 +17,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str  # the C encoder: quotes and escapes one str
 from typing import Literal
 
-from .record import ExchangeRecord
+from .record import CLIENT_CLOSED_STATUS, ExchangeRecord
 
 AccessLogFormat = Literal["text", "json"]
 Formatter = Callable[[ExchangeRecord], str]
@@ -29,18 +29,25 @@ def format_text(record: ExchangeRecord) -> str:
     >>> format_text(ExchangeRecord(upstream="api", method="GET", target="/", status=200, request_id="ab"))
     '- - "GET / HTTP/1.1" 200 0 0.0ms upstream=api request_id=ab'
     """
-    trace = f" trace_id={record.trace_id}" if record.trace_id else ""
-    note = f" ({record.outcome})" if record.outcome else ""
+    trace_id = record.trace_id
+    outcome = record.outcome
     if record.websocket:
         return (
             f'{record.client} - "WebSocket {record.target}" {record.status} {record.duration_s * 1000:.1f}ms'
-            f" upstream={record.upstream} request_id={record.request_id}{trace}{note}"
+            f" upstream={record.upstream} request_id={record.request_id}"
+            f"{f' trace_id={trace_id}' if trace_id else ''}{f' ({outcome})' if outcome else ''}"
         )
+    # record.logged_status, inline (a property call costs more than the test); one f-string for the whole line.
+    status = CLIENT_CLOSED_STATUS if outcome and outcome.startswith("client") else record.status
     return (
-        f'{record.client} - "{record.method} {record.target} HTTP/{record.http_version}" {record.logged_status}'
+        f'{record.client} - "{record.method} {record.target} HTTP/{record.http_version}" {status}'
         f" {record.bytes_sent} {record.duration_s * 1000:.1f}ms upstream={record.upstream}"
-        f" request_id={record.request_id}{trace}{note}"
+        f" request_id={record.request_id}{f' trace_id={trace_id}' if trace_id else ''}"
+        f"{f' ({outcome})' if outcome else ''}"
     )
+
+
+_MILLISECONDS = tuple(f"{ms:03d}" for ms in range(1000))  # a timestamp's ".%03d", formatted once
 
 
 class _Clock:
@@ -56,8 +63,8 @@ class _Clock:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return f"{self._prefix}{_MILLISECONDS[int((now - second) * 1000)]}Z"
 
 
 _rfc3339 = _Clock()
@@ -70,14 +77,18 @@ def format_json(record: ExchangeRecord, now: float | None = None) -> str:
     '{"time":"1970-01-01T00:00:00.000Z","clie'
     """
     stamp = _rfc3339(time.time() if now is None else now)
+    outcome = record.outcome
+    websocket = record.websocket
+    # record.logged_status, inline (a property call costs more than the test).
+    status = CLIENT_CLOSED_STATUS if outcome and not websocket and outcome.startswith("client") else record.status
     return (
         f'{{"time":"{stamp}","client":{_json_str(record.client)},"method":{_json_str(record.method)}'
         f',"target":{_json_str(record.target)},"http_version":{_json_str(record.http_version)}'
-        f',"status":{record.logged_status},"bytes":{record.bytes_sent},"duration":{record.duration_s:.6f}'
+        f',"status":{status},"bytes":{record.bytes_sent},"duration":{record.duration_s:.6f}'
         f',"route":{_json_str(record.route)},"upstream":{_json_str(record.upstream)}'
         f',"upstream_address":{_json_str(record.upstream_address)},"request_id":{_json_str(record.request_id)}'
-        f',"trace_id":{_json_str(record.trace_id)},"retries":{record.retries},"outcome":{_json_str(record.outcome)}'
-        f',"websocket":{"true" if record.websocket else "false"}}}'
+        f',"trace_id":{_json_str(record.trace_id)},"retries":{record.retries},"outcome":{_json_str(outcome)}'
+        f',"websocket":{"true" if websocket else "false"}}}'
     )
 
 

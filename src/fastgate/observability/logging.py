@@ -14,6 +14,7 @@ debug``, and a ``--log-config`` of your own sees them as Uvicorn writes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
@@ -71,9 +72,15 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     text access line), each line is the date of its second, formatted once, the milliseconds and the message:
     character for character what the formatter writes, for about 2 µs less a line. Whether the formatter is such a
     one is checked when it is set, by comparing its output on a probe record; any other formatter is used as is.
+
+    The same check recognises a formatter that writes the message alone (the JSON access line's ``%(message)s``).
+    With either, :meth:`write_message` queues a message as the formatter would write it, without a ``LogRecord``
+    (the access line's fast path, :func:`write_access_line`).
     """
 
-    _dated: logging.Formatter | None = None
+    _dated: logging.Formatter | None = None  # writes "%(asctime)s %(message)s"
+    _dated_comma: logging.Formatter | None = None  # the same, with logging's "%s,%03d" milliseconds
+    _bare: logging.Formatter | None = None  # writes "%(message)s"
     _second = -1
     _date = ""
     _pending: list[str] | None = None
@@ -92,6 +99,38 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self._queue(line)
+
+    def write_message(self, message: str) -> bool:
+        """Queue ``message`` as the formatter would write an INFO record of it made now, without making one.
+
+        False (nothing written) when the formatter is not one :meth:`setFormatter` recognised: the caller logs the
+        message the ordinary way. Takes the handler's lock, as ``Handler.handle`` does around ``emit``.
+        """
+        formatter = self.formatter
+        if formatter is None:
+            return False
+        if formatter is self._dated_comma:
+            # LogRecord's created and msecs (Python 3.11, 3.12: from time.time()), formatTime's "%s,%03d".
+            now = time.time()
+            second = int(now)
+            if second != self._second:
+                self._date = time.strftime(formatter.default_time_format, formatter.converter(second))
+                self._second = second
+            line = f"{self._date},{_MILLISECONDS[int((now - second) * 1000)]} {message}{self.terminator}"
+        elif formatter is self._bare:
+            line = message + self.terminator
+        else:
+            return False
+        with self.lock or _NO_LOCK:
+            pending = self._pending
+            if pending is not None:
+                pending.append(line)  # _queue's common case, inline: not the turn's first line
+            else:
+                self._queue(line)
+        return True
+
+    def _queue(self, line: str) -> None:
         pending = self._pending
         if pending is not None:
             pending.append(line)
@@ -106,39 +145,74 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self.acquire()
-        try:
+        """Write the queued lines in one ``write``, then flush the stream (``StreamHandler.flush``), under one lock."""
+        with self.lock or _NO_LOCK:  # Handler.acquire/release, less two Python calls
             pending, self._pending = self._pending, None
-            if pending:
-                self.stream.write("".join(pending))
-        except Exception:
-            self.handleError(logging.makeLogRecord({"name": "fastgate.access", "msg": "".join(pending or ())}))
-        finally:
-            self.release()
-        super().flush()
+            try:
+                if pending:
+                    self.stream.write("".join(pending))
+            except Exception:
+                self.handleError(logging.makeLogRecord({"name": "fastgate.access", "msg": "".join(pending or ())}))
+            if self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
 
     def setFormatter(self, fmt: logging.Formatter | None) -> None:
         super().setFormatter(fmt)
-        self._dated = None
+        self._dated = self._dated_comma = self._bare = None
         self._second = -1
         if type(fmt) is logging.Formatter and fmt.datefmt is None:
             probe = logging.LogRecord("probe", logging.INFO, __file__, 0, "probe message", (), None)
-            if fmt.format(probe) == f"{self._format_time(fmt, probe)} probe message":
+            written = fmt.format(probe)
+            if written == f"{self._stamp(fmt, probe.created, probe.msecs)} probe message":
                 self._dated = fmt
-                self._second = -1
+                if fmt.default_msec_format == "%s,%03d":
+                    self._dated_comma = fmt
+            elif written == "probe message":
+                self._bare = fmt
+            self._second = -1
 
-    def _format_time(self, fmt: logging.Formatter, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def _stamp(self, fmt: logging.Formatter, created: float, msecs: float) -> str:
+        """``fmt.formatTime`` of a record ``created`` then, with the date part formatted once a second."""
+        second = int(created)
         if second != self._second:
             self._date = time.strftime(fmt.default_time_format, fmt.converter(second))
             self._second = second
-        return fmt.default_msec_format % (self._date, record.msecs) if fmt.default_msec_format else self._date
+        return fmt.default_msec_format % (self._date, msecs) if fmt.default_msec_format else self._date
 
     def format(self, record: logging.LogRecord) -> str:
         dated = self._dated
-        if dated is None or record.exc_info or record.stack_info:
+        if dated is None or dated is not self.formatter or record.exc_info or record.stack_info:
             return super().format(record)
-        return f"{self._format_time(dated, record)} {record.getMessage()}"
+        return f"{self._stamp(dated, record.created, record.msecs)} {record.getMessage()}"
+
+
+def write_access_line(message: str) -> bool:
+    """The access line's fast path: queue ``message`` on ``fastgate.access``'s handler directly, or return False.
+
+    Call it once ``access_logger.isEnabledFor(logging.INFO)`` holds (that checks the logger's level, ``disabled``
+    and ``logging.disable``). It writes only where the result is the one logging would give: the logger has one
+    handler, an :class:`AccessLineHandler` (this class, not a subclass) at INFO or below with a formatter it
+    recognises; no filters on either; the logger does not propagate; the logger's class and the record factory
+    are logging's own. That is the default configuration (:data:`LOGGING_CONFIG`, text or JSON). A
+    ``--log-config``, an added handler or filter, another formatter or record factory: False, and the caller logs
+    the message the ordinary way (a ``LogRecord`` through ``Logger.handle``). Checked on every call, so a reload
+    or a library changing the configuration takes effect from the next line.
+    """
+    logger = access_logger
+    handlers = logger.handlers
+    if len(handlers) != 1 or logger.filters or logger.propagate or _get_factory() is not _LogRecord or not _PLAIN:
+        return False
+    handler = handlers[0]
+    if type(handler) is not AccessLineHandler or handler.filters or handler.level > logging.INFO:
+        return False
+    return handler.write_message(message)
+
+
+_NO_LOCK = contextlib.nullcontext()  # for a handler whose lock is None (Handler.acquire checks for it too)
+_MILLISECONDS = tuple(f"{ms:03d}" for ms in range(1000))  # "%03d" of a line's milliseconds, formatted once
+_get_factory = logging.getLogRecordFactory
+_LogRecord = logging.LogRecord
+_PLAIN = type(access_logger) is logging.Logger  # not a logging.setLoggerClass class, with a handle() of its own
 
 
 LOGGING_CONFIG: dict[str, Any] = {
