@@ -72,9 +72,16 @@ def write_config(path: Path, data: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def fastgate_run(config_file: Path, log_path: Path, port: int, *args: str) -> Iterator[GatewayProcess]:
-    """``python -m fastgate run CONFIG_FILE ARGS...`` as a subprocess listening on ``port``; SIGTERM afterwards."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def fastgate_run(
+    config_file: Path, log_path: Path, port: int, *args: str, buffered: bool = False
+) -> Iterator[GatewayProcess]:
+    """``python -m fastgate run CONFIG_FILE ARGS...`` as a subprocess listening on ``port``; SIGTERM afterwards.
+
+    ``buffered``: stdout (the log file) keeps Python's default block buffering instead of ``PYTHONUNBUFFERED=1``.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "fastgate", "run", str(config_file), *args],

@@ -4,14 +4,9 @@ one's own, and reloads turning the line off and on, work as before."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +15,7 @@ import httpx
 import pytest
 
 from tests.reload_support import fastgate_run, gateway_config, ports, write_config
-from tests.servers import GatewayProcess, RunningServer, wait_for_port
+from tests.servers import GatewayProcess, RunningServer
 
 pytestmark = pytest.mark.anyio
 
@@ -29,26 +24,6 @@ TEXT_LINE = re.compile(
     r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} 127\.0\.0\.1:\d+ - \"GET /x\?i=(\d+) HTTP/1\.1\" 200 (\d+) \d+\.\dms"
     r" upstream=api request_id=rid-(\d+) trace_id=[0-9a-f]{32}"
 )
-
-
-@contextlib.contextmanager
-def buffered_run(config_file: Path, log_path: Path, port: int) -> Iterator[GatewayProcess]:
-    """``fastgate run`` with stdout to a file and Python's default (block) buffering: no PYTHONUNBUFFERED."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fastgate", "run", str(config_file)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    running = GatewayProcess(process, port, log_path)
-    try:
-        wait_for_port(port, timeout=30, process=process)
-        yield running
-    finally:
-        running.stop()
 
 
 async def wait_for_lines(gateway: GatewayProcess, pattern: str, count: int, limit: float = 20) -> list[str]:
@@ -75,7 +50,7 @@ async def test_default_config_writes_the_exact_text_line_in_order_flushed_each_t
     (port,) = ports(1)
     path = tmp_path / "gateway.yaml"
     write_config(path, access_config(upstream, port))
-    with buffered_run(path, tmp_path / "gateway.log", port) as gateway:
+    with fastgate_run(path, tmp_path / "gateway.log", port, buffered=True) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
             await requests(client)
         # Still running, stdout a block-buffered file: the lines are there because each turn flushed them.
@@ -91,7 +66,7 @@ async def test_default_json_config_writes_one_json_object_a_line_in_order(
     (port,) = ports(1)
     path = tmp_path / "gateway.yaml"
     write_config(path, access_config(upstream, port, access_log_format="json"))
-    with buffered_run(path, tmp_path / "gateway.log", port) as gateway:
+    with fastgate_run(path, tmp_path / "gateway.log", port, buffered=True) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
             await requests(client)
         lines = await wait_for_lines(gateway, r'"request_id":"rid-', REQUESTS)
@@ -129,7 +104,7 @@ async def test_own_log_config_with_fastgates_handler_and_another_format_takes_lo
     )
     path = tmp_path / "gateway.yaml"
     write_config(path, access_config(upstream, port, log_config=str(log_config)))
-    with buffered_run(path, tmp_path / "gateway.log", port) as gateway:
+    with fastgate_run(path, tmp_path / "gateway.log", port, buffered=True) as gateway:
         async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
             await requests(client, 3)
         lines = await wait_for_lines(gateway, r"request_id=rid-", 3)
