@@ -23,6 +23,7 @@ import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -64,24 +65,35 @@ class HistogramChild:
         self.sum += value
 
 
-class LocalCounter:
-    """A counter family: ``labels(*values)`` gives the child to ``inc``. Exposed as ``<name>_total``."""
+_Child = TypeVar("_Child", CountChild, HistogramChild)
 
-    kind = "counter"
+
+class _Family(Generic[_Child]):
+    """A family's name, help text, label names and children; ``labels(*values)`` gives (or makes) one child."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self.children: dict[tuple[str, ...], CountChild] = {}
+        self.children: dict[tuple[str, ...], _Child] = {}
 
-    def labels(self, *values: str) -> CountChild:
+    def labels(self, *values: str) -> _Child:
         child = self.children.get(values)
         if child is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {values!r}")
-            child = self.children[values] = CountChild()
+            child = self.children[values] = self._new_child()
         return child
+
+    def _new_child(self) -> _Child:
+        raise NotImplementedError
+
+
+class LocalCounter(_Family[CountChild]):
+    """A counter family: ``labels(*values)`` gives the child to ``inc``. Exposed as ``<name>_total``."""
+
+    def _new_child(self) -> CountChild:
+        return CountChild()
 
     def family(self, created: bool) -> Metric:
         metric = Metric(self.name, self.documentation, "counter")
@@ -93,28 +105,18 @@ class LocalCounter:
         return metric
 
 
-class LocalHistogram:
+class LocalHistogram(_Family[HistogramChild]):
     """A histogram family with fixed ``buckets`` (upper bounds, ascending; +Inf is added)."""
 
-    kind = "histogram"
-
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
+        super().__init__(name, documentation, labelnames)
         self.bounds = tuple(float(bound) for bound in buckets if bound != float("inf"))
         if list(self.bounds) != sorted(set(self.bounds)):
             raise ValueError(f"{self.name}: buckets must be ascending and distinct, got {buckets!r}")
         self._le = [floatToGoString(bound) for bound in (*self.bounds, float("inf"))]  # type: ignore[no-untyped-call]
-        self.children: dict[tuple[str, ...], HistogramChild] = {}
 
-    def labels(self, *values: str) -> HistogramChild:
-        child = self.children.get(values)
-        if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {values!r}")
-            child = self.children[values] = HistogramChild(self.bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
 
     def family(self, created: bool) -> Metric:
         metric = Metric(self.name, self.documentation, "histogram")
