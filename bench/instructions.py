@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 
 def response(size: int) -> bytes:
@@ -45,8 +46,7 @@ class _Upstream(asyncio.Protocol):
     """Answers every GET head it receives with ``RESPONSE`` (the client sends no bodies)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         self.buffer = b""
 
     def data_received(self, data: bytes) -> None:
