@@ -54,10 +54,12 @@ __all__ = [
     "Decision",
     "KeyPart",
     "RateLimitPolicy",
+    "client_ip_key",
     "parse_key",
     "parse_period",
     "rate_limit_headers",
     "rate_limit_key",
+    "route_digest",
 ]
 
 DRAFT = "draft-ietf-httpapi-ratelimit-headers-10"
@@ -297,4 +299,23 @@ def rate_limit_key(
     for value in seen:
         digest.update(b"\0%d:" % len(value))
         digest.update(value)
+    return digest.hexdigest().encode("ascii")
+
+
+def route_digest(route: bytes) -> hashlib.blake2b:
+    """The digest every key of ``route`` starts from: :func:`client_ip_key` copies it instead of hashing ``route``."""
+    return hashlib.blake2b(route, digest_size=16)
+
+
+def client_ip_key(route: hashlib.blake2b, client_ip: bytes) -> bytes:
+    """:func:`rate_limit_key` for the key ``client_ip`` alone, from ``route_digest(route)``: the same bytes.
+
+    >>> client_ip_key(route_digest(b"api"), b"10.0.0.1") == rate_limit_key(
+    ...     parse_key("client_ip"), route=b"api", client_ip=b"10.0.0.1")
+    True
+
+    One request per key is the hot path of the default key: no loop over parts, one update of framing and value.
+    """
+    digest = route.copy()
+    digest.update(b"\0%d:ip=%b" % (len(client_ip) + 3, client_ip))
     return digest.hexdigest().encode("ascii")
