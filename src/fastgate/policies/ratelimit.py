@@ -111,6 +111,10 @@ class Decision(NamedTuple):
     degraded: bool = False
 
 
+# Decision(...) runs NamedTuple's generated __new__ (a Python frame); every field given, tuple's own is the same tuple.
+_new_decision = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimitPolicy:
     """``burst`` requests at once, then ``rate`` per ``period`` seconds; ``name`` labels the header fields.
@@ -151,9 +155,12 @@ class RateLimitPolicy:
         """
         base = now if tat is None or tat < now else tat
         new_tat = base + self.interval
-        if new_tat - now > self.tolerance:
+        ahead = new_tat - now
+        if ahead > self.tolerance:
             return None, self.decision(False, base - now)
-        return new_tat, self.decision(True, new_tat - now)
+        # self.decision(True, ahead) written out (one frame less on every allowed request); ahead <= tolerance
+        remaining = (self.tolerance - ahead) // self.interval
+        return new_tat, _new_decision(Decision, (True, self.rate, remaining, ahead / _US, 0.0, False))
 
     def decision(self, allowed: bool, ahead: int) -> Decision:
         """The :class:`Decision` for a result of :meth:`decide`'s arithmetic, wherever it ran (Redis runs it in Lua).
@@ -162,7 +169,7 @@ class RateLimitPolicy:
         """
         if allowed:
             remaining = max(0, (self.tolerance - ahead) // self.interval)
-            return Decision(True, self.rate, remaining, ahead / _US)
+            return _new_decision(Decision, (True, self.rate, remaining, ahead / _US, 0.0, False))
         retry_after = max(0, ahead + self.interval - self.tolerance) / _US
         return Decision(False, self.rate, 0, ahead / _US, retry_after)
 
