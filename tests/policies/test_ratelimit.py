@@ -8,10 +8,12 @@ from fastgate.policies.ratelimit import (
     DRAFT,
     Decision,
     RateLimitPolicy,
+    client_ip_key,
     parse_key,
     parse_period,
     rate_limit_headers,
     rate_limit_key,
+    route_digest,
 )
 
 US = 1_000_000
@@ -250,3 +252,12 @@ def test_key_parts_cannot_be_spliced_into_each_other() -> None:
     a = key("header:x-api-key,header:x-tenant", headers=[(b"x-api-key", b"k"), (b"x-tenant", b"t")])
     b = key("header:x-api-key,header:x-tenant", headers=[(b"x-api-key", b"k\0h:x-tenant=t"), (b"x-tenant", b"")])
     assert a != b
+
+
+@pytest.mark.parametrize("client_ip", [b"10.0.0.1", b"::1", b"2001:db8::8a2e:370:7334", b"unknown", b""])
+def test_client_ip_key_is_the_rate_limit_key_of_client_ip_alone(client_ip: bytes) -> None:
+    for route in (b"routes[0].rate_limit", b"api", b""):
+        expected = rate_limit_key(parse_key("client_ip"), route=route, client_ip=client_ip)
+        assert client_ip_key(route_digest(route), client_ip) == expected
+    base = route_digest(b"api")
+    assert client_ip_key(base, b"10.0.0.1") == client_ip_key(base, b"10.0.0.1")  # the base is copied, not used up

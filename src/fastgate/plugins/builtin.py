@@ -30,8 +30,10 @@ class _Rules:
 
     def apply(self, raw: list[tuple[bytes, bytes]]) -> None:
         drop = self.drop
-        if drop:
-            raw[:] = [pair for pair in raw if pair[0] not in drop]
+        for name, _ in raw:  # most requests carry none of them: no new list then (a comprehension is a frame)
+            if name in drop:
+                raw[:] = [pair for pair in raw if pair[0] not in drop]
+                break
         raw.extend(self.set)
         raw.extend(self.add)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..config import RateLimitConfig, RedisConfig
 from ..exceptions import RateLimited
-from ..policies.ratelimit import Decision, rate_limit_headers, rate_limit_key
+from ..policies.ratelimit import Decision, KeyPart, client_ip_key, rate_limit_headers, rate_limit_key, route_digest
 from ..policies.stores import MemoryStore, RedisStore
 from .base import Plugin, RequestContext, ResponseHead
 
@@ -116,6 +116,8 @@ class RateLimit(Plugin):
         self._state_key = f"fastgate.rate_limit.{id(self):x}"  # this limit's entry in request.state
         self._policy_header = (b"ratelimit-policy", self.policy.policy_field())
         self._field_prefix = self._policy_header[1].rpartition(b";q=")[0] + b";r="  # b'"default";r='
+        # the default key (client_ip alone) from a digest of the namespace hashed once
+        self._ip_digest = route_digest(self.namespace) if self.parts == (KeyPart("client_ip"),) else None
 
     async def startup(self) -> None:
         if self.memory is not None:
@@ -131,14 +133,18 @@ class RateLimit(Plugin):
 
     async def on_request(self, request: RequestContext) -> None:
         client = request.client
-        identity = request.identity
-        key = rate_limit_key(
-            self.parts,
-            route=self.namespace,
-            client_ip=client[0].encode("latin-1") if client else b"unknown",
-            headers=request.headers.raw,
-            identity=identity.encode("utf-8") if identity else None,
-        )
+        client_ip = client[0].encode("latin-1") if client else b"unknown"
+        if self._ip_digest is not None:
+            key = client_ip_key(self._ip_digest, client_ip)
+        else:
+            identity = request.identity
+            key = rate_limit_key(
+                self.parts,
+                route=self.namespace,
+                client_ip=client_ip,
+                headers=request.headers.raw,
+                identity=identity.encode("utf-8") if identity else None,
+            )
         decision: Decision
         if self.memory is not None:
             decision = self.memory.decide_now(key, self.policy)

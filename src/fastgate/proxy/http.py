@@ -46,14 +46,14 @@ from ..observability.exchange import Observability
 from ..observability.logging import error_logger
 from ..observability.record import ExchangeRecord
 from ..observability.tracing import ExchangeTrace
-from ..plugins.base import Answer, Exchange, HeaderList, RequestContext, ResponseHead
+from ..plugins.base import Answer, Exchange, HeaderList, RequestContext, ResponseHead, request_context
 from ..plugins.chain import PluginChain, PluginError
 from ..serving.cycle import ServerHooks
 from ..upstream.transport import CHUNKED, Transport, UpstreamRequest
 from .bodylimit import declared_too_large, request_body
 from .buffering import BufferedBody
 from .errors import error_parts, error_response
-from .headers import HeaderRules, RequestHead, new_request_id, response_headers
+from .headers import HeaderRules, new_request_id, response_headers
 
 
 @dataclass(slots=True)
@@ -253,24 +253,6 @@ def request_target(scope: Scope) -> bytes:
     return quote(path, safe=_PATH_SAFE).encode("ascii") + (b"?" + query if query else b"")
 
 
-def _plugin_context(
-    scope: Scope, head: RequestHead, target: bytes, options: ForwardOptions, route: int
-) -> RequestContext:
-    # positional, and the scope's own values as they are: this runs on every request of a route with plugins
-    return RequestContext(
-        scope["method"],
-        target,
-        HeaderList(head.headers),
-        scope["path"],
-        scope.get("client"),
-        head.request_id.decode("latin-1"),
-        options.name,
-        route,
-        bool(head.body_length),
-        scope,
-    )
-
-
 async def send_answer(send: Send, answer: Answer, request_id: bytes) -> None:
     """Send a plugin's early :class:`Answer` (content-length and x-request-id added)."""
     await send({"type": "http.response.start", "status": answer.status, "headers": answer.raw_headers(request_id)})
@@ -410,7 +392,19 @@ async def forward_http(
             if disconnect.disconnected:
                 return
             if chain is not None:
-                context = _plugin_context(scope, head, target, options, route.index)
+                # positional, and the scope's own values as they are: this runs on every request of a plugin route
+                context = request_context(
+                    method,
+                    target,
+                    head.headers,
+                    scope["path"],
+                    client,
+                    request_id.decode("latin-1"),
+                    options.name,
+                    route.index,
+                    bool(head.body_length),
+                    scope,
+                )
                 try:
                     answered = await chain.request(context)
                 except FastgateError as exc:
