@@ -254,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.md").write_text(
         f"`{command}` — {meta['date']}, {args.rounds} round(s) × {args.duration} s\n\n" + table
     )
-    report.write_chart(args.out / "latest.png", summaries, titles, proxies)
+    try:
+        report.write_chart(args.out / "latest.png", summaries, titles, proxies)
+    except ImportError:  # matplotlib is installed by bench/run.sh; BENCH_SKIP_INSTALL=1 may leave it out
+        print(f"no chart: matplotlib is not installed in {sys.prefix}", file=sys.stderr)
     print(f"Python {interp['version']} ({interp['executable']}), {interp['build']}; a 2M-iteration loop in "
           f"{interp['loop_2m_ms']} ms")  # fmt: skip
     print(table)
