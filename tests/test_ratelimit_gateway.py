@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +25,8 @@ from fastgate.policies.ratelimit import rate_limit_headers
 from fastgate.policies.stores import MemoryStore
 from fastgate.testing import PluginRunner
 from tests.redis_server import RedisServer
-from tests.servers import GatewayProcess, RunningServer, free_port, run_gateway, wait_for_port
+from tests.reload_support import fastgate_run
+from tests.servers import GatewayProcess, RunningServer, free_port, run_gateway
 from tests.upstream_app import Recorder
 from tests.ws_upstream import WebSocketRecorder
 
@@ -329,16 +327,8 @@ RATE, BURST, DURATION, SENDERS = 30, 15, 10.0, 6
 @contextlib.contextmanager
 def _gateway_process(config_path: Path, log_path: Path) -> Iterator[GatewayProcess]:
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "fastgate", "run", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    running = GatewayProcess(process, port, log_path)
-    try:
-        wait_for_port(port, timeout=30, process=process)
+    with fastgate_run(config_path, log_path, port, "--host", "127.0.0.1", "--port", str(port)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def _drive(url: str, rate: float, until: float, counts: dict[str, int]) -> None:
