@@ -20,14 +20,24 @@ recently seen key, which at worst hands that client a fresh bucket. Each step is
 ``RedisStore`` makes each decision one Lua script call (EVALSHA; redis-py's ``Script`` loads it again after a
 NOSCRIPT, e.g. when Redis restarted), atomic across every worker and instance on the same Redis. The time comes from
 ``redis.call('TIME')``, so gateway clocks do not matter; the key expires when its bucket is full again, so Redis holds
-only keys that are actually limited. Each decision gets ``timeout`` seconds, pool wait and connect included. A failure
-(refused, reset, timed out, Redis error) makes ``on_error`` decide, ``allow`` (fail open) or ``deny`` (fail closed),
-and Redis is left alone for ``retry_interval`` seconds so that a dead or slow Redis costs requests nothing more. The
-first failure logs one warning, the first success after it one info line: one pair per outage, not one per request.
+only keys that are actually limited. A failure (refused, reset, timed out, Redis error) makes ``on_error`` decide,
+``allow`` (fail open) or ``deny`` (fail closed), and Redis is left alone for ``retry_interval`` seconds so that a dead
+or slow Redis costs requests nothing more. The first failure logs one warning, the first success after it one info
+line: one pair per outage, not one per request.
+
+Timeouts measure Redis, not our own event loop. Each decision gets ``timeout`` seconds (default 20 ms, as Envoy's
+rate-limit filter), pool wait and connect included, judged by a loop timer (:class:`LagAwareDeadline`). When that
+timer fires late, our loop was busy (a loaded loop has turns of tens of ms, or a handler ran synchronous work) and
+the reply may be sitting unread in our socket: that is no Redis failure, so the deadline is extended by a fresh
+``timeout`` from then on, up to ``LAG_ALLOWANCE`` seconds in all. Only a timer that fires on time with no answer
+(Redis silent while our loop was free to read it) counts as a timeout. Before issue 17 the default was 5 ms of wall
+time, and on a loaded loop one late reply turned the limit off (``on_error: allow``) for ``retry_interval``, exactly
+under the load the limit is for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import time
@@ -44,7 +54,15 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["SWEEP_EVERY", "MemoryStore", "RateLimitStore", "RedisStore", "StoreUnavailable"]
+__all__ = [
+    "LAG_ALLOWANCE",
+    "SWEEP_EVERY",
+    "LagAwareDeadline",
+    "MemoryStore",
+    "RateLimitStore",
+    "RedisStore",
+    "StoreUnavailable",
+]
 
 logger = logging.getLogger("fastgate.error")
 
@@ -177,6 +195,55 @@ return {1, new_tat - now}
 """
 
 
+DEFAULT_REDIS_TIMEOUT = 0.02
+# How much longer than ``timeout`` a decision may wait, in all, while our own loop is too busy to read the reply.
+LAG_ALLOWANCE = 1.0
+# A timer later than this (and than half the timeout) fired late: the loop was busy, not Redis. libuv's timers have
+# 1 ms resolution, so anything under 2 ms is on time.
+_ON_TIME = 0.002
+
+
+class LagAwareDeadline:
+    """Cancels ``scope`` once Redis had ``timeout`` seconds in which our loop was free to read its answer.
+
+    with anyio.CancelScope() as scope:
+        deadline = LagAwareDeadline(scope, 0.02)
+        try: await redis_call()
+        finally: deadline.cancel()
+
+    A loop timer fires at the deadline. On time (within ``max(2 ms, timeout / 2)``): Redis did not answer in
+    ``timeout`` although we could have read it, so the scope is cancelled. Late: our loop was busy for ``lag``
+    seconds, during which the answer may have arrived unread; the timer is set again ``timeout`` from now, up to
+    ``allowance`` seconds past the first deadline. ``lag`` sums how late the timer fired.
+    """
+
+    __slots__ = ("_handle", "_loop", "_scope", "_timeout", "_tolerance", "_until", "due", "lag")
+
+    def __init__(self, scope: anyio.CancelScope, timeout: float, allowance: float = LAG_ALLOWANCE) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._scope = scope
+        self._timeout = timeout
+        self._tolerance = max(_ON_TIME, timeout / 2)
+        now = self._loop.time()
+        self.due = now + timeout
+        self._until = self.due + allowance
+        self.lag = 0.0
+        self._handle = self._loop.call_at(self.due, self._fire)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        late = now - self.due
+        if late > self._tolerance and now < self._until:
+            self.lag += late
+            self.due = now + self._timeout
+            self._handle = self._loop.call_at(self.due, self._fire)
+        else:
+            self._scope.cancel()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 def _import_redis() -> Any:
     try:
         return importlib.import_module("redis.asyncio")
@@ -189,11 +256,13 @@ def _import_redis() -> Any:
 class RedisStore:
     """GCRA state in Redis, shared by every worker and gateway instance that uses the same Redis.
 
-    store = RedisStore("redis://127.0.0.1:6379/0", on_error="allow", timeout=0.005)
+    store = RedisStore("redis://127.0.0.1:6379/0", on_error="allow", timeout=0.02)
     await store.open(); decision = await store.decide(key, policy); await store.aclose()
 
-    ``timeout`` bounds each decision (pool wait, connect and the script call); ``on_error`` decides while Redis is
-    failing, and Redis is tried again ``retry_interval`` seconds after a failure.
+    ``timeout`` bounds each decision (pool wait, connect and the script call) in time our loop could have read the
+    answer (:class:`LagAwareDeadline`); ``on_error`` decides while Redis is failing, and Redis is tried again
+    ``retry_interval`` seconds after a failure: one miss, a refused connection or a timeout, lets ``on_error`` decide
+    every decision for ``retry_interval``.
     """
 
     def __init__(
@@ -201,7 +270,7 @@ class RedisStore:
         url: str,
         *,
         on_error: OnError = "allow",
-        timeout: float = 0.005,
+        timeout: float = DEFAULT_REDIS_TIMEOUT,
         retry_interval: float = 0.5,
         max_connections: int = 64,
         key_prefix: bytes = b"fastgate:rl:",
@@ -260,13 +329,17 @@ class RedisStore:
             return self._fallback(policy)
         result: Any = None
         error: BaseException | None = None
-        with anyio.move_on_after(self.timeout) as scope:
+        with anyio.CancelScope() as scope:
+            deadline = LagAwareDeadline(scope, self.timeout)
             try:
                 result = await self._script(keys=[self.key_prefix + key], args=[policy.interval, policy.tolerance])
             except self._errors as exc:
                 error = exc
+            finally:
+                deadline.cancel()
         if scope.cancelled_caught:
-            error = TimeoutError(f"no answer within {self.timeout * 1000:g} ms")
+            busy = f" (plus {deadline.lag * 1000:.0f} ms our event loop was busy)" if deadline.lag else ""
+            error = TimeoutError(f"no answer within {self.timeout * 1000:g} ms{busy}")
         if error is not None:
             self._failed(error)
             return self._fallback(policy)
