@@ -254,6 +254,8 @@ def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
+MALLORY = rsa_key("mallory")  # a key of the attacker's own, in no JWKS we trust
+
 HOSTILE_HEADERS: dict[str, tuple[str, str]] = {
     # name: (token, the 401's detail)
     "alg a list": (_signed({"alg": ["RS256"], "kid": "rsa-1"}), "token algorithm not accepted"),
@@ -274,6 +276,20 @@ HOSTILE_HEADERS: dict[str, tuple[str, str]] = {
     "header a string": (_signed("RS256"), "malformed token"),
     "oversized token": (_signed({"alg": "RS256", "kid": "rsa-1"}, {"pad": "x" * 20_000}), "token too large"),
     "two segments": (".".join(RSA.token().split(".")[:2]), "malformed token"),
+    # keys named by the token itself are never used: only the configured JWKS verifies
+    "jwk embedded, signed by it": (
+        _signed({"alg": "RS256", "kid": "rsa-1", "jwk": MALLORY.jwk()}, key=MALLORY),
+        "token signature invalid",
+    ),
+    "jku elsewhere, signed by it": (
+        _signed({"alg": "RS256", "kid": "mallory", "jku": "http://127.0.0.1:9/jwks"}, key=MALLORY),
+        "token key id not known",
+    ),
+    "x5u elsewhere, signed by it": (
+        _signed({"alg": "RS256", "kid": "rsa-1", "x5u": "http://127.0.0.1:9/cert"}, key=MALLORY),
+        "token signature invalid",
+    ),
+    "b64 false (RFC 7797 unencoded payload)": (_signed({"alg": "RS256", "kid": "rsa-1", "b64": False}), ""),
     "header not base64": ("%%%." + RSA.token().split(".", 1)[1], "malformed token"),
 }
 
