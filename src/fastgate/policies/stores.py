@@ -201,6 +201,8 @@ LAG_ALLOWANCE = 1.0
 # A timer later than this (and than half the timeout) fired late: the loop was busy, not Redis. libuv's timers have
 # 1 ms resolution, so anything under 2 ms is on time.
 _ON_TIME = 0.002
+# After an on-time deadline, one more look this much later: the next loop turn reads what is already in the socket.
+_LAST_LOOK = 0.001
 
 
 class LagAwareDeadline:
@@ -211,13 +213,14 @@ class LagAwareDeadline:
         try: await redis_call()
         finally: deadline.cancel()
 
-    A loop timer fires at the deadline. On time (within ``max(2 ms, timeout / 2)``): Redis did not answer in
-    ``timeout`` although we could have read it, so the scope is cancelled. Late: our loop was busy for ``lag``
-    seconds, during which the answer may have arrived unread; the timer is set again ``timeout`` from now, up to
-    ``allowance`` seconds past the first deadline. ``lag`` sums how late the timer fired.
+    A loop timer fires at the deadline. Late (by more than ``max(2 ms, timeout / 2)``): our loop was busy for
+    ``lag`` seconds, during which the answer may have arrived unread; the timer is set again ``timeout`` from now,
+    up to ``allowance`` seconds past the first deadline. On time: one last look a loop turn later (1 ms: the loop
+    may have been busy right up to the deadline, and a loop runs its due timers before it reads its sockets), then
+    the scope is cancelled, since Redis did not answer although we could read it. ``lag`` sums how late it fired.
     """
 
-    __slots__ = ("_handle", "_loop", "_scope", "_timeout", "_tolerance", "_until", "due", "lag")
+    __slots__ = ("_handle", "_last_look", "_loop", "_scope", "_timeout", "_tolerance", "_until", "due", "lag")
 
     def __init__(self, scope: anyio.CancelScope, timeout: float, allowance: float = LAG_ALLOWANCE) -> None:
         self._loop = asyncio.get_running_loop()
@@ -228,6 +231,7 @@ class LagAwareDeadline:
         self.due = now + timeout
         self._until = self.due + allowance
         self.lag = 0.0
+        self._last_look = False
         self._handle = self._loop.call_at(self.due, self._fire)
 
     def _fire(self) -> None:
@@ -235,10 +239,17 @@ class LagAwareDeadline:
         late = now - self.due
         if late > self._tolerance and now < self._until:
             self.lag += late
-            self.due = now + self._timeout
-            self._handle = self._loop.call_at(self.due, self._fire)
+            self._last_look = False
+            self._arm(now + self._timeout)
+        elif not self._last_look:
+            self._last_look = True
+            self._arm(now + _LAST_LOOK)
         else:
             self._scope.cancel()
+
+    def _arm(self, due: float) -> None:
+        self.due = due
+        self._handle = self._loop.call_at(due, self._fire)
 
     def cancel(self) -> None:
         self._handle.cancel()
