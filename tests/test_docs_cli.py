@@ -368,8 +368,10 @@ def _write_plugin_package(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_fastgate(data: dict[str, Any], directory: Path, port: int, admin_port: int = 0) -> Iterator[GatewayProcess]:
-    """``python -m fastgate run gateway.yaml`` in ``directory`` (plugins import from there), SIGTERM afterwards."""
+def run_fastgate(
+    data: dict[str, Any], directory: Path, port: int, admin_port: int = 0, args: tuple[str, ...] = ()
+) -> Iterator[GatewayProcess]:
+    """``python -m fastgate run gateway.yaml ARGS`` in ``directory`` (plugins import from there); SIGTERM after."""
     _write_plugin_package(directory)
     path = directory / "gateway.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -377,7 +379,7 @@ def run_fastgate(data: dict[str, Any], directory: Path, port: int, admin_port: i
     log_path = directory / "gateway.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fastgate", "run", str(path)],
+            [sys.executable, "-m", "fastgate", "run", str(path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -834,8 +836,9 @@ async def test_the_config_fastgate_run_serves_equals_the_one_validated_in_proces
         ],
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
     }
-    expected = redacted_config(build_config(data))
-    with run_fastgate(data, env.tmp, port, admin_port):
+    # The command line's server keys go over the file's before validation (reloading.with_overrides).
+    expected = redacted_config(build_config({**data, "server": {**data["server"], "graceful_timeout": 5}}))
+    with run_fastgate(data, env.tmp, port, admin_port, args=("--graceful-timeout", "5")):
         async with httpx.AsyncClient(timeout=15) as admin:
             served = (await admin.get(f"http://127.0.0.1:{admin_port}/config")).json()
             assert served == expected
