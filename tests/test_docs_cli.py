@@ -497,8 +497,12 @@ async def _consistent_hash(env: Env) -> None:
         for user in ("alice", "bob", "carol"):
             picked = {(await client.get("/x", headers={"x-user": user})).json()["upstream"] for _ in range(8)}
             assert len(picked) == 1, (user, picked)  # weights 3:1 alone would have used both targets in 8
-        spread = {(await client.get("/x")).json()["upstream"] for _ in range(16)}
-        assert spread == {"api#0", "api#1"}  # without the key: weighted random over both
+        spread: set[str] = set()
+        for _ in range(64):  # without the key: weighted random (3:1) over both; 64 misses of api#1: 1e-8
+            spread.add((await client.get("/x")).json()["upstream"])
+            if len(spread) == 2:
+                break
+        assert spread == {"api#0", "api#1"}
 
 
 @case("config-least-request")
@@ -649,9 +653,15 @@ async def _security_rate_limit(env: Env) -> None:
     async with env.serve("security-rate-limit"), env.client() as client:
         api = await client.get("/api/x")
         assert api.headers["ratelimit-policy"] == '"default";q=100;w=1'
-        before = await env.redis_keys()
-        assert (await client.get("/shared/x")).status_code == 200
-        assert await env.redis_keys() == before + 1  # store: redis
+        # store: redis keeps the bucket in Redis; a decision slower than redis.timeout (5 ms by default) lets the
+        # request through uncounted (on_error: allow, issue 17 item 7), so ask until one was counted.
+        with anyio.fail_after(20):
+            for _ in range(40):
+                assert (await client.get("/shared/x")).status_code == 200
+                if await env.redis_keys() == 1:
+                    break
+                await anyio.sleep(0.05)
+        assert await env.redis_keys() == 1
         key = {"x-api-key": "one"}
         statuses = [(await client.get("/public/x", headers=key)).status_code for _ in range(11)]
         assert statuses == [200] * 10 + [429]  # rate: 10 per 1m, burst: rate
@@ -714,8 +724,10 @@ async def _forward_auth_identity(env: Env) -> None:
             return str(response.headers["ratelimit"])
 
         assert await remaining("alice") == '"default";r=99;t=1'
-        assert await remaining("bob") == '"default";r=99;t=1'  # key: identity, not the (shared) client address
-        assert (await remaining("alice")).startswith('"default";r=98;')
+        await remaining("alice")
+        await remaining("alice")
+        # key: identity, not the client address all three share: bob's bucket is full whatever alice spent
+        assert await remaining("bob") == '"default";r=99;t=1'
 
 
 @case("security-circuit-breaker")
