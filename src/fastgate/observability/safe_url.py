@@ -1,0 +1,53 @@
+"""A URL as logs and the admin API may show it: no userinfo, no query values, no fragment; pure.
+
+>>> safe_url("redis://default:s3cret@cache:6379/0?password=s3cret&db=1")
+'redis://***@cache:6379/0?password=***&db=***'
+
+Every place fastgate writes a URL from its config into a log line or an admin answer renders it with
+:func:`safe_url`: the Redis URL, a ``jwks_url``, a ``forward_auth`` URL, an OTLP endpoint, an upstream target.
+What stays is what an operator needs to tell which service is meant: scheme, host, port, path and the names of the
+query parameters. The whole userinfo goes (a user name can be a token: ``https://TOKEN@host``), every query value
+and a parameter without a value go, and so does a fragment. Text without ``?``, ``#`` or ``scheme://`` (a path, a
+host:port, a name) is returned unchanged.
+"""
+
+from __future__ import annotations
+
+REDACTED = "***"
+
+__all__ = ["REDACTED", "safe_url"]
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its userinfo, query values and fragment (each replaced by ``***``)."""
+    scheme, sep, after = url.partition("://")
+    if not sep or not scheme or any(char in scheme for char in "/?#@"):
+        scheme, sep, after = "", "", url
+    cut = min((index for index in (after.find(char) for char in "/?#") if index >= 0), default=len(after))
+    authority, rest = after[:cut], after[cut:]
+    userinfo, at, host = authority.rpartition("@")
+    if at:
+        authority = f"{REDACTED}@{host}"
+    if sep and not _plain_host(host if at else authority):
+        return f"{scheme}://{REDACTED}"  # a password with '/', '?' or '#' in it, unescaped: show nothing of it
+    rest, hash_mark, fragment = rest.partition("#")
+    rest, question, query = rest.partition("?")
+    if question:
+        rest += "?" + "&".join(_safe_parameter(part) for part in query.split("&"))
+    if hash_mark and fragment:
+        rest += "#" + REDACTED
+    return f"{scheme}{sep}{authority}{rest}"
+
+
+def _plain_host(authority: str) -> bool:
+    """``host``, ``host:port`` or ``[v6]:port``: no ``user:password`` left in it."""
+    if authority.endswith("]") or ":" not in authority:
+        return True
+    return authority.rpartition(":")[2].isdigit() and (authority.startswith("[") or authority.count(":") == 1)
+
+
+def _safe_parameter(part: str) -> str:
+    name, equals, _ = part.partition("=")
+    if equals:
+        return f"{name}={REDACTED}"
+    return REDACTED if part else part
