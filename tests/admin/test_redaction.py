@@ -21,8 +21,9 @@ from pydantic import BaseModel
 from fastgate import Gateway
 from fastgate.admin.redaction import FIELDS, NESTED, PLUGIN_OPTIONS, PLUGINS, REDACTED, redacted_config
 from fastgate.config import AdminConfig, GatewayConfig, build_config
+from fastgate.exceptions import ConfigError
 from fastgate.observability.safe_url import safe_url
-from fastgate.plugins import BUILTIN_PLUGINS, resolve_plugin
+from fastgate.plugins import BUILTIN_PLUGINS, create_plugin, resolve_plugin
 from tests.reload_support import fastgate_run, write_config
 from tests.servers import REFUSED_PORT, free_port, run_gateway
 
@@ -333,3 +334,33 @@ def test_fastgate_run_shows_no_secret_in_get_config_nor_in_its_error_log(tmp_pat
     assert f"redis://***@{DEAD}/0?password=***" in log
     assert f"http://{DEAD}/jwks.json?key=***" in log
     assert f"http://***@{DEAD}/check?token=***" in log
+
+
+def _upstream(**upstream: Any) -> dict[str, Any]:
+    return {"upstreams": {"api": upstream}, "routes": [{"upstream": "api"}]}
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (_upstream(url="ftp://u:err-secret@host/"), "upstreams.api.url"),
+        (_upstream(url="http://host/?key=err-secret"), "upstreams.api.url"),
+        (_upstream(url="http://u:err-secret@host:99999/"), "upstreams.api.url"),
+        (_upstream(targets=[{"url": "http://u:err-secret@h"}, {"url": "http://u:err-secret@h"}]), "targets[1]"),
+        (_upstream(url="http://h", websocket={"allowed_origins": ["https://u:err-secret@h/x"]}), "allowed_origins"),
+        ({**_upstream(url="http://h"), "redis": {"url": "http://u:err-secret@h/0"}}, "redis.url"),
+        ({**_upstream(url="http://h"), "tracing": {"otlp_endpoint": "grpc://h/?k=err-secret"}}, "otlp_endpoint"),
+    ],
+)
+def test_a_config_error_names_the_key_but_not_the_secret_in_its_url(data: dict[str, Any], key: str) -> None:
+    """Config errors reach stderr and, on a refused reload, the error log: a URL in one is rendered by safe_url."""
+    with pytest.raises(ConfigError) as caught:
+        build_config(data)
+    assert key in caught.value.detail
+    assert "err-secret" not in caught.value.detail
+
+
+def test_a_plugin_url_error_does_not_show_the_url_s_secret() -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_plugin("forward_auth", {"url": "ftp://u:err-secret@h/check"}, "routes[0].plugins[0]")
+    assert "url: must be an absolute" in caught.value.detail and "err-secret" not in caught.value.detail
