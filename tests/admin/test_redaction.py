@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import time
 import typing
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 
 from fastgate import Gateway
 from fastgate.admin.redaction import FIELDS, NESTED, PLUGIN_OPTIONS, PLUGINS, REDACTED, redacted_config
-from fastgate.config import AdminConfig, GatewayConfig, build_config
+from fastgate.config import AdminConfig, GatewayConfig, TracingConfig, build_config
 from fastgate.exceptions import ConfigError
 from fastgate.observability.safe_url import safe_url
 from fastgate.plugins import BUILTIN_PLUGINS, create_plugin, resolve_plugin
@@ -364,3 +365,23 @@ def test_a_plugin_url_error_does_not_show_the_url_s_secret() -> None:
     with pytest.raises(ConfigError) as caught:
         create_plugin("forward_auth", {"url": "ftp://u:err-secret@h/check"}, "routes[0].plugins[0]")
     assert "url: must be an absolute" in caught.value.detail and "err-secret" not in caught.value.detail
+
+
+def test_the_otlp_exporters_log_lines_lose_the_endpoints_secrets(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exporter logs its connection errors with the endpoint's path and query (urllib3's message)."""
+    from fastgate.observability._otel import build_provider
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "3")  # a retry or two, then give up: a short test
+    caplog.set_level(logging.WARNING)
+    endpoint = f"http://otlp-user:otlp-pass@{DEAD}/v1/traces?api_key=otlp-key"
+    provider = build_provider(TracingConfig(otlp_endpoint=endpoint), {})
+    with provider.get_tracer("test").start_as_current_span("one"):
+        pass
+    provider.force_flush(10)
+    provider.shutdown()
+    exporter_lines = [record.getMessage() for record in caplog.records if "export" in record.getMessage()]
+    assert exporter_lines, caplog.text
+    assert_no_secret(caplog.text)
+    assert any("/v1/traces?api_key=***" in line for line in exporter_lines), exporter_lines

@@ -9,13 +9,18 @@ What stays is what an operator needs to tell which service is meant: scheme, hos
 query parameters. The whole userinfo goes (a user name can be a token: ``https://TOKEN@host``), every query value
 and a parameter without a value go, and so does a fragment. Text without ``?``, ``#`` or ``scheme://`` (a path, a
 host:port, a name) is returned unchanged.
+
+A library that logs a URL fastgate gave it (the OTLP exporter's connection errors carry the endpoint's path and
+query) gets a :class:`SafeUrlFilter` on its logger, which rewrites those parts of its messages the same way.
 """
 
 from __future__ import annotations
 
+import logging
+
 REDACTED = "***"
 
-__all__ = ["REDACTED", "safe_url"]
+__all__ = ["REDACTED", "SafeUrlFilter", "safe_url"]
 
 
 def safe_url(url: str) -> str:
@@ -51,3 +56,39 @@ def _safe_parameter(part: str) -> str:
     if equals:
         return f"{name}={REDACTED}"
     return REDACTED if part else part
+
+
+class SafeUrlFilter(logging.Filter):
+    """A logger filter: the userinfo, query and fragment of every URL given to :meth:`watch`, wherever they appear
+    in a record's message, are rewritten as :func:`safe_url` shows them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replacements: dict[str, str] = {}
+        self._ordered: list[tuple[str, str]] = []
+
+    def watch(self, url: str) -> None:
+        """Hide the secrets of ``url`` from the messages this filter sees from now on."""
+        safe = safe_url(url)
+        rest, hash_mark, fragment = url.partition("#")
+        if hash_mark and fragment:
+            self._replacements["#" + fragment] = "#" + REDACTED
+        rest, question, query = rest.partition("?")
+        if question and query:
+            self._replacements["?" + query] = safe[safe.index("?") :].partition("#")[0]
+        scheme, sep, after = rest.partition("://")
+        userinfo, at, _ = after.partition("/")[0].rpartition("@")
+        if sep and at and userinfo:
+            self._replacements[userinfo + "@"] = REDACTED + "@"
+        self._ordered = sorted(self._replacements.items(), key=lambda item: -len(item[0]))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._replacements:
+            message = record.getMessage()
+            safe = message
+            for raw, shown in self._ordered:
+                safe = safe.replace(raw, shown)
+            if safe != message:
+                record.msg, record.args = safe, None
+        return True
