@@ -385,3 +385,13 @@ def test_the_otlp_exporters_log_lines_lose_the_endpoints_secrets(
     assert exporter_lines, caplog.text
     assert_no_secret(caplog.text)
     assert any("/v1/traces?api_key=***" in line for line in exporter_lines), exporter_lines
+
+
+def test_library_reprs_and_errors_show_upstream_urls_safely() -> None:
+    from fastgate.integrations.client import UpstreamClient
+    from fastgate.integrations.fastapi import Upstreams
+
+    url = "http://svc:upstream-pass@127.0.0.1:9000/base"
+    assert "upstream-pass" not in repr(Upstreams(api=url))
+    client = UpstreamClient("api", url)
+    assert "upstream-pass" not in repr(client)
