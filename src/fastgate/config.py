@@ -140,11 +140,11 @@ def _header_value(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # `x-version: 2` in YAML
     if not isinstance(value, str):
-        raise ValueError(f"header values are strings, got {value!r}")
+        raise ValueError(f"header values are strings, got a {type(value).__name__}")  # not the value: a secret
     if any(char in value for char in "\r\n\0"):
-        raise ValueError(f"a header value may not contain CR, LF or NUL: {value!r}")
+        raise ValueError("a header value may not contain CR, LF or NUL")
     if not all(ord(char) <= 0xFF for char in value):
-        raise ValueError(f"a header value must be latin-1 text (percent-encode the rest): {value!r}")
+        raise ValueError("a header value must be latin-1 text (percent-encode the rest)")
     return value.strip(" \t")
 
 

@@ -395,3 +395,11 @@ def test_library_reprs_and_errors_show_upstream_urls_safely() -> None:
     assert "upstream-pass" not in repr(Upstreams(api=url))
     client = UpstreamClient("api", url)
     assert "upstream-pass" not in repr(client)
+
+
+@pytest.mark.parametrize("value", ["Bearer err-secret\n", "err-secret\u65e5", ["err-secret"]])
+def test_a_bad_header_value_is_named_by_its_key_not_shown(value: object) -> None:
+    """A header value is often a credential: a refused reload's log line names the key and the problem only."""
+    with pytest.raises(ConfigError) as caught:
+        build_config({**_upstream(url="http://h"), "routes": [{"upstream": "api", "headers": {"x-key": value}}]})
+    assert "routes[0].headers.x-key" in caught.value.detail and "err-secret" not in caught.value.detail
