@@ -252,3 +252,35 @@ async def test_a_replaced_or_added_worker_listens_on_a_socket_of_its_own(
         served = await _spread(gateway, 200, 300)
         assert set(served) == {first, replacement, added}, served
         assert min(served.values()) >= 45, served
+
+
+def test_where_reuse_port_does_not_balance_workers_share_one_socket_and_bound_their_accept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    from fastgate import server
+    from fastgate.serving import accept, listeners
+
+    monkeypatch.setattr(listeners, "balanced_reuse_port", lambda: False)
+    monkeypatch.delenv(listeners.SHARED_LISTENER_ENV, raising=False)
+    config = uvicorn.Config(ok, host="127.0.0.1", port=0, workers=2)
+    sockets, own = server._worker_sockets(config)
+    try:
+        assert len(sockets) == 1 and not own
+        assert sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+        assert os.environ[listeners.SHARED_LISTENER_ENV] == "1"  # inherited by the workers
+        loop = accept.new_event_loop()
+        try:
+            assert isinstance(loop, accept.GreedyAcceptLoop) and loop.accept_batch == listeners.SHARED_ACCEPT_BATCH
+        finally:
+            loop.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+    monkeypatch.delenv(listeners.SHARED_LISTENER_ENV)
+    loop = accept.new_event_loop()
+    try:
+        assert isinstance(loop, accept.GreedyAcceptLoop) and loop.accept_batch == accept.BATCH  # one process: all
+    finally:
+        loop.close()
