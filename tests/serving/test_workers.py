@@ -263,7 +263,7 @@ def test_where_reuse_port_does_not_balance_workers_share_one_socket_and_bound_th
     from fastgate.serving import accept, listeners
 
     monkeypatch.setattr(listeners, "balanced_reuse_port", lambda: False)
-    monkeypatch.delenv(listeners.SHARED_LISTENER_ENV, raising=False)
+    monkeypatch.setenv(listeners.SHARED_LISTENER_ENV, "")  # so that the test ends with it unset again
     config = uvicorn.Config(ok, host="127.0.0.1", port=0, workers=2)
     sockets, own = server._worker_sockets(config)
     try:
@@ -278,7 +278,7 @@ def test_where_reuse_port_does_not_balance_workers_share_one_socket_and_bound_th
     finally:
         for sock in sockets:
             sock.close()
-    monkeypatch.delenv(listeners.SHARED_LISTENER_ENV)
+    del os.environ[listeners.SHARED_LISTENER_ENV]
     loop = accept.new_event_loop()
     try:
         assert isinstance(loop, accept.GreedyAcceptLoop) and loop.accept_batch == accept.BATCH  # one process: all
