@@ -32,7 +32,7 @@ from ..config import GatewayConfig, PluginSpec
 from ..observability.safe_url import REDACTED, safe_url
 from ..plugins import BUILTIN_PLUGINS, resolve_plugin
 
-__all__ = ["FIELDS", "PLUGIN_OPTIONS", "REDACTED", "Kind", "redact_url", "redacted_config"]
+__all__ = ["FIELDS", "PLUGIN_OPTIONS", "REDACTED", "Kind", "redacted_config"]
 
 
 class Kind(Enum):
@@ -241,11 +241,6 @@ _BUILTIN_NAMES = {path: name for name, path in BUILTIN_PLUGINS.items()}  # "fast
 def redacted_config(config: GatewayConfig) -> dict[str, Any]:
     """``config`` as plain JSON data in which only what its schema says is safe is shown as it is."""
     return _model(config)
-
-
-def redact_url(value: str) -> str:
-    """A URL without userinfo, query values or fragment (:func:`fastgate.observability.safe_url.safe_url`)."""
-    return safe_url(value)
 
 
 def _model(model: BaseModel) -> dict[str, Any]:
