@@ -279,7 +279,8 @@ def _plugin(spec: PluginSpec) -> dict[str, Any]:
     kinds = PLUGIN_OPTIONS.get(_BUILTIN_NAMES.get(spec.use, spec.use))
     if kinds is None:
         kinds = dict.fromkeys(_public_options(spec.use), PUBLIC)
-    options = {key: _option(kinds.get(key, SECRET), value) for key, value in spec.options.items()}
+    dumped: dict[str, Any] = spec.model_dump(mode="json")["options"]  # JSON data, whatever a library user passed
+    options = {key: _option(kinds.get(key, SECRET), value) for key, value in dumped.items()}
     return {"use": spec.use, "options": options}
 
 
@@ -316,4 +317,5 @@ def _urls(value: Any) -> Any:
 
 
 def _secret(value: Any) -> Any:
-    return value if value in ("", [], {}, ()) else REDACTED
+    """``"***"``, or the value itself when it is empty (an empty string, list or map says nothing)."""
+    return value if isinstance(value, str | list | dict | tuple) and not value else REDACTED
