@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from .exceptions import ConfigError
+from .observability.safe_url import safe_url
 from .plugins import resolve_plugin
 from .policies.ratelimit import KeyPart, RateLimitPolicy, parse_key, parse_period
 from .proxy.paths import PathAboveRoot, normalize_path
@@ -100,7 +101,7 @@ class WebSocketOptions(_Model):
         for origin in value:
             parts = urlsplit(origin)
             if not parts.scheme or not parts.netloc or parts.path or parts.query or parts.fragment:
-                raise ValueError(f"must be origins like 'https://app.example:8443', got {origin!r}")
+                raise ValueError(f"must be origins like 'https://app.example:8443', got {safe_url(origin)!r}")
         return tuple(origin.lower() for origin in value)
 
 
@@ -117,15 +118,15 @@ _PROTECTED_HEADERS = frozenset(
 def _valid_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {safe_url(value)!r}")
     if not parts.hostname:
-        raise ValueError(f"has no host: {value!r}")
+        raise ValueError(f"has no host: {safe_url(value)!r}")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"has an invalid port: {value!r}") from None
+        raise ValueError(f"has an invalid port: {safe_url(value)!r}") from None
     if parts.query or parts.fragment:
-        raise ValueError(f"may not carry a query or fragment: {value!r}")
+        raise ValueError(f"may not carry a query or fragment: {safe_url(value)!r}")
     return value
 
 
@@ -139,11 +140,11 @@ def _header_value(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # `x-version: 2` in YAML
     if not isinstance(value, str):
-        raise ValueError(f"header values are strings, got {value!r}")
+        raise ValueError(f"header values are strings, got a {type(value).__name__}")  # not the value: a secret
     if any(char in value for char in "\r\n\0"):
-        raise ValueError(f"a header value may not contain CR, LF or NUL: {value!r}")
+        raise ValueError("a header value may not contain CR, LF or NUL")
     if not all(ord(char) <= 0xFF for char in value):
-        raise ValueError(f"a header value must be latin-1 text (percent-encode the rest): {value!r}")
+        raise ValueError("a header value must be latin-1 text (percent-encode the rest)")
     return value.strip(" \t")
 
 
@@ -407,7 +408,9 @@ class UpstreamConfig(_Model):
             key = (target.scheme, target.host.lower(), target.port, target.path_prefix)
             if key in seen:
                 first = seen[key]
-                raise ValueError(f"targets[{index}] repeats targets[{first}] ({target.url}); raise its weight instead")
+                raise ValueError(
+                    f"targets[{index}] repeats targets[{first}] ({safe_url(target.url)}); raise its weight instead"
+                )
             seen[key] = index
         return value
 
@@ -716,11 +719,11 @@ class RedisConfig(_Model):
     def _check_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {safe_url(value)!r}")
         if parts.scheme == "unix" and not parts.path:
-            raise ValueError(f"a unix:// URL needs a socket path, got {value!r}")
+            raise ValueError(f"a unix:// URL needs a socket path, got {safe_url(value)!r}")
         if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError(f"has no host: {value!r}")
+            raise ValueError(f"has no host: {safe_url(value)!r}")
         return value
 
 
@@ -945,7 +948,7 @@ class TracingConfig(_Model):
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+            raise ValueError(f"must be an http:// or https:// URL, got {safe_url(value)!r}")
         return value
 
 

@@ -34,6 +34,7 @@ import jwt.types
 
 from ...exceptions import UpstreamError
 from ...observability.logging import error_logger
+from ...observability.safe_url import safe_url
 from ..base import Answer, Plugin, RequestContext
 from ._common import DEFAULT_IDENTITY_HEADER, IdentityHeader, refusal
 from ._http import OutboundClient
@@ -204,7 +205,7 @@ class Jwt(Plugin):
             self.keys = parse_jwks(json.loads(body), "JWKS")
             self.fetched_at = now
         except (UpstreamError, ValueError, OSError) as exc:
-            error_logger.warning("jwt: JWKS fetch from %s failed: %s", self.jwks_url, exc)
+            error_logger.warning("jwt: JWKS fetch from %s failed: %s", safe_url(self.jwks_url or ""), exc)
 
     def _refuse(self, request: RequestContext, detail: str, error: str = "invalid_token") -> Answer:
         challenge = f'{self.challenge}, error="{error}", error_description="{detail}"' if error else self.challenge
