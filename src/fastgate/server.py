@@ -217,6 +217,8 @@ def run(
     file's :meth:`ConfigSource.digest` taken before ``config`` was loaded from it; workers starting while the file
     still matches it use ``config`` as it is instead of reading the file again.
     """
+    # The config is resolved (every route holds the values it inherits: GatewayConfig._resolve_inheritance), so
+    # its dump says every decision and a worker validates it back to an equal config (tests/test_config.py).
     os.environ[CONFIG_ENV] = config.model_dump_json()
     cleanup = None
     remove_handoff = None
