@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgate import ConfigError, GatewayConfig, PoolLimits, Timeouts, UpstreamConfig, load_config
-from fastgate.config import build_config
+from fastgate.config import RetryPolicy, build_config
+from fastgate.reloading import apply_overrides
 
 
 def test_gateway_defaults_are_explicit_and_not_the_client_librarys() -> None:
@@ -165,7 +169,8 @@ def test_defaults_of_the_new_keys() -> None:
     assert (upstream.retries.max_retries, upstream.retries.retry_on) == (1, ("connect_error",))
     assert (upstream.retries.non_idempotent, upstream.retries.per_try_timeout) == (False, None)
     assert (route.prefix, route.path, route.regex, route.host, route.methods) == ("/", None, None, None, None)
-    assert (route.priority, route.request_buffering, route.strip_prefix, route.retries) == (0, False, False, None)
+    assert (route.priority, route.request_buffering, route.strip_prefix) == (0, False, False)
+    assert route.retries is upstream.retries  # resolved at validation: the route holds the policy it uses
     assert route.effective_timeouts(upstream) == upstream.timeouts
     assert config.server.merge_slashes is False
     assert "targets" not in upstream.model_dump()  # the url form dumps as it was written
@@ -184,7 +189,17 @@ def test_route_timeouts_distinguish_unset_from_null() -> None:
     route, upstream = config.routes[0], config.upstreams["api"]
     assert route.effective_timeouts(upstream).read is None
     assert route.effective_timeouts(upstream).write == 60.0
-    assert route.timeouts.model_dump() == {"read": None}
+    # resolved at validation: every key given, the upstream's where the route wrote none, null where it wrote null
+    assert route.timeouts.model_dump() == {
+        "connect": 5.0,
+        "read": None,
+        "write": 60.0,
+        "pool": 5.0,
+        "stream_idle": None,
+    }
+    from fastgate.config import RouteTimeouts
+
+    assert RouteTimeouts(read=None).model_dump() == {"read": None}  # on its own, unset keys are still left out
 
 
 U = "http://127.0.0.1:9001"
@@ -328,3 +343,173 @@ def test_a_route_name_is_optional_and_kept() -> None:
         }
     )
     assert [route.name for route in config.routes] == ["users.v2_a-b", None]
+
+
+# -- Inheritance is resolved once, at validation (issue 17 item 6) ---------------------------------------------------
+#
+# Every value a route takes from elsewhere when it does not say (the audit of `model_fields_set` and `None`-means-
+# inherit in config.py and snapshot.py):
+#   routes[].max_body_bytes      <- server.max_body_bytes (null given: no limit); request_buffering: 1 MiB (item 10)
+#   routes[].timeouts.<key>      <- upstreams.<name>.timeouts.<key>, per key (null given: that timeout off)
+#   routes[].retries             <- upstreams.<name>.retries, whole
+#   upstreams.<name>.targets     <- url (the one-target form)
+# The config a `fastgate run` worker serves is the manager's dumped and validated again (server.py, the JSON in
+# FASTGATE_CONFIG_JSON), and a dump gives every key: so the resolved config must say every decision itself.
+
+TIMEOUT_KEYS = ("connect", "read", "write", "pool", "stream_idle")
+UNSET = object()
+
+
+def _served(config: GatewayConfig) -> list[tuple[object, ...]]:
+    """What each route's requests get at run time: the snapshot's RouteOptions, as fastgate builds them."""
+    from fastgate.snapshot import Snapshot
+
+    snapshot = Snapshot(config)
+    return [(o.timeouts, o.retry, o.max_body, o.buffer_body, o.label) for o in snapshot.route_options]
+
+
+def _expected(data: dict[str, Any], index: int) -> tuple[int | None, dict[str, float | None], dict[str, Any]]:
+    """The oracle, from the docs' words: (body limit, timeouts, retry policy as data) of route ``index``."""
+    route = data["routes"][index]
+    upstream = data["upstreams"][route["upstream"]]
+    if "max_body_bytes" in route:
+        limit = route["max_body_bytes"]
+    elif data.get("server", {}).get("max_body_bytes") is not None:
+        limit = data["server"]["max_body_bytes"]
+    else:
+        limit = 1024 * 1024 if route.get("request_buffering") else None
+    timeouts = {**Timeouts().model_dump(), **upstream.get("timeouts", {}), **route.get("timeouts", {})}
+    retries = RetryPolicy.model_validate(route.get("retries", upstream.get("retries", {}))).model_dump()
+    return limit, timeouts, retries
+
+
+def _check_resolved(data: dict[str, Any]) -> None:
+    config = build_config(data)
+    for index, route in enumerate(config.routes):
+        upstream = config.upstreams[route.upstream]
+        limit, timeouts, retries = _expected(data, index)
+        assert route.max_body_bytes == limit == route.body_limit(config.server)
+        assert route.effective_timeouts(upstream).model_dump() == timeouts == route.timeouts.model_dump()
+        assert route.retry_policy(upstream).model_dump() == retries == route.retries.model_dump()  # type: ignore[union-attr]
+    served = _served(config)
+    # Each way fastgate hands a config on: the JSON dump a worker validates, a Python dump, the command line's
+    # server overrides over a dump, and a second round trip.
+    json_rebuilt = GatewayConfig.model_validate_json(config.model_dump_json())
+    for rebuilt in (
+        json_rebuilt,
+        build_config(config.model_dump()),
+        apply_overrides(config, {"port": 9999, "workers": 2}),
+        GatewayConfig.model_validate_json(json_rebuilt.model_dump_json()),
+    ):
+        assert rebuilt.routes == config.routes and rebuilt.upstreams == config.upstreams
+        assert _served(rebuilt) == served
+        assert [r.model_fields_set for r in rebuilt.routes] == [r.model_fields_set for r in json_rebuilt.routes]
+    assert json_rebuilt.model_dump_json() == config.model_dump_json()
+
+
+def _data(server: dict[str, Any], upstream: dict[str, Any], *routes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "server": server,
+        "upstreams": {"api": {"url": "http://127.0.0.1:9001", **upstream}},
+        "routes": [{"upstream": "api", **route} for route in routes],
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # max_body_bytes: the server's when the route says nothing, the route's when it does (null: no limit)
+        _data(
+            {"max_body_bytes": 1024},
+            {},
+            {},
+            {"prefix": "/null", "max_body_bytes": None},
+            {"prefix": "/n", "max_body_bytes": 5},
+        ),
+        _data({}, {}, {}, {"prefix": "/n", "max_body_bytes": 5}),
+        # request_buffering: 1 MiB unless the route or the server says (item 10)
+        _data(
+            {}, {}, {"request_buffering": True}, {"prefix": "/off", "request_buffering": True, "max_body_bytes": None}
+        ),
+        _data({"max_body_bytes": 10}, {}, {"request_buffering": True}),
+        _data({}, {}, {"request_buffering": True, "max_body_bytes": 1 << 30}),
+        # timeouts: per key over the upstream's; null turns one off; none given: the upstream's
+        _data({}, {"timeouts": {"connect": 1, "read": None}}, {}, {"prefix": "/t", "timeouts": {"read": 5}}),
+        _data({}, {}, {"timeouts": {"stream_idle": 3, "pool": None}}),
+        _data({}, {"timeouts": {"read": 7}}, {"timeouts": {"read": 7}}),  # equal to the upstream's: no override
+        # retries: the route's whole, or the upstream's
+        _data(
+            {}, {"retries": {"max_retries": 3, "retry_on": ["connect_error", 503]}}, {}, {"prefix": "/r", "retries": {}}
+        ),
+        _data({}, {}, {"retries": {"max_retries": 0}}),
+    ],
+)
+def test_inherited_values_are_resolved_once_and_survive_a_dump(data: dict[str, Any]) -> None:
+    _check_resolved(data)
+
+
+def test_the_upstreams_one_target_form_survives_a_dump() -> None:
+    for upstream in (
+        {"url": "http://127.0.0.1:9001/v1"},
+        {"targets": [{"url": "http://a:1", "weight": 3}, {"url": "http://b:2"}]},
+    ):
+        config = build_config({"upstreams": {"api": upstream}, "routes": [{"upstream": "api"}]})
+        rebuilt = GatewayConfig.model_validate_json(config.model_dump_json())
+        assert rebuilt == config and rebuilt.upstreams["api"].model_dump() == config.upstreams["api"].model_dump()
+
+
+_timeout = st.one_of(st.just(UNSET), st.none(), st.sampled_from([0.5, 1.0, 7.0]))
+_limit = st.one_of(st.just(UNSET), st.none(), st.sampled_from([0, 1024, 1 << 20]))
+
+
+def _given(values: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in values.items() if value is not UNSET}
+
+
+@st.composite
+def _configs(draw: st.DrawFn) -> dict[str, Any]:
+    server = _given({"max_body_bytes": draw(_limit)})
+    upstream_timeouts = _given({key: draw(_timeout) for key in TIMEOUT_KEYS})
+    upstream = {"timeouts": upstream_timeouts} if upstream_timeouts or draw(st.booleans()) else {}
+    if draw(st.booleans()):
+        upstream["retries"] = {"max_retries": draw(st.integers(0, 3))}
+    routes = []
+    for index in range(draw(st.integers(1, 4))):
+        route: dict[str, Any] = {"prefix": f"/r{index}"}
+        route.update(_given({"max_body_bytes": draw(_limit)}))
+        if draw(st.booleans()):
+            route["request_buffering"] = draw(st.booleans())
+        timeouts = _given({key: draw(_timeout) for key in TIMEOUT_KEYS})
+        if timeouts or draw(st.booleans()):
+            route["timeouts"] = timeouts
+        if draw(st.booleans()):
+            route["retries"] = {"max_retries": draw(st.integers(0, 3)), "non_idempotent": draw(st.booleans())}
+        routes.append(route)
+    return _data(server, upstream, *routes)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_configs())
+def test_every_combination_of_inherited_keys_resolves_once_and_survives_a_dump(data: dict[str, Any]) -> None:
+    _check_resolved(data)
+
+
+def test_which_keys_a_file_wrote_is_read_only_while_validating() -> None:
+    """``model_fields_set`` (which keys were written) is lost in a dump, so nothing may decide by it after validation.
+
+    It may be read only where inheritance is resolved (RouteConfig.resolved/body_limit, RouteTimeouts.over, whose
+    results GatewayConfig writes into its routes) and by RouteTimeouts' own serializer. A new key that falls back to
+    another belongs in RouteConfig.resolved, and in the audit above.
+    """
+    import ast
+
+    allowed = {("config.py", "body_limit"), ("config.py", "resolved"), ("config.py", "over"), ("config.py", "_dump")}
+    found = set()
+    for path in (Path(__file__).parent.parent / "src" / "fastgate").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                if any(isinstance(n, ast.Attribute) and n.attr == "model_fields_set" for n in ast.walk(function)):
+                    found.add((path.name, function.name))
+    assert found <= allowed, sorted(found - allowed)
+    assert ("config.py", "resolved") in found  # the check itself still sees the one place that should read it

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from .exceptions import ConfigError
+from .observability.safe_url import safe_url
 from .plugins import resolve_plugin
 from .policies.ratelimit import KeyPart, RateLimitPolicy, parse_key, parse_period
 from .proxy.paths import PathAboveRoot, normalize_path
@@ -100,7 +101,7 @@ class WebSocketOptions(_Model):
         for origin in value:
             parts = urlsplit(origin)
             if not parts.scheme or not parts.netloc or parts.path or parts.query or parts.fragment:
-                raise ValueError(f"must be origins like 'https://app.example:8443', got {origin!r}")
+                raise ValueError(f"must be origins like 'https://app.example:8443', got {safe_url(origin)!r}")
         return tuple(origin.lower() for origin in value)
 
 
@@ -117,15 +118,15 @@ _PROTECTED_HEADERS = frozenset(
 def _valid_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {safe_url(value)!r}")
     if not parts.hostname:
-        raise ValueError(f"has no host: {value!r}")
+        raise ValueError(f"has no host: {safe_url(value)!r}")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"has an invalid port: {value!r}") from None
+        raise ValueError(f"has an invalid port: {safe_url(value)!r}") from None
     if parts.query or parts.fragment:
-        raise ValueError(f"may not carry a query or fragment: {value!r}")
+        raise ValueError(f"may not carry a query or fragment: {safe_url(value)!r}")
     return value
 
 
@@ -139,11 +140,11 @@ def _header_value(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # `x-version: 2` in YAML
     if not isinstance(value, str):
-        raise ValueError(f"header values are strings, got {value!r}")
+        raise ValueError(f"header values are strings, got a {type(value).__name__}")  # not the value: a secret
     if any(char in value for char in "\r\n\0"):
-        raise ValueError(f"a header value may not contain CR, LF or NUL: {value!r}")
+        raise ValueError("a header value may not contain CR, LF or NUL")
     if not all(ord(char) <= 0xFF for char in value):
-        raise ValueError(f"a header value must be latin-1 text (percent-encode the rest): {value!r}")
+        raise ValueError("a header value must be latin-1 text (percent-encode the rest)")
     return value.strip(" \t")
 
 
@@ -279,6 +280,10 @@ class OutlierDetection(_Model):
     max_ejection_percent: float = Field(50.0, ge=0, le=100)
 
 
+# A request_buffering route's body limit when neither it nor the server gives one: the body is spooled to a temporary
+# file, so it needs a bound (nginx's client_max_body_size default, 1 MiB). Streamed routes have none by default.
+BUFFERED_BODY_LIMIT = 1024 * 1024
+
 RETRY_ON_CONDITIONS = ("connect_error", "timeout", "reset")
 
 
@@ -403,7 +408,9 @@ class UpstreamConfig(_Model):
             key = (target.scheme, target.host.lower(), target.port, target.path_prefix)
             if key in seen:
                 first = seen[key]
-                raise ValueError(f"targets[{index}] repeats targets[{first}] ({target.url}); raise its weight instead")
+                raise ValueError(
+                    f"targets[{index}] repeats targets[{first}] ({safe_url(target.url)}); raise its weight instead"
+                )
             seen[key] = index
         return value
 
@@ -425,10 +432,11 @@ class UpstreamConfig(_Model):
 
     @model_validator(mode="after")
     def _one_address_form(self) -> UpstreamConfig:
-        given = "targets" in self.model_fields_set
-        if self.url is not None and given:
+        # Decided by value, not by which keys were written (a dump writes them all): a given `targets` has at least
+        # one entry (min_length), so an empty one was not given.
+        if self.url is not None and self.targets:
             raise ValueError("give either url (one target) or targets, not both")
-        if self.url is None and not given:
+        if self.url is None and not self.targets:
             raise ValueError("needs url (one target) or targets")
         if self.url is not None:
             # The one-target form is the list of one: runtime code reads `targets` whatever the file said. The
@@ -712,11 +720,11 @@ class RedisConfig(_Model):
     def _check_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {safe_url(value)!r}")
         if parts.scheme == "unix" and not parts.path:
-            raise ValueError(f"a unix:// URL needs a socket path, got {value!r}")
+            raise ValueError(f"a unix:// URL needs a socket path, got {safe_url(value)!r}")
         if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError(f"has no host: {value!r}")
+            raise ValueError(f"has no host: {safe_url(value)!r}")
         return value
 
 
@@ -749,7 +757,7 @@ class RouteConfig(_Model):
     priority: int = 0
     request_buffering: bool = False
     rate_limit: RateLimitConfig | None = None
-    # Given (even as null, for no limit), it replaces server.max_body_bytes for this route.
+    # Given (even as null, for no limit), it replaces server.max_body_bytes for this route; see body_limit().
     max_body_bytes: int | None = Field(None, ge=0)
 
     @model_validator(mode="before")
@@ -802,12 +810,35 @@ class RouteConfig(_Model):
         return self.retries if self.retries is not None else upstream.retries
 
     def body_limit(self, server: ServerConfig) -> int | None:
-        """This route's ``max_body_bytes`` when it gives one (null included), else the server's."""
-        return self.max_body_bytes if "max_body_bytes" in self.model_fields_set else server.max_body_bytes
+        """This route's ``max_body_bytes`` when it gives one (null included), else the server's; a
+        ``request_buffering`` route that has neither gets :data:`BUFFERED_BODY_LIMIT` (it spools to disk)."""
+        if "max_body_bytes" in self.model_fields_set:
+            return self.max_body_bytes
+        if server.max_body_bytes is None and self.request_buffering:
+            return BUFFERED_BODY_LIMIT
+        return server.max_body_bytes
 
     def effective_timeouts(self, upstream: UpstreamConfig) -> Timeouts:
         """The upstream's timeouts with this route's ``timeouts`` keys put over them."""
         return self.timeouts.over(upstream.timeouts)
+
+    def resolved(self, upstream: UpstreamConfig, server: ServerConfig) -> RouteConfig:
+        """This route with every value it inherits written into it, as :class:`GatewayConfig` keeps its routes.
+
+        ``max_body_bytes`` becomes :meth:`body_limit`, ``timeouts`` every key of :meth:`effective_timeouts`, and
+        ``retries`` :meth:`retry_policy`, each given explicitly. Whether a key was written (``model_fields_set``)
+        is read here, once, while the file's own keys are known; a dump of the result says every decision, so
+        validating it again (``fastgate run`` hands the config to its worker as JSON) resolves to an equal route
+        with the same keys given, and nothing at request time depends on which keys a file happened to write.
+        """
+        update: dict[str, Any] = {}
+        if "max_body_bytes" not in self.model_fields_set:
+            update["max_body_bytes"] = self.body_limit(server)
+        if self.timeouts.model_fields_set != set(RouteTimeouts.model_fields):
+            update["timeouts"] = RouteTimeouts(**self.effective_timeouts(upstream).model_dump())
+        if self.retries is None:
+            update["retries"] = upstream.retries
+        return self.model_copy(update=update) if update else self
 
 
 class BodyRate(_Model):
@@ -918,7 +949,7 @@ class TracingConfig(_Model):
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+            raise ValueError(f"must be an http:// or https:// URL, got {safe_url(value)!r}")
         return value
 
 
@@ -1014,6 +1045,16 @@ class GatewayConfig(_Model):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _resolve_inheritance(self) -> GatewayConfig:
+        # Once, here (after _check_references: every route's upstream exists): each route gets the values it
+        # inherits from its upstream and the server written in (RouteConfig.resolved), so the config served is
+        # one explicit form that a dump and a new validation give back unchanged (Envoy resolves its config the
+        # same way before serving it). Nothing later asks which keys a file wrote.
+        routes = [route.resolved(self.upstreams[route.upstream], self.server) for route in self.routes]
+        object.__setattr__(self, "routes", routes)
+        return self
+
     @classmethod
     def single(cls, url: str, *, server: ServerConfig | None = None, **upstream: Any) -> GatewayConfig:
         """Everything to one upstream, as ``fastgate proxy --to URL`` does."""
@@ -1049,6 +1090,11 @@ def build_config(data: Any) -> GatewayConfig:
 
 def load_config(path: str | Path) -> GatewayConfig:
     """Read a YAML or JSON config file."""
+    return build_config(read_config_data(path))
+
+
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON config file's data, not validated yet (:class:`ConfigError` when it cannot be read)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -1068,4 +1114,4 @@ def load_config(path: str | Path) -> GatewayConfig:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return build_config(data)
+    return data

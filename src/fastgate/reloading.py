@@ -6,7 +6,7 @@
 The gateway (app.py) does the I/O: it opens the transports of new or changed upstreams, starts the new plugin
 chains, swaps its request-time snapshot, and closes what the old snapshot alone used once its requests end.
 :class:`ConfigSource` reads the file a gateway was started from (``fastgate run FILE``) with the command line's
-server overrides applied again, so a reload sees what a restart would.
+server overrides put over the file's keys before validation, so a reload sees what a restart would.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import GatewayConfig, build_config, load_config
+from .config import GatewayConfig, build_config, read_config_data
 from .exceptions import ConfigError
 
 # The file a worker reloads, and the command line's server overrides (JSON), passed from the manager.
@@ -114,11 +114,26 @@ def diff_upstreams(running: GatewayConfig, loaded: GatewayConfig) -> UpstreamDif
 
 
 def apply_overrides(config: GatewayConfig, overrides: dict[str, Any]) -> GatewayConfig:
-    """``config`` with the command line's ``server`` keys (``--port``, ``--workers``...) over the file's."""
+    """``config`` with the command line's ``server`` keys (``--port``, ``--workers``...) over its own.
+
+    A config is kept resolved (every route holds what it inherits), so this validates its dump again with the
+    new server keys; a key a route inherits from the server keeps the route's resolved value. Files are loaded
+    with :func:`with_overrides` instead, before validation, so that every key is decided once, from the file.
+    """
     if not overrides:
         return config
     server = {**config.server.model_dump(), **overrides}
     return build_config({**config.model_dump(), "server": server})
+
+
+def with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A config file's data with the command line's ``server`` keys over the file's (nothing validated yet)."""
+    if not overrides:
+        return data
+    server = data.get("server") or {}
+    if not isinstance(server, dict):
+        return data  # validation names the bad `server`
+    return {**data, "server": {**server, **overrides}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +145,7 @@ class ConfigSource:
 
     def load(self) -> GatewayConfig:
         """Read and validate the file now (:class:`ConfigError` naming the key when it is wrong)."""
-        return apply_overrides(load_config(self.path), self.overrides)
+        return build_config(with_overrides(read_config_data(self.path), self.overrides))
 
     def digest(self) -> str | None:
         """The file's content digest now; ``None`` when it cannot be read."""

@@ -3,7 +3,9 @@
 Each worker builds its :class:`Gateway` from the config passed in the environment (``FASTGATE_CONFIG_JSON``),
 or, started by ``fastgate run FILE``, from that file read again (``FASTGATE_CONFIG_FILE``), so every worker owns
 its pools, opened in its own lifespan. Uvicorn replaces a worker that dies and drains in-flight requests on
-SIGTERM within ``server.graceful_timeout``.
+SIGTERM within ``server.graceful_timeout``. On Linux each worker accepts on a ``SO_REUSEPORT`` listener of its own,
+bound by the manager before the workers start, so the kernel spreads new connections over them
+(serving/listeners.py); elsewhere they share one socket.
 
 Reload: SIGHUP to a single process reloads its file (the gateway's lifespan handles it); with workers the manager
 passes SIGHUP on to every worker (:class:`Supervisor`) instead of Uvicorn's restart of them all, and ``--watch``
@@ -17,6 +19,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from ._protocol import FastgateHttpProtocol
 from ._ws_protocol import FastgateWebSocketProtocol
@@ -36,7 +39,7 @@ from .exceptions import ConfigError
 from .handoff import export_validated, import_validated
 from .observability.logging import access_logger, apply_log_level, error_logger, logging_config
 from .reloading import ConfigSource, check_reloadable
-from .serving import tls
+from .serving import listeners, tls
 
 CONFIG_ENV = "FASTGATE_CONFIG_JSON"
 
@@ -78,7 +81,66 @@ def _current_file(source: ConfigSource, started: GatewayConfig) -> GatewayConfig
 
 
 class Supervisor(Multiprocess):
-    """Uvicorn's process manager, but SIGHUP reloads the config in every worker instead of replacing them."""
+    """Uvicorn's process manager, but SIGHUP reloads the config in every worker instead of replacing them.
+
+    ``own_sockets``: ``sockets`` holds one ``SO_REUSEPORT`` listener per worker (serving/listeners.py); worker *i*
+    and every replacement of it get socket *i* alone, a worker added by SIGTTIN a new one on the same address, and
+    the socket of a worker removed by SIGTTOU is closed once it exited. Otherwise every worker gets ``sockets``.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], *, own_sockets: bool = False) -> None:
+        super().__init__(config, sockets)
+        self.own_sockets = own_sockets
+
+    def sockets_of(self, index: int) -> list[socket.socket]:
+        """What worker ``index`` listens on."""
+        if not self.own_sockets:
+            return self.sockets
+        while len(self.sockets) <= index:
+            host, port = self.sockets[0].getsockname()[:2]
+            self.sockets.append(listeners.reuse_port_listener(host, port))
+        return [self.sockets[index]]
+
+    def init_processes(self) -> None:
+        for index in range(self.processes_num):
+            process = Process(self.config, self.sockets_of(index))
+            process.start()
+            self.processes.append(process)
+
+    def keep_subprocess_alive(self) -> None:
+        # Uvicorn's, but a replacement gets the socket of the worker it replaces.
+        if self.should_exit.is_set():
+            return
+        for index, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # hung: kill it
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                logging.getLogger("uvicorn.error").error(
+                    "Child process [%s] failed to start, stopping the parent process.", process.pid
+                )
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            logging.getLogger("uvicorn.error").info("Child process [%s] died", process.pid)
+            replacement = Process(self.config, self.sockets_of(index))
+            replacement.start()
+            self.processes[index] = replacement
+
+    def handle_ttin(self) -> None:
+        logging.getLogger("uvicorn.error").info("Received SIGTTIN, increasing the number of processes.")
+        self.processes_num += 1
+        process = Process(self.config, self.sockets_of(len(self.processes)))
+        process.start()
+        self.processes.append(process)
+
+    def handle_ttou(self) -> None:
+        super().handle_ttou()
+        if self.own_sockets:
+            while len(self.sockets) > max(len(self.processes), 1):
+                self.sockets.pop().close()  # its worker has exited; what the kernel still queued there is reset
 
     def handle_hup(self) -> None:
         pids = [process.pid for process in self.processes if process.pid is not None]
@@ -155,6 +217,8 @@ def run(
     file's :meth:`ConfigSource.digest` taken before ``config`` was loaded from it; workers starting while the file
     still matches it use ``config`` as it is instead of reading the file again.
     """
+    # The config is resolved (every route holds the values it inherits: GatewayConfig._resolve_inheritance), so
+    # its dump says every decision and a worker validates it back to an equal config (tests/test_config.py).
     os.environ[CONFIG_ENV] = config.model_dump_json()
     cleanup = None
     remove_handoff = None
@@ -173,8 +237,8 @@ def run(
         if server_config.workers > 1:
             os.environ[MANAGER_PID_ENV] = str(os.getpid())
             remove_handoff = export_validated(config, os.environ)  # workers skip validating it again
-            sock = server_config.bind_socket()
-            Supervisor(server_config, sockets=[sock]).run()
+            sockets, own = _worker_sockets(server_config)
+            Supervisor(server_config, sockets=sockets, own_sockets=own).run()
         else:
             if hasattr(signal, "SIGHUP") and source is not None:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the lifespan takes it over once the gateway runs
@@ -190,6 +254,29 @@ def run(
             remove_handoff()
     if not server.started and server_config.workers == 1:
         sys.exit(STARTUP_FAILURE)
+
+
+def _worker_sockets(config: uvicorn.Config) -> tuple[list[socket.socket], bool]:
+    """The listeners of ``--workers N``, bound before the first worker starts: one ``SO_REUSEPORT`` socket per worker
+    where the kernel balances them (serving/listeners.py), else one shared socket. ``(sockets, one per worker)``."""
+    if not listeners.balanced_reuse_port():
+        os.environ[listeners.SHARED_LISTENER_ENV] = "1"  # the workers bound their greedy accept (serving/accept.py)
+        return [config.bind_socket()], False
+    try:
+        sockets = listeners.worker_listeners(config.host, config.port, config.workers)
+    except OSError as exc:
+        logging.getLogger("uvicorn.error").error(exc)
+        sys.exit(STARTUP_FAILURE)
+    host, port = sockets[0].getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on %s://%s:%d (Press CTRL+C to quit); %d workers, a SO_REUSEPORT listener each",
+        "https" if config.is_ssl else "http",
+        shown,
+        port,
+        len(sockets),
+    )
+    return sockets, True
 
 
 def _signal_self_on_change(path: Path) -> Callable[[], None]:

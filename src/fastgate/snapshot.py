@@ -175,13 +175,20 @@ class Snapshot:
 
 
 def _route_options(config: GatewayConfig, index: int, route: RouteConfig) -> RouteOptions:
+    """What the route adds to its upstream, from the values resolved at validation (``RouteConfig.resolved``).
+
+    Timeouts and retry policy equal to the upstream's are left ``None`` (the transport's own, precomputed): the
+    choice is made by value, so it is the same whichever keys the file wrote and however the config was handed on.
+    """
     upstream = config.upstreams[route.upstream]
+    timeouts = route.effective_timeouts(upstream)
+    retry = route.retry_policy(upstream)
     return RouteOptions(
         index=index,
         label=route_label(index, route.name),
         plugins=route_plugins(route, index, config.redis),
-        timeouts=route.effective_timeouts(upstream) if route.timeouts.model_fields_set else None,
-        retry=route.retry_policy(upstream) if route.retries is not None else None,
+        timeouts=None if timeouts == upstream.timeouts else timeouts,
+        retry=None if retry == upstream.retries else retry,
         buffer_body=config.server.request_buffer_memory_bytes if route.request_buffering else None,
         max_body=route.body_limit(config.server),
     )

@@ -106,7 +106,7 @@ async def test_config_shows_the_running_config_with_secrets_redacted(admin: Admi
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     data = response.json()
     assert data["admin"]["token"] == "***" and TOKEN not in response.text
-    assert data["redis"]["url"] == "redis://user:***@127.0.0.1:6379/0" and "hunter2" not in response.text
+    assert data["redis"]["url"] == "redis://***@127.0.0.1:6379/0" and "hunter2" not in response.text
     assert data["upstreams"]["api"]["url"] == admin.upstream_url
 
 

@@ -399,7 +399,7 @@ async def test_redis_unreachable_at_startup(tmp_path: Path, caplog: pytest.LogCa
 def test_password_stays_out_of_logs_and_reprs() -> None:
     store = RedisStore("redis://user:secret@127.0.0.1:1/0")
     assert "secret" not in repr(store)
-    assert "user:***@127.0.0.1:1" in repr(store)
+    assert "redis://***@127.0.0.1:1/0" in repr(store)  # the whole userinfo goes (issue 17 item 11)
 
 
 def test_missing_redis_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ import anyio
 import httpx
 
 from ..config import UpstreamConfig
+from ..observability.safe_url import safe_url
 from ..proxy.http import ForwardOptions
 from ..upstream.httpx_transport import NoCookieJar
 from ..upstream.transport import CHUNKED, Transport, UpstreamRequest, UpstreamResponse, create_transport
@@ -69,7 +70,10 @@ class _FastgateHttpxTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         if (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)) != self._origin:
-            raise ValueError(f"upstream client {self.name!r} only sends to {self.config.targets[0].url}, not to {url}")
+            raise ValueError(
+                f"upstream client {self.name!r} only sends to {safe_url(self.config.targets[0].url)}, "
+                f"not to {safe_url(str(url))}"
+            )
         headers: list[tuple[bytes, bytes]] = []
         body_length: int | None = None
         for name, value in request.headers.raw:
@@ -143,4 +147,5 @@ class UpstreamClient(httpx.AsyncClient):
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
-        return f"<UpstreamClient {self.name!r} {self.config.targets[0].url} {state} {self._fastgate.transport!r}>"
+        url = safe_url(self.config.targets[0].url)
+        return f"<UpstreamClient {self.name!r} {url} {state} {self._fastgate.transport!r}>"

@@ -31,6 +31,7 @@ from ..app import Gateway
 from ..config import UpstreamConfig
 from ..exceptions import UpstreamUnavailable
 from ..observability.logging import error_logger
+from ..observability.safe_url import safe_url
 from ..proxy.errors import error_response
 from ..proxy.headers import new_request_id
 from ..proxy.http import forward_http, request_target
@@ -82,7 +83,7 @@ class Upstreams:
         self.lifespan = lifespan
 
     def __repr__(self) -> str:
-        return f"<Upstreams {', '.join(f'{n}={c.url}' for n, c in self.configs.items())}>"
+        return f"<Upstreams {', '.join(f'{n}={safe_url(str(c.url))}' for n, c in self.configs.items())}>"
 
     def __call__(self, app: object = None) -> contextlib.AbstractAsyncContextManager[dict[str, Any]]:
         return self._open(app)

@@ -9,6 +9,7 @@ is our own, never the global one, so an embedding app's tracing is left alone.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -30,12 +31,14 @@ from opentelemetry.trace import (
 )
 
 from .record import STANDARD_METHODS, ExchangeRecord
+from .safe_url import SafeUrlFilter
 from .tracing import Headers, TraceParent, set_trace_headers
 
 if TYPE_CHECKING:
     from ..config import TracingConfig
 
 INSTRUMENTATION_NAME = "fastgate"
+OTLP_LOG_FILTER = SafeUrlFilter()  # on the OTLP exporter's logger, once per process
 DEFAULT_SERVICE_NAME = "fastgate"
 
 
@@ -52,6 +55,17 @@ def build_provider(config: TracingConfig | None, environ: Mapping[str, str]) -> 
     if endpoint and urlsplit(endpoint).path in ("", "/"):
         endpoint = endpoint.rstrip("/") + "/v1/traces"  # as the exporter does with OTEL_EXPORTER_OTLP_ENDPOINT
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    # The exporter's connection errors print the endpoint's path and query: its secrets go as in our own lines.
+    exporter_logger = logging.getLogger(OTLPSpanExporter.__module__)
+    if OTLP_LOG_FILTER not in exporter_logger.filters:
+        exporter_logger.addFilter(OTLP_LOG_FILTER)
+    for url in (
+        endpoint,
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ):
+        if url:
+            OTLP_LOG_FILTER.watch(url)
     return provider
 
 

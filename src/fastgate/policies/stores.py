@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 
+from ..observability.safe_url import safe_url
 from .ratelimit import Decision, RateLimitPolicy
 
 if TYPE_CHECKING:
@@ -385,13 +386,8 @@ class RedisStore:
         return policy.denied(max(self.retry_interval, 1.0))
 
     def _safe_url(self) -> str:
-        """The URL without its password, for logs."""
-        scheme, sep, rest = self.url.partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        if not at:
-            return self.url
-        user = userinfo.partition(":")[0]
-        return f"{scheme}{sep}{user + ':***' if user else '***'}@{host}"
+        """The URL as logs show it (observability/safe_url.py: no userinfo, no query values)."""
+        return safe_url(self.url)
 
     async def aclose(self) -> None:
         await self._client.aclose(close_connection_pool=True)  # the pool is ours: Redis() only closes its own

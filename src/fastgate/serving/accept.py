@@ -13,6 +13,11 @@ to ``connect_accepted_socket``, which opens it exactly as uvloop's own accept do
 connection costs nothing. Uvicorn takes the factory as its ``loop`` option
 (``"fastgate.serving.accept:new_event_loop"``).
 
+With ``--workers N`` each worker has a listener of its own where the platform balances ``SO_REUSEPORT`` listeners
+(serving/listeners.py), so draining its queue takes nothing from the others. Where the workers share one socket
+(``FASTGATE_SHARED_LISTENER`` set by the manager), a worker accepts at most
+:data:`~fastgate.serving.listeners.SHARED_ACCEPT_BATCH` more per turn, leaving the rest of a burst to the others.
+
 A TLS listener (``ssl=``) is created as a plain-TCP one whose connections start their handshake themselves
 (``serving/handshake.py``): fastgate's protocol then bounds the handshake by ``server.header_timeout`` and counts the
 connection toward ``server.max_connections`` from its accept, which a loop-run handshake allows neither.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any, cast
@@ -30,6 +36,7 @@ import uvloop
 
 from .collector import tune_collector
 from .handshake import tls_handshake_factory
+from .listeners import SHARED_ACCEPT_BATCH, SHARED_LISTENER_ENV
 
 BATCH = 512  # connections accepted per listener per turn, beyond uvloop's one
 
@@ -39,11 +46,14 @@ logger = logging.getLogger("fastgate.server")
 class _Drain:
     """Wraps a server's protocol factory: each connection uvloop accepts schedules one drain of the queue."""
 
-    __slots__ = ("factory", "loop", "scheduled", "server")
+    __slots__ = ("batch", "factory", "loop", "scheduled", "server")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol], batch: int = BATCH
+    ) -> None:
         self.loop = loop
         self.factory = factory
+        self.batch = batch
         self.server: asyncio.Server | None = None
         self.scheduled = False
 
@@ -63,7 +73,7 @@ class _Drain:
             # The descriptor is non-blocking (libuv sets it), so accept() raises BlockingIOError once it is empty.
             sock = socket.socket(listener.family, listener.type, 0, listener.fileno())
             try:
-                for _ in range(BATCH):
+                for _ in range(self.batch):
                     try:
                         conn, _ = sock.accept()
                     except (BlockingIOError, InterruptedError):
@@ -92,8 +102,11 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 class GreedyAcceptLoop(uvloop.Loop):
     """uvloop's loop; its TCP servers accept the whole listen queue in the turn a connection arrives.
 
-    Its TLS servers run each connection's handshake as :mod:`fastgate.serving.handshake` does.
+    Its TLS servers run each connection's handshake as :mod:`fastgate.serving.handshake` does. ``accept_batch``:
+    connections accepted per listener per turn beyond uvloop's one.
     """
+
+    accept_batch = BATCH
 
     async def create_server(  # type: ignore[override]  # the same parameters, passed through
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
@@ -103,7 +116,7 @@ class GreedyAcceptLoop(uvloop.Loop):
             protocol_factory = tls_handshake_factory(self, protocol_factory, context, **kwargs)
             kwargs.pop("ssl_handshake_timeout", None)
             kwargs.pop("ssl_shutdown_timeout", None)
-        drain = _Drain(self, protocol_factory)
+        drain = _Drain(self, protocol_factory, self.accept_batch)
         server = await super().create_server(drain.accepted, *args, **kwargs)
         drain.server = cast(asyncio.Server, server)  # uvloop's Server: is_serving() and sockets
         return server
@@ -113,4 +126,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     """Uvicorn's loop factory (its ``loop`` option takes ``"module:function"``), called once in each worker: it also
     sets the worker's garbage collector up for a proxy (:mod:`fastgate.serving.collector`)."""
     tune_collector()
-    return GreedyAcceptLoop()
+    loop = GreedyAcceptLoop()
+    if os.environ.get(SHARED_LISTENER_ENV):
+        loop.accept_batch = SHARED_ACCEPT_BATCH  # workers sharing one socket: leave the rest of a burst to the others
+    return loop

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from ...config import RetryPolicy, Timeouts, UpstreamConfig
+from ...observability.safe_url import safe_url
 from ...upstream.transport import Transport, UpstreamRequest, create_transport
 
 __all__ = ["OutboundClient", "split_url"]
@@ -20,11 +21,11 @@ def split_url(url: str, key: str) -> tuple[str, bytes, str]:
     """``(origin, target, authority)`` of an absolute http(s) URL; a ValueError naming ``key`` otherwise."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{key}: must be an absolute http:// or https:// URL, got {url!r}")
+        raise ValueError(f"{key}: must be an absolute http:// or https:// URL, got {safe_url(url)!r}")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"{key}: bad port in {url!r}") from None
+        raise ValueError(f"{key}: bad port in {safe_url(url)!r}") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return f"{parts.scheme}://{parts.netloc}", target.encode("ascii"), parts.netloc
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from ...exceptions import UpstreamError
 from ...observability.logging import error_logger
+from ...observability.safe_url import safe_url
 from ..base import PROTECTED_HEADERS, Answer, Plugin, RequestContext
 from ._common import header_name, refusal
 from ._http import OutboundClient
@@ -103,7 +104,7 @@ class ForwardAuth(Plugin):
                 "forward_auth: %s %s -> 503: auth server %s failed: %s (request_id %s)",
                 request.method,
                 request.path,
-                self.url,
+                safe_url(self.url),
                 exc,
                 request.request_id,
             )

@@ -44,6 +44,7 @@ import jwt.types
 
 from ...exceptions import UpstreamError
 from ...observability.logging import error_logger
+from ...observability.safe_url import safe_url
 from ..base import Answer, Plugin, RequestContext
 from ._common import DEFAULT_IDENTITY_HEADER, IdentityHeader, refusal
 from ._http import OutboundClient
@@ -245,7 +246,7 @@ class Jwt(Plugin):
         if scope.cancelled_caught:
             error = f"no complete answer within {self.timeout:g}s"
         if error is not None:
-            error_logger.warning("jwt: JWKS fetch from %s failed: %s", self.jwks_url, error)
+            error_logger.warning("jwt: JWKS fetch from %s failed: %s", safe_url(self.jwks_url or ""), error)
 
     def _refuse(self, request: RequestContext, detail: str, error: str = "invalid_token") -> Answer:
         challenge = f'{self.challenge}, error="{error}", error_description="{detail}"' if error else self.challenge
