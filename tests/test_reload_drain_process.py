@@ -13,6 +13,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.reload_support import NamedUpstream, fastgate_run, gateway_config, ports, write_config
 from tests.servers import GatewayProcess, RunningServer, run_server
@@ -90,3 +92,53 @@ async def test_issue17_13_a_reload_adding_basic_auth_does_not_stall_requests_in_
     print(f"\n{len(latencies)} requests during the reload, slowest {max(latencies) * 1000:.0f} ms")
     assert len(latencies) >= 10
     assert max(latencies) < 1.5  # a cost-16 hash on the loop stalls every request for several seconds
+
+
+async def test_issue17_13_drain_timeout_closes_a_retired_configs_websockets_with_1001_and_ends_its_streams(
+    streaming: RunningServer, ws_upstream: RunningServer, tmp_path: Path
+) -> None:
+    """``server.drain_timeout: 1.5``: a WebSocket and a streaming response that started before a reload end 1.5 s
+    after it, one log line each; a WebSocket opened on the new config is left alone."""
+    (port,) = ports(1)
+    path = tmp_path / "gateway.yaml"
+    upstreams = {"api": streaming.url, "ws": ws_upstream.url}
+    routes: list[dict[str, Any]] = [{"prefix": "/ws", "upstream": "ws"}, {"prefix": "/", "upstream": "api"}]
+    server = {"drain_timeout": 1.5, "log_level": "info"}
+    write_config(path, gateway_config(upstreams, routes, port=port, server=server))
+    with fastgate_run(path, tmp_path / "gateway.log", port) as gateway:
+        async with (
+            httpx.AsyncClient(base_url=gateway.url, timeout=30) as client,
+            connect(f"ws://127.0.0.1:{port}/ws/echo", open_timeout=10, ping_interval=None) as old_ws,
+            client.stream("GET", "/stream?n=600&delay=0.1") as stream,  # a minute of chunks
+        ):
+            assert stream.status_code == 200
+            chunks = stream.aiter_bytes()
+            await chunks.__anext__()
+            await old_ws.send("before")
+            assert await old_ws.recv() == "before"
+            write_config(
+                path,
+                gateway_config(upstreams, [{"prefix": "/new", "upstream": "api"}, *routes], port=port, server=server),
+            )
+            reloaded_at = time.monotonic()
+            gateway.process.send_signal(signal.SIGHUP)
+            await _wait_for_log(gateway, r"config reloaded")
+            async with connect(f"ws://127.0.0.1:{port}/ws/echo", open_timeout=10, ping_interval=None) as new_ws:
+                with anyio.fail_after(30):
+                    with pytest.raises(ConnectionClosed) as closed:
+                        for _ in range(1000):  # the old session still relays until the drain ends it
+                            await old_ws.send("still here")
+                            assert await old_ws.recv() == "still here"
+                            await anyio.sleep(0.05)
+                ws_closed_at = time.monotonic()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+                assert closed.value.rcvd.reason == "gateway reloaded"
+                with anyio.fail_after(30), pytest.raises(httpx.RemoteProtocolError):  # cut off: seen incomplete
+                    async for _ in chunks:
+                        pass
+                await new_ws.send("new config")
+                assert await new_ws.recv() == "new config"
+    assert ws_closed_at - reloaded_at >= 1.5
+    log = gateway.log()
+    assert len(re.findall(r"WebSocket /ws/echo: closed with 1001, its config was retired by a reload", log)) == 1
+    assert len(re.findall(r"GET /stream\?n=600&delay=0\.1: ended, its config was retired by a reload", log)) == 1

@@ -65,6 +65,7 @@ class ForwardOptions:
     transport: Transport
     rules: HeaderRules
     observability: Observability = field(default_factory=Observability)
+    exchanges: set[_DisconnectScope] = field(default_factory=set)  # in flight; expire() ends them (drain_timeout)
 
     @classmethod
     def from_config(
@@ -118,10 +119,11 @@ class _HookScope:
     client off, so that a response it had started is seen as incomplete.
     """
 
-    __slots__ = ("disconnected", "expired", "_hooks", "_cancel", "_finished")
+    __slots__ = ("disconnected", "expired", "_hooks", "_cancel", "_finished", "_exchanges")
 
-    def __init__(self, hooks: ServerHooks) -> None:
+    def __init__(self, hooks: ServerHooks, exchanges: set[_DisconnectScope]) -> None:
         self._hooks = hooks
+        self._exchanges = exchanges
         self._cancel = anyio.CancelScope()
         self._finished = False
         self.disconnected = False
@@ -139,6 +141,7 @@ class _HookScope:
 
     async def __aenter__(self) -> _HookScope:
         self._cancel.__enter__()
+        self._exchanges.add(self)
         if self._hooks.disconnected:
             # Gone before the exchange began (the server found its body broken, or it left): nothing to cancel;
             # the caller sees ``disconnected`` and sends nothing upstream.
@@ -157,6 +160,7 @@ class _HookScope:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         self._hooks.on_disconnect = None
+        self._exchanges.discard(self)
         if self.expired:
             self._hooks.abort()  # a started response must not look complete; one not started has nobody to wait
         return self._cancel.__exit__(exc_type, exc, tb)
@@ -174,10 +178,11 @@ class _WatcherScope:
     connection of a response left incomplete).
     """
 
-    __slots__ = ("disconnected", "expired", "_receive", "_cancel", "_watcher", "_watching", "_finished")
+    __slots__ = ("disconnected", "expired", "_receive", "_cancel", "_watcher", "_watching", "_finished", "_exchanges")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, exchanges: set[_DisconnectScope]) -> None:
         self._receive = receive
+        self._exchanges = exchanges
         self._cancel = anyio.CancelScope()
         self._watcher: asyncio.Task[None] | None = None
         self._watching = anyio.CancelScope()
@@ -187,6 +192,7 @@ class _WatcherScope:
 
     async def __aenter__(self) -> _WatcherScope:
         self._cancel.__enter__()
+        self._exchanges.add(self)
         return self
 
     def watch(self) -> None:
@@ -212,6 +218,7 @@ class _WatcherScope:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         self._finished = True
+        self._exchanges.discard(self)
         try:
             return self._cancel.__exit__(exc_type, exc, tb)
         finally:
@@ -407,7 +414,10 @@ async def forward_http(
         )
         if observability.tracing:
             request.trace = trace
-        async with _HookScope(hooks) if hooks is not None else _WatcherScope(receive) as disconnect:
+        exchanges = options.exchanges
+        async with (
+            _HookScope(hooks, exchanges) if hooks is not None else _WatcherScope(receive, exchanges) as disconnect
+        ):
             if disconnect.disconnected:
                 return
             if chain is not None:
@@ -553,7 +563,15 @@ async def forward_http(
                         await response.aclose()
                 else:
                     await response.aclose()  # returns without suspending: cancellation cannot interrupt it
-        if disconnect.disconnected:
+        if disconnect.expired:
+            outcome = "ended by server.drain_timeout"
+            error_logger.warning(
+                "%s %s: ended, its config was retired by a reload over server.drain_timeout ago (request_id %s)",
+                method,
+                target.decode("latin-1"),
+                request_id.decode("latin-1"),
+            )
+        elif disconnect.disconnected:
             outcome = "client disconnected"
     finally:
         record.duration_s = perf_counter() - started_at
