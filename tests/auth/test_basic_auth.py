@@ -186,11 +186,13 @@ async def test_issue17_5_disconnected_clients_never_run_more_bcrypt_checks_than_
             async with anyio.create_task_group() as group:
                 for _ in range(20):
                     group.start_soon(client)
-            await wait_until(lambda: counter.running == 0 and plugin.verifications >= 200, limit=30)
+            # every request that reached the plugin has ended (one dropped before its exchange began never does)
+            await wait_until(lambda: gateway.snapshot.inflight == 0 and counter.running == 0, limit=30)
         # the gateway still serves, and a check still answers
         async with client_for(gw) as http:
             assert (await http.get("/echo", headers=_basic("alice", PASSWORD))).status_code == 200
-    print(f"checks started {counter.started} of 200 requests, at most {counter.most} at once (limiter {bound})")
+    print(f"{plugin.verifications} checks asked for, {counter.started} started, at most {counter.most} at once")
+    assert plugin.verifications >= 100  # most requests reached the check before their client left
     assert counter.started >= 2  # the clients left while checks were running, not before any began
     assert counter.most <= bound
     assert recorder.requests[-1:] and len(recorder.requests) == 1  # no dropped request went upstream
