@@ -115,7 +115,7 @@ def _backend() -> type[AsyncBackend]:
 
 def _cancel_scope() -> anyio.CancelScope:
     """``anyio.CancelScope()``, without finding the backend again: the public constructor asks sniffio on every call,
-    a third of the scope's cost on each exchange (bench/instructions.py: 12k instructions a request)."""
+    and runs the scope's ``__init__`` twice (bench/instructions.py: 7k instructions a request saved)."""
     return _backend().create_cancel_scope()
 
 
@@ -123,12 +123,13 @@ class _HookScope:
     """Disconnect handling under fastgate's server protocol: the server calls this object when the client goes.
 
     The exchange runs in an anyio :class:`~anyio.CancelScope` entered by ``async with``; the callback cancels it
-    (``scope.cancel()``: about 2 µs a request for the scope, against a raw ``Task.cancel``'s fraction of that, and
-    the price of honouring shields). A raw ``Task.cancel`` would pierce anyio's shielded scopes: the one around
+    (``scope.cancel()``). A raw ``Task.cancel`` would pierce anyio's shielded scopes: the one around
     ``to_thread.run_sync`` (a bcrypt check) would let the exchange go while its thread kept hashing, and a client
     that disconnects at once could start unbounded CPU work past the plugin's limiter. Through the scope, a
-    shielded await finishes first and the cancellation lands at the next unshielded one. After ``finish`` (the last
-    byte is sent, or the upstream response is being closed) a disconnect is recorded but cancels nothing.
+    shielded await finishes first and the cancellation lands at the next unshielded one. The scope costs about 30k
+    instructions a request (bench/instructions.py), where the raw ``Task.cancel`` of before cost next to nothing:
+    the price of honouring shields. After ``finish`` (the last byte is sent, or the upstream response is being
+    closed) a disconnect is recorded but cancels nothing.
 
     ``expire`` (a retired config's ``server.drain_timeout`` passed) ends the exchange the same way and cuts the
     client off, so that a response it had started is seen as incomplete.
@@ -200,7 +201,7 @@ class _WatcherScope:
         self._exchanges = exchanges
         self._cancel = _cancel_scope()
         self._watcher: asyncio.Task[None] | None = None
-        self._watching = _cancel_scope()
+        self._watching: anyio.CancelScope | None = None
         self._finished = False
         self.disconnected = False
         self.expired = False
@@ -211,7 +212,8 @@ class _WatcherScope:
         return self
 
     def watch(self) -> None:
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._watching = watching = _cancel_scope()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(watching))
 
     def finish(self) -> None:
         self._finished = True
@@ -221,8 +223,8 @@ class _WatcherScope:
             self.expired = True
             self._cancel.cancel()
 
-    async def _watch(self) -> None:
-        with self._watching:
+    async def _watch(self, watching: anyio.CancelScope) -> None:
+        with watching:
             while (await self._receive())["type"] != "http.disconnect":
                 pass
             if not self._finished:
@@ -237,9 +239,9 @@ class _WatcherScope:
         try:
             return self._cancel.__exit__(exc_type, exc, tb)
         finally:
-            watcher = self._watcher
-            if watcher is not None and not watcher.done():
-                self._watching.cancel()
+            watcher, watching = self._watcher, self._watching
+            if watcher is not None and watching is not None and not watcher.done():
+                watching.cancel()
                 with anyio.CancelScope(shield=True):  # the watcher ends at its next await: wait for it
                     await watcher
 
