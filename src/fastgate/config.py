@@ -905,6 +905,8 @@ class ServerConfig(_Model):
     # text: today's line; json: one object a line with stable field names (observability/access.py).
     access_log_format: Literal["text", "json"] = "text"
     graceful_timeout: float = Field(30.0, ge=0)
+    # seconds a config retired by a reload keeps its WebSockets and streams (then 1001 / cut off): docs/config.md
+    drain_timeout: float = Field(600.0, gt=0)
     max_header_bytes: int = Field(65536, ge=1024)
     max_header_field_bytes: int = Field(32768, ge=256)
     max_uri_bytes: int = Field(8192, ge=256)
