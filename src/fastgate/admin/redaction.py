@@ -66,6 +66,7 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "access_log": PUBLIC,
         "access_log_format": PUBLIC,
         "graceful_timeout": PUBLIC,
+        "drain_timeout": PUBLIC,
         "max_header_bytes": PUBLIC,
         "max_header_field_bytes": PUBLIC,
         "max_uri_bytes": PUBLIC,
