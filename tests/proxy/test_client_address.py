@@ -124,3 +124,16 @@ def test_trusted_proxies_take_cidrs_and_single_addresses() -> None:
 def test_trusted_proxies_refuse_a_bad_entry(bad: str) -> None:
     with pytest.raises(ValueError, match="not an address or CIDR block"):
         TrustedProxies([bad])
+
+
+def test_remembered_answers_stay_right_past_the_bound() -> None:
+    """Peers and entries are remembered (4,096 of each, then forgotten at once): answers never change with it."""
+    trusted = TrustedProxies(["10.0.0.0/8"])
+    for i in range(10_000):
+        client = f"203.0.{i // 256 % 256}.{i % 256}"
+        peer = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+        assert client_address(peer, [f"{client}, 10.0.0.2".encode()], trusted) == client
+        assert client_address(f"198.51.{i // 256 % 256}.{i % 256}", [client.encode()], trusted) != client
+    for _ in range(3):
+        assert client_address("10.0.0.1", [b"unknown"], trusted) == "10.0.0.1"
+        assert client_address("10.0.0.1", [b"203.0.113.7, unknown, 10.0.0.2"], trusted) == "10.0.0.2"

@@ -211,3 +211,10 @@ def test_trusted_peer_several_forwarded_for_headers_are_one_list() -> None:
     head = trusted.apply(raw, client=b"10.0.0.9", scheme=b"http")
     assert head.client == "203.0.113.7"
     assert dict(head.headers)[b"x-forwarded-for"] == b"198.51.100.1, 203.0.113.7, 10.0.0.3, 10.0.0.9"
+
+
+def test_trusted_peer_proxy_headers_named_in_connection_are_hop_by_hop() -> None:
+    trusted = HeaderRules(b"up:9000", trusted=TrustedProxies(["10.0.0.0/8"]))
+    raw = [(b"connection", b"x-real-ip"), (b"x-real-ip", b"203.0.113.66"), (b"x-forwarded-port", b"443")]
+    head = trusted.apply(raw, client=b"10.0.0.9", scheme=b"http")
+    assert b"x-real-ip" not in _names(head) and (b"x-forwarded-port", b"443") in head.headers

@@ -28,6 +28,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 __all__ = ["TrustedProxies", "client_address", "forwarded_client", "parse_address", "parse_forwarded_entry"]
 
 Address = IPv4Address | IPv6Address
+# Distinct peers and X-Forwarded-For entries remembered per TrustedProxies (then forgotten all at once): parsing an
+# address with ``ipaddress`` costs some 10,000 instructions, a dict lookup a few dozen, and clients come back.
+_REMEMBERED = 4096
+_UNSEEN = ("", False)
 
 
 class TrustedProxies:
@@ -37,9 +41,11 @@ class TrustedProxies:
     True
 
     A bad entry is a ValueError saying which (``ip_network``'s strict=False: ``10.0.0.1/8`` is ``10.0.0.0/8``).
+    Answers are remembered (at most 4,096 peers and as many entries, then forgotten at once), so a returning peer or
+    client costs a dict lookup.
     """
 
-    __slots__ = ("networks", "_v4", "_v6")
+    __slots__ = ("networks", "_v4", "_v6", "_peers", "_entries")
 
     def __init__(self, cidrs: Iterable[str]) -> None:
         networks: list[IPv4Network | IPv6Network] = []
@@ -51,6 +57,8 @@ class TrustedProxies:
         self.networks = tuple(networks)
         self._v4 = tuple(net for net in networks if isinstance(net, IPv4Network))
         self._v6 = tuple(net for net in networks if isinstance(net, IPv6Network))
+        self._peers: dict[str, bool] = {}
+        self._entries: dict[bytes, tuple[str, bool] | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -65,8 +73,26 @@ class TrustedProxies:
 
     def trusts(self, peer: str) -> bool:
         """Whether the TCP peer ``peer`` (an address as the server reports it) is a trusted proxy."""
-        address = parse_address(peer)
-        return address is not None and self.contains(address)
+        known = self._peers.get(peer)
+        if known is None:
+            address = parse_address(peer)
+            known = address is not None and self.contains(address)
+            if len(self._peers) >= _REMEMBERED:
+                self._peers.clear()
+            self._peers[peer] = known
+        return known
+
+    def entry(self, entry: bytes) -> tuple[str, bool] | None:
+        """An X-Forwarded-For entry (without surrounding spaces) as its address in normal form and whether it is
+        trusted; None when it is no address (``parse_forwarded_entry``)."""
+        known = self._entries.get(entry, _UNSEEN)
+        if known is _UNSEEN:
+            address = parse_forwarded_entry(entry)
+            known = None if address is None else (str(address), self.contains(address))
+            if len(self._entries) >= _REMEMBERED:
+                self._entries.clear()
+            self._entries[entry] = known
+        return known
 
 
 def parse_address(text: str) -> Address | None:
@@ -129,14 +155,15 @@ def forwarded_client(forwarded_for: Sequence[bytes], trusted: TrustedProxies) ->
     if not forwarded_for:
         return None
     entries = b",".join(forwarded_for).split(b",") if len(forwarded_for) > 1 else forwarded_for[0].split(b",")
-    found: Address | None = None
+    found: str | None = None
     for entry in reversed(entries):
-        if not entry.strip(b" \t"):
+        entry = entry.strip(b" \t")
+        if not entry:
             continue
-        address = parse_forwarded_entry(entry)
-        if address is None:
+        read = trusted.entry(entry)
+        if read is None:
             break
-        found = address
-        if not trusted.contains(address):
+        found = read[0]
+        if not read[1]:
             break
-    return None if found is None else str(found)
+    return found

@@ -238,6 +238,8 @@ def request_headers(
     out.insert(0, (b"host", host if preserve_host and host else upstream_authority))
     out.append((b"x-forwarded-for", b", ".join([*xff, client]) if xff else client))  # each hop appends its peer
     if vouched and proxied:
+        if connection:
+            proxied = [pair for pair in proxied if pair[0] not in connection]
         out += proxied
         names = {name for name, _ in proxied}
         if b"x-forwarded-proto" not in names:
