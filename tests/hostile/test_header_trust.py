@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import pytest
 
 from fastgate import Gateway
 from fastgate.config import build_config
+from fastgate.exceptions import ConfigError
 from fastgate.snapshot import Snapshot
 from tests.auth.helpers import all_logs, jwks, rsa_key
 from tests.hostile.support import (
@@ -342,9 +345,15 @@ async def test_fastgate_run_rate_limits_each_forwarded_client_behind_a_trusted_p
 
 
 def test_a_bad_trusted_proxy_is_one_config_error_naming_the_key(tmp_path: Path) -> None:
-    from fastgate.exceptions import ConfigError
-
     data = _limited_config("http://127.0.0.1:9", ["10.0.0.0/8", "10.0.0.0/33"])
     with pytest.raises(ConfigError) as caught:
         build_config(data)
-    assert str(caught.value) == "server.trusted_proxies: not an address or CIDR block: '10.0.0.0/33'"
+    message = "server.trusted_proxies: not an address or CIDR block: '10.0.0.0/33'"
+    assert str(caught.value) == message
+    path = tmp_path / "gateway.json"
+    path.write_text(json.dumps(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "fastgate", "run", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert message in result.stderr + result.stdout and "Traceback" not in result.stderr

@@ -186,7 +186,7 @@ def request_headers(
     xff: list[bytes] = []
     via: list[bytes] = []
     forwarded_in: list[bytes] = []
-    proxied: list[tuple[bytes, bytes]] = []
+    proxied: list[tuple[bytes, bytes]] | None = None  # only with trusted proxies: their headers, kept aside
     for pair in raw:
         name, value = pair
         size = len(name) + len(value) + 4
@@ -217,7 +217,10 @@ def request_headers(
         elif rule == _FORWARDED:
             forwarded_in.append(value)
         elif rule == _PROXY:
-            proxied.append(pair)
+            if proxied is None:
+                proxied = [pair]
+            else:
+                proxied.append(pair)
         # _DROP and _XF_OTHER: not forwarded (with no trusted proxy, X-Real-IP and X-Forwarded-* are ours to set)
     if total > max_bytes:
         raise HeadersTooLarge(f"request headers are {total} bytes (limit {max_bytes})")
@@ -232,12 +235,16 @@ def request_headers(
         out.append((b"x-request-id", request_id))
 
     # a trusted peer: its proxy headers and Forwarded go on, and X-Forwarded-For names the client
-    vouched = trusted is not None and trusted.trusts(client.decode("latin-1"))
-    resolved = forwarded_client(xff, trusted) if vouched and xff and trusted is not None else None
+    if trusted is None:
+        vouched = False
+        resolved = None
+    else:
+        vouched = trusted.trusts(client.decode("latin-1"))
+        resolved = forwarded_client(xff, trusted) if vouched and xff else None
 
     out.insert(0, (b"host", host if preserve_host and host else upstream_authority))
     out.append((b"x-forwarded-for", b", ".join([*xff, client]) if xff else client))  # each hop appends its peer
-    if vouched and proxied:
+    if vouched and proxied is not None:
         if connection:
             proxied = [pair for pair in proxied if pair[0] not in connection]
         out += proxied
