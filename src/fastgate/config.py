@@ -32,6 +32,7 @@ from .exceptions import ConfigError
 from .observability.safe_url import safe_url
 from .plugins import resolve_plugin
 from .policies.ratelimit import KeyPart, RateLimitPolicy, parse_key, parse_period
+from .proxy.client_address import TrustedProxies
 from .proxy.paths import PathAboveRoot, normalize_path
 
 
@@ -929,6 +930,13 @@ class ServerConfig(_Model):
     merge_slashes: bool = False
     # HTTPS and WSS on the listener (serving/tls.py); plain HTTP when absent.
     tls: TlsConfig | None = None
+    # Peers whose X-Forwarded-For (and X-Real-IP, X-Forwarded-*, Forwarded) are believed (proxy/client_address.py).
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(network) for network in TrustedProxies(value).networks)
 
 
 class TracingConfig(_Model):

@@ -22,6 +22,7 @@ from anyio.abc import TaskStatus
 from .config import GatewayConfig, RouteConfig, UpstreamConfig
 from .observability.exchange import Observability
 from .observability.record import route_label
+from .plugins.auth._common import asserted_headers
 from .plugins.chain import PluginChain
 from .plugins.registry import route_plugins
 from .proxy.http import ForwardOptions, RouteOptions
@@ -91,6 +92,7 @@ class Snapshot:
         "drained",
         "observability",
         "_retiring",
+        "stripped_headers",
     )
 
     def __init__(self, config: GatewayConfig, observability: Observability | None = None) -> None:
@@ -103,9 +105,13 @@ class Snapshot:
         self.routes = RouteTable(config.routes)
         self.merge_slashes = config.server.merge_slashes
         self.route_options = [_route_options(config, index, route) for index, route in enumerate(config.routes)]
+        # every identity header a plugin of this config asserts: removed from every request on every route
+        self.stripped_headers = asserted_headers(plugin for chain in self.plugin_chains for _, plugin in chain.plugins)
         self.options: dict[str, ForwardOptions] = {}  # filled by bind(), once the transports are open
         self.websocket_options = {
-            name: WebSocketForwardOptions.from_config(name, upstream, config.server, observability=self.observability)
+            name: WebSocketForwardOptions.from_config(
+                name, upstream, config.server, observability=self.observability, strip=self.stripped_headers
+            )
             for name, upstream in config.upstreams.items()
         }
         self.held: dict[str, HeldTransport] = {}
@@ -134,7 +140,7 @@ class Snapshot:
         upstream = self.config.upstreams[name]
         transport = held.transport
         self.options[name] = ForwardOptions.from_config(
-            name, transport, upstream, self.config.server, observability=self.observability
+            name, transport, upstream, self.config.server, observability=self.observability, strip=self.stripped_headers
         )
         if isinstance(transport, Cluster) and len(upstream.targets) > 1:  # WebSockets pick targets there too
             self.websocket_options[name] = replace(self.websocket_options[name], cluster=transport)

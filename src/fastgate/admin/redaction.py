@@ -85,6 +85,7 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "ws_per_message_deflate": PUBLIC,
         "merge_slashes": PUBLIC,
         "tls": NESTED,
+        "trusted_proxies": PUBLIC,  # the proxies' CIDR blocks, no secret
     },
     models.BodyRate: {"bytes_per_second": PUBLIC, "grace_period": PUBLIC},
     models.TlsConfig: {"key_file": PUBLIC, "cert_file": PUBLIC},  # paths, not the key

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from time import perf_counter
 from types import TracebackType
@@ -79,9 +79,11 @@ class ForwardOptions:
         server: ServerConfig | None = None,
         *,
         observability: Observability | None = None,
+        strip: Iterable[bytes] = (),
     ) -> ForwardOptions:
-        """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits."""
-        rules = HeaderRules.from_config(upstream, server)
+        """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits and trusted
+        proxies; ``strip``: the identity headers removed from every request (``HeaderRules``)."""
+        rules = HeaderRules.from_config(upstream, server, strip=strip)
         return cls(name, transport, rules) if observability is None else cls(name, transport, rules, observability)
 
 
@@ -410,6 +412,10 @@ async def forward_http(
             await error_response(send, exc, request_id)
             return
         request_id = head.request_id
+        if head.client is not None:  # from a trusted proxy: the client its X-Forwarded-For names (port unknown: 0)
+            client = (head.client, 0)
+            record.client = f"{head.client}:0"
+            address = head.client.encode("latin-1")
         if observability.tracing:
             record.target = target.decode("latin-1")
             trace = observability.begin(head.headers, record, scheme=scope.get("scheme", "http"), host=_host(scope))

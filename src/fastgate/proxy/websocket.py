@@ -104,6 +104,7 @@ class WebSocketForwardOptions:
         server: ServerConfig | None = None,
         *,
         observability: Observability | None = None,
+        strip: Iterable[bytes] = (),
     ) -> WebSocketForwardOptions:
         ws = upstream.websocket
         target = WebSocketTarget(
@@ -120,7 +121,7 @@ class WebSocketForwardOptions:
         )
         return cls(
             target=target,
-            rules=HeaderRules.from_config(upstream, server),
+            rules=HeaderRules.from_config(upstream, server, strip=strip),
             idle_timeout=ws.idle_timeout,
             max_message_size=ws.max_message_size,
             allowed_origins=frozenset(ws.allowed_origins) if ws.allowed_origins is not None else None,
@@ -247,6 +248,9 @@ async def forward_websocket(
             )
             request_id = head.request_id
             headers = head.headers
+            if head.client is not None:  # from a trusted proxy: the client its X-Forwarded-For names
+                client = (head.client, 0)
+                record.client = f"{head.client}:0"
             record.target = target.decode("latin-1")
             trace = observability.begin(headers, record, scheme=scope.get("scheme", "ws"))
             if plugins is not None:
