@@ -730,6 +730,30 @@ async def _forward_auth_identity(env: Env) -> None:
         assert await remaining("bob") == '"default";r=99;t=1'
 
 
+@case("security-trusted-proxies")
+async def _trusted_proxies(env: Env) -> None:
+    async with env.serve("security-trusted-proxies"), env.client() as client:  # 127.0.0.1: a trusted proxy
+
+        async def as_client(address: str) -> httpx.Response:
+            forged = {"x-real-ip": address, "x-fastgate-identity": "mallory"}
+            return await client.get("/x", headers={"x-forwarded-for": f"198.51.100.1, {address}", **forged})
+
+        first = [await as_client("203.0.113.1") for _ in range(4)]
+        assert first[0].headers["ratelimit"] == '"default";r=99;t=1'
+        assert first[-1].headers["ratelimit"] != '"default";r=99;t=1'  # the client's bucket is counting
+        other = await as_client("203.0.113.2")
+        assert other.headers["ratelimit"] == '"default";r=99;t=1'  # its own bucket, not the proxy's
+        seen = other.json()["headers"]
+        assert seen["x-forwarded-for"] == "198.51.100.1, 203.0.113.2, 127.0.0.1"  # we append our peer
+        assert seen["x-real-ip"] == "203.0.113.2"  # from a trusted proxy, passed on
+        assert "x-fastgate-identity" not in seen  # never, from anyone
+        gateway = env.gateway
+        assert gateway is not None
+        with anyio.fail_after(10):  # the access line names the client, not the proxy
+            while '203.0.113.2:0 - "GET /x' not in gateway.log():  # noqa: ASYNC110 - a file to poll
+                await anyio.sleep(0.05)
+
+
 @case("security-circuit-breaker")
 async def _circuit_breaker(env: Env) -> None:
     async with env.serve("security-circuit-breaker"), env.client(limits=httpx.Limits(max_connections=80)) as client:

@@ -11,7 +11,8 @@ lifespan starts, after the transports open, and their ``shutdown`` hooks when it
 Reload (``gateway.reload()``; SIGHUP and ``POST /reload`` when served by ``fastgate run``): the new config is
 validated, the transports of new or changed upstreams open and the new plugin chains start, then the request-time
 :class:`~fastgate.snapshot.Snapshot` is swapped in one assignment. Requests in flight finish on the snapshot they
-took; the old one's chains shut down and its transports that no newer snapshot shares close once they end.
+took; the old one's chains shut down and its transports that no newer snapshot shares close once they end, or once
+its ``server.drain_timeout`` has passed: then its WebSockets close with 1001 and its streams are cut off.
 """
 
 from __future__ import annotations

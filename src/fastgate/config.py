@@ -32,6 +32,7 @@ from .exceptions import ConfigError
 from .observability.safe_url import safe_url
 from .plugins import resolve_plugin
 from .policies.ratelimit import KeyPart, RateLimitPolicy, parse_key, parse_period
+from .proxy.client_address import TrustedProxies
 from .proxy.paths import PathAboveRoot, normalize_path
 
 
@@ -906,6 +907,8 @@ class ServerConfig(_Model):
     # text: today's line; json: one object a line with stable field names (observability/access.py).
     access_log_format: Literal["text", "json"] = "text"
     graceful_timeout: float = Field(30.0, ge=0)
+    # seconds a config retired by a reload keeps its WebSockets and streams (then 1001 / cut off): docs/config.md
+    drain_timeout: float = Field(600.0, gt=0)
     max_header_bytes: int = Field(65536, ge=1024)
     max_header_field_bytes: int = Field(32768, ge=256)
     max_uri_bytes: int = Field(8192, ge=256)
@@ -928,6 +931,13 @@ class ServerConfig(_Model):
     merge_slashes: bool = False
     # HTTPS and WSS on the listener (serving/tls.py); plain HTTP when absent.
     tls: TlsConfig | None = None
+    # Peers whose X-Forwarded-For (and X-Real-IP, X-Forwarded-*, Forwarded) are believed (proxy/client_address.py).
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(network) for network in TrustedProxies(value).networks)
 
 
 class TracingConfig(_Model):

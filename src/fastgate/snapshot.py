@@ -4,7 +4,9 @@ A :class:`Snapshot` holds everything a request reads (route table, route options
 options, plugin chains) for one config. The gateway keeps one current snapshot; each request takes it once at its
 start and counts itself in it (``inflight``), so a reload never changes a request midway. A retired snapshot is
 ``drained`` once its last request (or WebSocket session) ends: then its plugin chains shut down and it lets go of
-its transports.
+its transports. A retired snapshot waits ``server.drain_timeout`` (its own config's) for that; then it ends what
+is left (:meth:`Snapshot.expire`: WebSockets close with 1001, streaming responses are cut off), so a long stream
+cannot hold a retired config's transports, health probes and plugin clients for as long as it lasts.
 
 Transports are shared between snapshots: a :class:`HeldTransport` counts the snapshots holding it and closes when
 the last one lets go, so an upstream whose config did not change keeps its pools across any number of reloads.
@@ -20,6 +22,7 @@ from anyio.abc import TaskStatus
 from .config import GatewayConfig, RouteConfig, UpstreamConfig
 from .observability.exchange import Observability
 from .observability.record import route_label
+from .plugins.auth._common import asserted_headers
 from .plugins.chain import PluginChain
 from .plugins.registry import route_plugins
 from .proxy.http import ForwardOptions, RouteOptions
@@ -88,6 +91,8 @@ class Snapshot:
         "retired",
         "drained",
         "observability",
+        "_retiring",
+        "stripped_headers",
     )
 
     def __init__(self, config: GatewayConfig, observability: Observability | None = None) -> None:
@@ -100,15 +105,20 @@ class Snapshot:
         self.routes = RouteTable(config.routes)
         self.merge_slashes = config.server.merge_slashes
         self.route_options = [_route_options(config, index, route) for index, route in enumerate(config.routes)]
+        # every identity header a plugin of this config asserts: removed from every request on every route
+        self.stripped_headers = asserted_headers(plugin for chain in self.plugin_chains for _, plugin in chain.plugins)
         self.options: dict[str, ForwardOptions] = {}  # filled by bind(), once the transports are open
         self.websocket_options = {
-            name: WebSocketForwardOptions.from_config(name, upstream, config.server, observability=self.observability)
+            name: WebSocketForwardOptions.from_config(
+                name, upstream, config.server, observability=self.observability, strip=self.stripped_headers
+            )
             for name, upstream in config.upstreams.items()
         }
         self.held: dict[str, HeldTransport] = {}
         self.inflight = 0
         self.retired = False
         self.drained: anyio.Event | None = None
+        self._retiring: anyio.Event | None = None
 
     def __repr__(self) -> str:
         state = "retired" if self.retired else "current"
@@ -130,7 +140,7 @@ class Snapshot:
         upstream = self.config.upstreams[name]
         transport = held.transport
         self.options[name] = ForwardOptions.from_config(
-            name, transport, upstream, self.config.server, observability=self.observability
+            name, transport, upstream, self.config.server, observability=self.observability, strip=self.stripped_headers
         )
         if isinstance(transport, Cluster) and len(upstream.targets) > 1:  # WebSockets pick targets there too
             self.websocket_options[name] = replace(self.websocket_options[name], cluster=transport)
@@ -144,8 +154,26 @@ class Snapshot:
     def retire(self) -> None:
         """No new request takes this snapshot; ``drained`` fires when the last one in flight ends."""
         self.retired = True
+        if self._retiring is not None:
+            self._retiring.set()
         if not self.inflight and self.drained is not None:
             self.drained.set()
+
+    def expire(self) -> int:
+        """End every request and WebSocket still on this snapshot (``drain_timeout`` passed); returns how many.
+
+        Each logs its own line (``forward_http``, ``forward_websocket``) and leaves the snapshot as it ends.
+        """
+        ended = 0
+        for options in self.options.values():
+            for exchange in list(options.exchanges):
+                exchange.expire()
+                ended += 1
+        for websocket in self.websocket_options.values():
+            for session in list(websocket.sessions):
+                session.expire()
+                ended += 1
+        return ended
 
     def release(self) -> None:
         """Let go of the transports (once): each closes when no other snapshot holds it."""
@@ -159,6 +187,7 @@ class Snapshot:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start the plugin chains, serve until retired and drained, then shut them down and release transports."""
         self.drained = anyio.Event()
+        self._retiring = anyio.Event()
         self.retired = False
         stop = anyio.Event()
         try:
@@ -166,7 +195,15 @@ class Snapshot:
                 try:
                     await group.start(self._run_plugins, stop)
                     task_status.started()
-                    await self.drained.wait()
+                    await self._retiring.wait()
+                    with anyio.move_on_after(self.config.server.drain_timeout):
+                        await self.drained.wait()
+                    while not self.drained.is_set():
+                        # Once a second, for a request that was between two steps (a WebSocket still dialing) at
+                        # the last.
+                        self.expire()
+                        with anyio.move_on_after(1):
+                            await self.drained.wait()
                 finally:
                     stop.set()
         except BaseExceptionGroup as group_error:

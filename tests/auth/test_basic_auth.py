@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from fastgate import ConfigError, Gateway
+from fastgate.plugins.auth import basic_auth
 from tests.servers import RunningServer, run_gateway, wait_until
 from tests.upstream_app import Recorder
 
@@ -127,3 +130,69 @@ def test_basic_auth_bad_options_are_config_errors_naming_the_key(tmp_path: Path)
     plain.write_text("alice:$apr1$abc$def\n")  # htpasswd's default MD5: refused, bcrypt only
     with pytest.raises(ConfigError, match=r"users_file: line 1 is not 'user:<bcrypt hash>'"):
         Gateway(gateway_config(url, _plugin(str(plain))))
+
+
+class _HashCounter:
+    """Wraps basic_auth's bcrypt check: how many run at once (threads enter and leave it), and the most ever."""
+
+    def __init__(self, check: Any) -> None:
+        self._check = check
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.started = 0
+        self.finished = 0
+
+    def __call__(self, password: bytes, hashed: bytes) -> bool:
+        with self._lock:
+            self.running += 1
+            self.started += 1
+            self.most = max(self.most, self.running)
+        try:
+            return bool(self._check(password, hashed))
+        finally:
+            with self._lock:
+                self.running -= 1
+                self.finished += 1
+
+
+async def test_issue17_5_disconnected_clients_never_run_more_bcrypt_checks_than_the_limiter(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 requests, each dropped 10 ms after it was sent, by 20 clients at once: the checks that started run to
+    their end holding their limiter slot (anyio's shield), so no more run at once than the documented limiter allows.
+    With the exchange cancelled by a raw ``Task.cancel`` the slot came free at the disconnect, the thread kept
+    hashing, and 19 checks ran at once under a limiter of 2."""
+    path = tmp_path / "htpasswd"
+    path.write_text("alice:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode() + "\n")  # ~60 ms
+    counter = _HashCounter(basic_auth._check)
+    monkeypatch.setattr(basic_auth, "_check", counter)
+    gateway = Gateway(gateway_config(upstream.url, _plugin(str(path), cache_ttl=0)))
+    (plugin,) = [p for _, p in gateway.plugin_chains[0].plugins]
+    bound = plugin._limiter.total_tokens  # "at most as many at once as the machine has CPUs"
+    assert bound == (os.cpu_count() or 1)
+    credentials = _basic("alice", "wrong")["authorization"]
+    request = f"GET /echo HTTP/1.1\r\nHost: x\r\nAuthorization: {credentials}\r\n\r\n".encode()
+    async with run_gateway(gateway) as gw:
+
+        async def client() -> None:
+            for _ in range(10):
+                async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+                    await stream.send(request)
+                    await anyio.sleep(0.01)
+                # closed without reading: the gateway sees the disconnect while the check waits or runs
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for _ in range(20):
+                    group.start_soon(client)
+            # every request that reached the plugin has ended (one dropped before its exchange began never does)
+            await wait_until(lambda: gateway.snapshot.inflight == 0 and counter.running == 0, limit=30)
+        # the gateway still serves, and a check still answers
+        async with client_for(gw) as http:
+            assert (await http.get("/echo", headers=_basic("alice", PASSWORD))).status_code == 200
+    print(f"{plugin.verifications} checks asked for, {counter.started} started, at most {counter.most} at once")
+    assert plugin.verifications >= 100  # most requests reached the check before their client left
+    assert counter.started >= 2  # the clients left while checks were running, not before any began
+    assert counter.most <= bound
+    assert recorder.requests[-1:] and len(recorder.requests) == 1  # no dropped request went upstream

@@ -76,6 +76,7 @@ async def serve_admin(gateway: Gateway, admin: AdminConfig) -> AsyncIterator[asy
         for connection in list(state.connections):
             connection.shutdown()
         with contextlib.suppress(TimeoutError):
+            # asyncio.timeout's raw Task.cancel is safe here: the block awaits sleeps and wait_closed, nothing shielded
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 while state.connections:  # noqa: ASYNC110 - Uvicorn's ServerState offers no event
                     await asyncio.sleep(0.01)

@@ -66,6 +66,7 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "access_log": PUBLIC,
         "access_log_format": PUBLIC,
         "graceful_timeout": PUBLIC,
+        "drain_timeout": PUBLIC,
         "max_header_bytes": PUBLIC,
         "max_header_field_bytes": PUBLIC,
         "max_uri_bytes": PUBLIC,
@@ -84,6 +85,7 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "ws_per_message_deflate": PUBLIC,
         "merge_slashes": PUBLIC,
         "tls": NESTED,
+        "trusted_proxies": PUBLIC,  # the proxies' CIDR blocks, no secret
     },
     models.BodyRate: {"bytes_per_second": PUBLIC, "grace_period": PUBLIC},
     models.TlsConfig: {"key_file": PUBLIC, "cert_file": PUBLIC},  # paths, not the key

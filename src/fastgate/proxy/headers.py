@@ -5,6 +5,15 @@ Proxy-Connection, TE, Transfer-Encoding, Upgrade; and Trailer), X-Forwarded-For 
 X-Forwarded-Proto/-Host are set from what we saw, Via is added, and message framing is checked: a request that
 could be read two ways (Content-Length with Transfer-Encoding, an obfuscated Transfer-Encoding, a bad
 Content-Length) is refused with 400 before anything goes upstream (RFC 9112 §6.3, request smuggling).
+
+Trust (docs/security.md, "Trusted proxies"): the headers an upstream may believe never come from a client as it
+sent them. ``x-fastgate-identity`` and every header an auth plugin of the config asserts (``strip``) are removed
+from every request, as Envoy removes ``x-envoy-*``. From a peer outside ``server.trusted_proxies`` (everyone, by
+default) X-Real-IP, X-Forwarded-Port and X-Forwarded-Prefix are removed, X-Forwarded-Proto/-Host are replaced by
+ours, and a client's Forwarded goes on only with ``forwarded: true``, followed by our element. From a trusted peer
+they pass on as they came (X-Forwarded-Proto/-Host set by us only when absent, as Traefik does), and the client's
+address is read from X-Forwarded-For (``proxy/client_address.py``). All of it is one lookup per header in the one
+walk over the headers below; with no trusted proxies nothing else is done.
 Responses: the same hop-by-hop rules; everything else, Set-Cookie repeats included, passes unchanged.
 """
 
@@ -12,21 +21,27 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import BadRequest, HeadersTooLarge
 from ..upstream.transport import CHUNKED
+from .client_address import TrustedProxies, forwarded_client
 
 HOP_BY_HOP_HEADERS = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade", b"trailer"}
 )
 VIA = b"1.1 fastgate"
+IDENTITY_HEADER = b"x-fastgate-identity"
+# Set by a proxy in front: believed from a trusted peer only (X-Forwarded-Proto/-Host are ours to set otherwise).
+PROXY_HEADERS = frozenset(
+    {b"x-real-ip", b"x-forwarded-port", b"x-forwarded-prefix", b"x-forwarded-proto", b"x-forwarded-host"}
+)
 
 # What the request loop does with a header it must look at; every other header is copied as it is.
-_DROP, _CONNECTION, _LENGTH, _TE, _HOST, _XFF, _XF_OTHER, _VIA, _FORWARDED, _REQUEST_ID = range(10)
-_REQUEST_RULES = {
+_DROP, _CONNECTION, _LENGTH, _TE, _HOST, _XFF, _XF_OTHER, _VIA, _FORWARDED, _REQUEST_ID, _PROXY = range(11)
+_BASE_RULES = {
     **dict.fromkeys(HOP_BY_HOP_HEADERS - {b"connection", b"transfer-encoding"}, _DROP),
     b"expect": _DROP,  # the server in front of us already answered 100-continue when we read the body
     b"connection": _CONNECTION,
@@ -34,12 +49,29 @@ _REQUEST_RULES = {
     b"transfer-encoding": _TE,
     b"host": _HOST,
     b"x-forwarded-for": _XFF,
-    b"x-forwarded-proto": _XF_OTHER,
-    b"x-forwarded-host": _XF_OTHER,
+    **dict.fromkeys(PROXY_HEADERS, _XF_OTHER),
     b"via": _VIA,
     b"forwarded": _FORWARDED,
     b"x-request-id": _REQUEST_ID,
 }
+# What a header name may never be made to mean by ``strip``: the message's framing and its Host.
+_FRAMING_RULES = (_CONNECTION, _LENGTH, _TE, _HOST)
+
+
+def request_rules(strip: Iterable[bytes] = (), *, trusting: bool = False) -> dict[bytes, int]:
+    """The request loop's table: the base rules, ``strip`` (lower-case names) and ``x-fastgate-identity`` dropped,
+    and with ``trusting`` the proxy headers kept aside for a trusted peer instead of dropped."""
+    rules = dict(_BASE_RULES)
+    if trusting:
+        rules.update(dict.fromkeys(PROXY_HEADERS, _PROXY))
+    for name in (IDENTITY_HEADER, *strip):
+        if rules.get(name) not in _FRAMING_RULES:
+            rules[name] = _DROP
+    return rules
+
+
+_REQUEST_RULES = request_rules()
+_TRUSTING_RULES = request_rules(trusting=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +80,9 @@ class HeaderRules:
 
     >>> rules = HeaderRules.from_config(UpstreamConfig(url="http://127.0.0.1:9000/api"))
     >>> head = rules.apply(scope["headers"], client=b"10.0.0.1", scheme=b"http")
+
+    ``strip``: header names removed from every request (the config's asserted identity headers; ``x-fastgate-identity``
+    always); ``trusted``: ``server.trusted_proxies`` (None when empty).
     """
 
     authority: bytes
@@ -56,10 +91,20 @@ class HeaderRules:
     forwarded: bool = False
     max_bytes: int = 65536
     max_field_bytes: int = 32768
+    strip: frozenset[bytes] = frozenset()
+    trusted: TrustedProxies | None = None
+    table: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        table = request_rules(self.strip, trusting=True) if self.trusted else request_rules(self.strip)
+        object.__setattr__(self, "table", table)
 
     @classmethod
-    def from_config(cls, upstream: UpstreamConfig, server: ServerConfig | None = None) -> HeaderRules:
+    def from_config(
+        cls, upstream: UpstreamConfig, server: ServerConfig | None = None, *, strip: Iterable[bytes] = ()
+    ) -> HeaderRules:
         server = server or ServerConfig()
+        trusted = TrustedProxies(server.trusted_proxies)
         return cls(
             authority=upstream.authority,
             path_prefix=upstream.path_prefix,
@@ -67,6 +112,8 @@ class HeaderRules:
             forwarded=upstream.forwarded,
             max_bytes=server.max_header_bytes,
             max_field_bytes=server.max_header_field_bytes,
+            strip=frozenset(strip),
+            trusted=trusted if trusted else None,
         )
 
     def apply(self, raw: list[tuple[bytes, bytes]], *, client: bytes, scheme: bytes) -> RequestHead:
@@ -79,17 +126,21 @@ class HeaderRules:
             forwarded=self.forwarded,
             max_bytes=self.max_bytes,
             max_field_bytes=self.max_field_bytes,
+            rules=self.table,
+            trusted=self.trusted,
         )
 
 
 @dataclass(slots=True)
 class RequestHead:
-    """What the request rules produced: upstream headers, body framing and the request id."""
+    """What the request rules produced: upstream headers, body framing and the request id; ``client``, the
+    client's address read from X-Forwarded-For of a trusted peer (None: the client is the peer)."""
 
     headers: list[tuple[bytes, bytes]]
     body_length: int | None
     request_id: bytes
     host: bytes
+    client: str | None = None
 
 
 _ID_PREFIX = os.urandom(4).hex().encode("ascii")
@@ -115,10 +166,17 @@ def request_headers(
     forwarded: bool = False,
     max_bytes: int = 65536,
     max_field_bytes: int = 32768,
+    rules: Mapping[bytes, int] | None = None,
+    trusted: TrustedProxies | None = None,
 ) -> RequestHead:
-    """Apply the request rules to the ASGI (lower-cased) header list ``raw``."""
+    """Apply the request rules to the ASGI (lower-cased) header list ``raw`` from the TCP peer ``client``.
+
+    ``rules``: :func:`request_rules`'s table (default: no names stripped but ``x-fastgate-identity``, trusting as
+    ``trusted`` says); ``trusted``: the trusted proxies, None for none.
+    """
     out: list[tuple[bytes, bytes]] = []
-    rules = _REQUEST_RULES
+    if rules is None:
+        rules = _TRUSTING_RULES if trusted else _REQUEST_RULES
     total = 0
     host = b""
     request_id = b""
@@ -128,6 +186,7 @@ def request_headers(
     xff: list[bytes] = []
     via: list[bytes] = []
     forwarded_in: list[bytes] = []
+    proxied: list[tuple[bytes, bytes]] | None = None  # only with trusted proxies: their headers, kept aside
     for pair in raw:
         name, value = pair
         size = len(name) + len(value) + 4
@@ -157,7 +216,12 @@ def request_headers(
             via.append(value)
         elif rule == _FORWARDED:
             forwarded_in.append(value)
-        # _DROP and _XF_OTHER: not forwarded (X-Forwarded-Proto/-Host are ours to set)
+        elif rule == _PROXY:
+            if proxied is None:
+                proxied = [pair]
+            else:
+                proxied.append(pair)
+        # _DROP and _XF_OTHER: not forwarded (with no trusted proxy, X-Real-IP and X-Forwarded-* are ours to set)
     if total > max_bytes:
         raise HeadersTooLarge(f"request headers are {total} bytes (limit {max_bytes})")
 
@@ -170,19 +234,37 @@ def request_headers(
         request_id = new_request_id()
         out.append((b"x-request-id", request_id))
 
+    # a trusted peer: its proxy headers and Forwarded go on, and X-Forwarded-For names the client
+    if trusted is None:
+        vouched = False
+        resolved = None
+    else:
+        vouched = trusted.trusts(client.decode("latin-1"))
+        resolved = forwarded_client(xff, trusted) if vouched and xff else None
+
     out.insert(0, (b"host", host if preserve_host and host else upstream_authority))
-    out.append((b"x-forwarded-for", b", ".join([*xff, client]) if xff else client))
-    out.append((b"x-forwarded-proto", scheme))
-    if host:
-        out.append((b"x-forwarded-host", host))
+    out.append((b"x-forwarded-for", b", ".join([*xff, client]) if xff else client))  # each hop appends its peer
+    if vouched and proxied is not None:
+        if connection:
+            proxied = [pair for pair in proxied if pair[0] not in connection]
+        out += proxied
+        names = {name for name, _ in proxied}
+        if b"x-forwarded-proto" not in names:
+            out.append((b"x-forwarded-proto", scheme))
+        if host and b"x-forwarded-host" not in names:
+            out.append((b"x-forwarded-host", host))
+    else:
+        out.append((b"x-forwarded-proto", scheme))
+        if host:
+            out.append((b"x-forwarded-host", host))
     if forwarded:
         node = b'"[' + client + b']"' if client.find(b":") >= 0 else client
         element = b"for=" + node + b";proto=" + scheme + (b";host=" + _quote(host) if host else b"")
         out.append((b"forwarded", b", ".join([*forwarded_in, element])))
-    elif forwarded_in:
+    elif forwarded_in and vouched:
         out.append((b"forwarded", b", ".join(forwarded_in)))
     out.append((b"via", b", ".join([*via, VIA]) if via else VIA))
-    return RequestHead(out, body_length, request_id, host)
+    return RequestHead(out, body_length, request_id, host, resolved)
 
 
 def _quote(value: bytes) -> bytes:

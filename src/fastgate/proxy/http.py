@@ -28,8 +28,8 @@ tolerated in both ASGI flavours: spec 2.3 servers ignore them, 2.4 servers raise
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from time import perf_counter
 from types import TracebackType
@@ -38,6 +38,8 @@ from urllib.parse import quote
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
+from anyio.abc import AsyncBackend
 
 from .._types import Receive, Scope, Send
 from ..config import RetryPolicy, ServerConfig, Timeouts, UpstreamConfig
@@ -66,6 +68,7 @@ class ForwardOptions:
     transport: Transport
     rules: HeaderRules
     observability: Observability = field(default_factory=Observability)
+    exchanges: set[_DisconnectScope] = field(default_factory=set)  # in flight; expire() ends them (drain_timeout)
 
     @classmethod
     def from_config(
@@ -76,9 +79,11 @@ class ForwardOptions:
         server: ServerConfig | None = None,
         *,
         observability: Observability | None = None,
+        strip: Iterable[bytes] = (),
     ) -> ForwardOptions:
-        """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits."""
-        rules = HeaderRules.from_config(upstream, server)
+        """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits and trusted
+        proxies; ``strip``: the identity headers removed from every request (``HeaderRules``)."""
+        rules = HeaderRules.from_config(upstream, server, strip=strip)
         return cls(name, transport, rules) if observability is None else cls(name, transport, rules, observability)
 
 
@@ -104,32 +109,57 @@ class RouteOptions:
 NO_ROUTE = RouteOptions()
 
 
+@functools.cache
+def _backend() -> type[AsyncBackend]:
+    """The running async backend (asyncio: fastgate runs nowhere else), found once per process."""
+    return anyio.lowlevel.current_token().backend_class
+
+
+def _cancel_scope() -> anyio.CancelScope:
+    """``anyio.CancelScope()``, without finding the backend again: the public constructor asks sniffio on every call,
+    and runs the scope's ``__init__`` twice (bench/instructions.py: 7k instructions a request saved)."""
+    return _backend().create_cancel_scope()
+
+
 class _HookScope:
     """Disconnect handling under fastgate's server protocol: the server calls this object when the client goes.
 
-    It cancels the exchange's task directly (``Task.cancel`` / ``uncancel``, which is what a cancel scope does, for a
-    fraction of the cost on the hot path). The callback only ever runs while the task is suspended inside the
-    ``async with`` block, so the cancellation is always delivered, and swallowed, there. After ``finish`` (the last
-    byte is sent, or the upstream response is being closed) a disconnect is recorded but cancels nothing: a raw
-    ``Task.cancel`` is not stopped by anyio's shielded scopes, so it would cut the shielded close short.
+    The exchange runs in an anyio :class:`~anyio.CancelScope` entered by ``async with``; the callback cancels it
+    (``scope.cancel()``). A raw ``Task.cancel`` would pierce anyio's shielded scopes: the one around
+    ``to_thread.run_sync`` (a bcrypt check) would let the exchange go while its thread kept hashing, and a client
+    that disconnects at once could start unbounded CPU work past the plugin's limiter. Through the scope, a
+    shielded await finishes first and the cancellation lands at the next unshielded one. The scope costs about 30k
+    instructions a request (bench/instructions.py), where the raw ``Task.cancel`` of before cost next to nothing:
+    the price of honouring shields. After ``finish`` (the last byte is sent, or the upstream response is being
+    closed) a disconnect is recorded but cancels nothing.
+
+    ``expire`` (a retired config's ``server.drain_timeout`` passed) ends the exchange the same way and cuts the
+    client off, so that a response it had started is seen as incomplete.
     """
 
-    __slots__ = ("disconnected", "_hooks", "_task", "_cancelled", "_finished")
+    __slots__ = ("disconnected", "expired", "_hooks", "_cancel", "_finished", "_exchanges")
 
-    def __init__(self, hooks: ServerHooks) -> None:
+    def __init__(self, hooks: ServerHooks, exchanges: set[_DisconnectScope]) -> None:
         self._hooks = hooks
-        self._task = asyncio.current_task(hooks.loop)  # with the loop given, no get_running_loop() (a getpid())
-        self._cancelled = False
+        self._exchanges = exchanges
+        self._cancel = _cancel_scope()
         self._finished = False
         self.disconnected = False
+        self.expired = False
 
     def __call__(self) -> None:
         self.disconnected = True
-        if not self._cancelled and not self._finished and self._task is not None:
-            self._cancelled = True
-            self._task.cancel()
+        if not self._finished:
+            self._cancel.cancel()
+
+    def expire(self) -> None:
+        if not self._finished and not self.disconnected:
+            self.expired = True
+            self._cancel.cancel()
 
     async def __aenter__(self) -> _HookScope:
+        self._cancel.__enter__()
+        self._exchanges.add(self)
         if self._hooks.disconnected:
             # Gone before the exchange began (the server found its body broken, or it left): nothing to cancel;
             # the caller sees ``disconnected`` and sends nothing upstream.
@@ -148,59 +178,74 @@ class _HookScope:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         self._hooks.on_disconnect = None
-        if self._cancelled and self._task is not None:
-            return self._task.uncancel() == 0 and exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
-        return False
+        self._exchanges.discard(self)
+        if self.expired:
+            self._hooks.abort()  # a started response must not look complete; one not started has nobody to wait
+        return self._cancel.__exit__(exc_type, exc, tb)
 
 
 class _WatcherScope:
     """Disconnect handling under any ASGI server: a watcher task reads ``receive()`` for ``http.disconnect``.
 
     ``receive`` has one reader at a time, so the watcher starts (``watch``) only once the request body is read. On a
-    disconnect it cancels the exchange's task the way ``_HookScope`` does. The watcher is owned by this scope: it is
-    cancelled and awaited when the block ends, so it never outlives the exchange. (A plain task rather than an
-    anyio task group: the group cost about 100 µs a request, the task a tenth of that.) Once the exchange has sent
-    its last byte (``finish``), a ``http.disconnect`` is only the server saying the response is complete.
+    disconnect it cancels the exchange's cancel scope, as ``_HookScope`` does. The watcher is owned by this scope: it
+    runs in a cancel scope of its own, cancelled and awaited when the block ends, so it never outlives the exchange.
+    (A plain task rather than an anyio task group: the group cost about 100 µs a request, the task a tenth of that.)
+    Once the exchange has sent its last byte (``finish``), a ``http.disconnect`` is only the server saying the
+    response is complete. ``expire`` ends the exchange as ``_HookScope.expire`` does (the server then closes the
+    connection of a response left incomplete).
     """
 
-    __slots__ = ("disconnected", "_receive", "_task", "_watcher", "_cancelled", "_finished")
+    __slots__ = ("disconnected", "expired", "_receive", "_cancel", "_watcher", "_watching", "_finished", "_exchanges")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, exchanges: set[_DisconnectScope]) -> None:
         self._receive = receive
-        self._task = asyncio.current_task()
+        self._exchanges = exchanges
+        self._cancel = _cancel_scope()
         self._watcher: asyncio.Task[None] | None = None
-        self._cancelled = False
+        self._watching: anyio.CancelScope | None = None
         self._finished = False
         self.disconnected = False
+        self.expired = False
 
     async def __aenter__(self) -> _WatcherScope:
+        self._cancel.__enter__()
+        self._exchanges.add(self)
         return self
 
     def watch(self) -> None:
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._watching = watching = _cancel_scope()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(watching))
 
     def finish(self) -> None:
         self._finished = True
 
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        if not self._finished and self._task is not None:
-            self.disconnected = self._cancelled = True
-            self._task.cancel()
+    def expire(self) -> None:
+        if not self._finished and not self.disconnected:
+            self.expired = True
+            self._cancel.cancel()
+
+    async def _watch(self, watching: anyio.CancelScope) -> None:
+        with watching:
+            while (await self._receive())["type"] != "http.disconnect":
+                pass
+            if not self._finished:
+                self.disconnected = True
+                self._cancel.cancel()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         self._finished = True
-        watcher = self._watcher
-        if watcher is not None and not watcher.done():
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        if self._cancelled and self._task is not None:
-            return self._task.uncancel() == 0 and exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
-        return False
+        self._exchanges.discard(self)
+        try:
+            return self._cancel.__exit__(exc_type, exc, tb)
+        finally:
+            watcher, watching = self._watcher, self._watching
+            if watcher is not None and watching is not None and not watcher.done():
+                watching.cancel()
+                with anyio.CancelScope(shield=True):  # the watcher ends at its next await: wait for it
+                    await watcher
 
 
 _DisconnectScope = _HookScope | _WatcherScope
@@ -367,6 +412,10 @@ async def forward_http(
             await error_response(send, exc, request_id)
             return
         request_id = head.request_id
+        if head.client is not None:  # from a trusted proxy: the client its X-Forwarded-For names (port unknown: 0)
+            client = (head.client, 0)
+            record.client = f"{head.client}:0"
+            address = head.client.encode("latin-1")
         if observability.tracing:
             record.target = target.decode("latin-1")
             trace = observability.begin(head.headers, record, scheme=scope.get("scheme", "http"), host=_host(scope))
@@ -388,7 +437,10 @@ async def forward_http(
         )
         if observability.tracing:
             request.trace = trace
-        async with _HookScope(hooks) if hooks is not None else _WatcherScope(receive) as disconnect:
+        exchanges = options.exchanges
+        async with (
+            _HookScope(hooks, exchanges) if hooks is not None else _WatcherScope(receive, exchanges) as disconnect
+        ):
             if disconnect.disconnected:
                 return
             if chain is not None:
@@ -528,13 +580,21 @@ async def forward_http(
                 disconnect.disconnected = True  # ASGI spec 2.4 servers raise on send after a disconnect
             finally:
                 if response.aclose_waits:
-                    # No disconnect may cancel us from here: Task.cancel() goes through anyio's shield.
+                    # No disconnect may cancel us from here (a disconnect after ``finish`` cancels nothing).
                     disconnect.finish()
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
                 else:
                     await response.aclose()  # returns without suspending: cancellation cannot interrupt it
-        if disconnect.disconnected:
+        if disconnect.expired:
+            outcome = "ended by server.drain_timeout"
+            error_logger.warning(
+                "%s %s: ended, its config was retired by a reload over server.drain_timeout ago (request_id %s)",
+                method,
+                target.decode("latin-1"),
+                request_id.decode("latin-1"),
+            )
+        elif disconnect.disconnected:
             outcome = "client disconnected"
     finally:
         record.duration_s = perf_counter() - started_at

@@ -75,6 +75,7 @@ HANDSHAKE_HEADERS = frozenset(
 WIRE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 _TO_CLIENT = {1005: 1000, 1006: 1011, 1015: 1014}
 _TO_UPSTREAM = {1005: 1000, 1006: 1001, 1015: 1001}
+EXPIRED = "closed by server.drain_timeout"  # the session note (access line) of a session ``expire`` ended
 MAX_REASON_BYTES = 123  # RFC 6455 §5.5: a control frame carries at most 125 bytes, two of them the code
 
 
@@ -93,6 +94,7 @@ class WebSocketForwardOptions:
     allowed_origins: frozenset[str] | None = None
     cluster: Cluster | None = None  # the upstream's targets, once the lifespan has started them
     observability: Observability = field(default_factory=Observability)  # access line, session gauge, tracing
+    sessions: set[_Session] = field(default_factory=set, compare=False)  # open; expire() closes them (drain_timeout)
 
     @classmethod
     def from_config(
@@ -102,6 +104,7 @@ class WebSocketForwardOptions:
         server: ServerConfig | None = None,
         *,
         observability: Observability | None = None,
+        strip: Iterable[bytes] = (),
     ) -> WebSocketForwardOptions:
         ws = upstream.websocket
         target = WebSocketTarget(
@@ -118,7 +121,7 @@ class WebSocketForwardOptions:
         )
         return cls(
             target=target,
-            rules=HeaderRules.from_config(upstream, server),
+            rules=HeaderRules.from_config(upstream, server, strip=strip),
             idle_timeout=ws.idle_timeout,
             max_message_size=ws.max_message_size,
             allowed_origins=frozenset(ws.allowed_origins) if ws.allowed_origins is not None else None,
@@ -245,6 +248,9 @@ async def forward_websocket(
             )
             request_id = head.request_id
             headers = head.headers
+            if head.client is not None:  # from a trusted proxy: the client its X-Forwarded-For names
+                client = (head.client, 0)
+                record.client = f"{head.client}:0"
             record.target = target.decode("latin-1")
             trace = observability.begin(headers, record, scheme=scope.get("scheme", "ws"))
             if plugins is not None:
@@ -311,6 +317,13 @@ async def forward_websocket(
         try:
             status = 101
             note = await _Session(receive, send, upstream, options).run()
+            if note == EXPIRED:
+                error_logger.warning(
+                    "WebSocket %s: closed with 1001, its config was retired by a reload over server.drain_timeout "
+                    "ago (request_id %s)",
+                    target.decode("latin-1"),
+                    request_id.decode("latin-1"),
+                )
         finally:
             upstream.transport.abort()  # a no-op after a completed closing handshake
             observability.websocket_closed(options.target.name)
@@ -404,6 +417,10 @@ class _Session:
         self.group = anyio.CancelScope()
         self.last_activity = 0.0
 
+    def expire(self) -> None:
+        """Its config was retired by a reload ``server.drain_timeout`` ago: both sides get 1001 (going away)."""
+        self._end(_Ending((1001, "gateway reloaded"), (1001, "gateway reloaded"), EXPIRED))
+
     def _end(self, ending: _Ending) -> None:
         if self.ending is None:
             self.ending = ending
@@ -424,12 +441,17 @@ class _Session:
             self.ending = _Ending(None, (1001, "client went away"), "client disconnected before the accept")
         else:
             self.last_activity = anyio.current_time()
+            sessions = self.options.sessions
             async with anyio.create_task_group() as group:
                 self.group = group.cancel_scope
-                group.start_soon(self._client_to_upstream)
-                if self.options.idle_timeout is not None:
-                    group.start_soon(self._watch_idle, self.options.idle_timeout)
-                await self._upstream_to_client()
+                sessions.add(self)
+                try:
+                    group.start_soon(self._client_to_upstream)
+                    if self.options.idle_timeout is not None:
+                        group.start_soon(self._watch_idle, self.options.idle_timeout)
+                    await self._upstream_to_client()
+                finally:
+                    sessions.discard(self)
         ending = self.ending or _Ending((1011, "internal_error"), (1001, "gateway error"), "relay ended")
         # Shielded, so that a shutdown or a cancelled session still closes both sides, and bounded, since either
         # send can wait forever on a peer that stopped reading (its TCP window full): the client's, under Uvicorn's

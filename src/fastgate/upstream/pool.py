@@ -209,6 +209,8 @@ class ConnectionPool:
             self._connecting += 1
         try:
             try:
+                # asyncio.timeout cancels with a raw Task.cancel: safe here, as nothing inside awaits shielded work
+                # (a socket connect, and an exchange's shielded close never runs under it).
                 async with asyncio.timeout(connect_timeout):
                     _, conn = await loop.create_connection(
                         lambda: Connection(self.name, loop, target=self.target, max_head=self.max_head),
@@ -248,6 +250,7 @@ class ConnectionPool:
         waiter: asyncio.Future[Connection | None] = (self._loop or self._bind_loop()).create_future()
         self._waiters[waiter] = None
         try:
+            # A raw Task.cancel at the deadline (asyncio.timeout): safe, the block awaits only our waiter future.
             async with asyncio.timeout(timeouts.pool):
                 await waiter
         except TimeoutError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..base import Answer, RequestContext, _settable
@@ -35,7 +36,10 @@ class IdentityHeader:
         self.name = header_name(name, "identity_header")
 
     def scrub(self, request: RequestContext) -> None:
-        """Remove what the client sent under the identity header (called before the check, pass or fail)."""
+        """Remove what the client sent under the identity header (called before the check, pass or fail).
+
+        The gateway has already removed it (``asserted_headers``); this keeps the plugin safe where it runs in a
+        chain of the user's own making."""
         name = self.name
         if name is not None:
             raw = request.headers.raw
@@ -46,6 +50,24 @@ class IdentityHeader:
         request.identity = identity
         if self.name is not None:
             request.headers.raw.append((self.name, identity.encode("utf-8", "replace")))
+
+
+def asserted_headers(plugins: Iterable[object]) -> frozenset[bytes]:
+    """The header names the auth plugins among ``plugins`` assert to the upstream, ``x-fastgate-identity`` always.
+
+    An ``identity_header`` (api_key, jwt, basic_auth) and forward_auth's ``identity_header_from``. The gateway
+    removes every one of them from every request, on every route, before any plugin runs (proxy/headers.py), so that
+    no route lets a client send what another route's plugin vouches for.
+    """
+    names = {DEFAULT_IDENTITY_HEADER.encode("ascii")}
+    for plugin in plugins:
+        identity = getattr(plugin, "identity", None)
+        if isinstance(identity, IdentityHeader) and identity.name is not None:
+            names.add(identity.name)
+        named = getattr(plugin, "identity_header_from", None)
+        if isinstance(named, bytes):
+            names.add(named)
+    return frozenset(names)
 
 
 def remove_header(request: RequestContext, name: bytes) -> None:

@@ -8,7 +8,9 @@ bcrypt is slow on purpose (tens of milliseconds per check), so it runs in a work
 as the machine has CPUs) and never on the event loop. A successful check is remembered for ``cache_ttl`` seconds
 under a keyed hash of the credential (never the password itself; at most ``cache_size`` entries, the oldest
 dropped first), so a busy client pays bcrypt once, not per request. Failures are not remembered. An unknown user
-is checked against a dummy hash, so the answer takes as long as for a wrong password.
+is checked against a dummy hash, so the answer takes as long as for a wrong password. The dummy hash is made in a
+worker thread too, under the same limiter, when the plugin starts (``startup``; hundreds of milliseconds at cost
+12): building the plugin, which a reload does on the running gateway's event loop, hashes nothing.
 """
 
 from __future__ import annotations
@@ -66,9 +68,21 @@ class BasicAuth(Plugin):
         self.cache_size = cache_size
         self._cache: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
         self._cache_key = secrets.token_bytes(32)  # the cache holds HMACs under a per-process key, not passwords
-        self._dummy = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=_rounds(next(iter(self.users.values())))))
+        self._dummy_rounds = _rounds(next(iter(self.users.values())))
+        self._dummy: bytes | None = None  # made by startup(), off the event loop
         self._limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
         self.verifications = 0  # bcrypt checks run (the cache's misses)
+
+    async def startup(self) -> None:
+        await self._dummy_hash()
+
+    async def _dummy_hash(self) -> bytes:
+        """The hash an unknown user is checked against, of the users' cost; made once, in a worker thread."""
+        if self._dummy is None:
+            dummy = await anyio.to_thread.run_sync(_make_dummy, self._dummy_rounds, limiter=self._limiter)
+            if self._dummy is None:
+                self._dummy = dummy
+        return self._dummy
 
     async def on_request(self, request: RequestContext) -> Answer | None:
         self.identity.scrub(request)
@@ -94,7 +108,11 @@ class BasicAuth(Plugin):
         else:
             hashed = self.users.get(user)
             self.verifications += 1
-            ok = await anyio.to_thread.run_sync(_check, password, hashed or self._dummy, limiter=self._limiter)
+            if hashed is None:
+                reference = self._dummy or await self._dummy_hash()  # made by startup(); here if it never ran
+            else:
+                reference = hashed
+            ok = await anyio.to_thread.run_sync(_check, password, reference, limiter=self._limiter)
             verified = ok and hashed is not None
             if verified and self.cache_ttl > 0 and self.cache_size > 0:
                 self._cache[digest] = (now + self.cache_ttl, user)
@@ -114,6 +132,10 @@ def _check(password: bytes, hashed: bytes) -> bool:
         return bcrypt.checkpw(password, hashed)
     except ValueError:  # bcrypt 5 refuses passwords over 72 bytes rather than truncating them
         return False
+
+
+def _make_dummy(rounds: int) -> bytes:
+    return bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=rounds))
 
 
 def _rounds(hashed: bytes) -> int:
