@@ -427,3 +427,24 @@ async def test_jwt_unknown_kid_waits_for_the_fetch_in_flight_then_refuses_at_onc
                     assert len(app.fetches) == 2
                 finally:
                     app.stall.set()
+
+
+async def test_jwt_startup_that_fails_leaves_the_scopes_it_entered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed startup gets no shutdown call from the chain: the plugin leaves its task group (and its client's)
+    itself, or the task that ran startup would be left inside them."""
+    from fastgate.plugins.auth import jwt_auth
+
+    def broken(data: Any, source: str) -> Any:
+        raise RuntimeError("unexpected")
+
+    app = JwksApp(jwks(RSA))
+    async with run_server(app, lifespan="off") as idp:
+        plugin = jwt_auth.Jwt(jwks_url=f"{idp.url}/jwks")
+        monkeypatch.setattr(jwt_auth, "parse_jwks", broken)
+        with pytest.raises(RuntimeError, match="unexpected"):
+            await plugin.startup()
+        assert len(app.fetches) == 1
+        with anyio.move_on_after(0.01) as scope:  # this task's own scopes still work
+            await anyio.sleep(5)
+        assert scope.cancelled_caught
+        assert plugin.refresh(time.monotonic() + 3600) is None  # no task group left to start a fetch in

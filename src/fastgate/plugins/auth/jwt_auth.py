@@ -196,7 +196,11 @@ class Jwt(Plugin):
             group = anyio.create_task_group()
             await group.__aenter__()  # left in shutdown, which the same task runs (Snapshot.run)
             self._group = group
-            await self._fetch(time.monotonic())  # not counted against min_refresh_interval
+            try:
+                await self._fetch(time.monotonic())  # not counted against min_refresh_interval
+            except BaseException:
+                await self.shutdown()  # a failed startup gets no shutdown call: leave the scopes we entered, in order
+                raise
 
     async def shutdown(self) -> None:
         group, self._group = self._group, None
