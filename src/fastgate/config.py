@@ -702,16 +702,17 @@ class RedisConfig(_Model):
     """The Redis that ``store: redis`` rate limits share: every worker and every gateway instance on it.
 
     >>> RedisConfig(url="redis://127.0.0.1:6379/0", on_error="deny").timeout
-    0.005
+    0.02
 
-    ``on_error`` decides while Redis fails or is slower than ``timeout`` seconds per decision: ``allow`` lets
+    ``on_error`` decides while Redis fails or is slower than ``timeout`` seconds per decision (time our event loop
+    was too busy to read the answer is not counted; see ``stores.LagAwareDeadline``): ``allow`` lets
     requests through (fail open), ``deny`` answers 429 (fail closed). Redis is tried again ``retry_interval`` seconds
     after a failure. ``max_connections`` bounds the pool of each worker.
     """
 
     url: str
     on_error: Literal["allow", "deny"] = "allow"
-    timeout: float = Field(0.005, gt=0, le=10)
+    timeout: float = Field(0.02, gt=0, le=10)
     retry_interval: float = Field(0.5, ge=0)
     max_connections: int = Field(64, ge=1)
 

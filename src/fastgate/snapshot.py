@@ -189,25 +189,49 @@ class Snapshot:
         self.drained = anyio.Event()
         self._retiring = anyio.Event()
         self.retired = False
-        started: list[PluginChain] = []
+        stop = anyio.Event()
         try:
-            for chain in self.plugin_chains:
-                await chain.startup()
-                started.append(chain)
-            task_status.started()
-            await self._retiring.wait()
-            with anyio.move_on_after(self.config.server.drain_timeout):
-                await self.drained.wait()
-            while not self.drained.is_set():
-                # Once a second, for a request that was between two steps (a WebSocket still dialing) at the last.
-                self.expire()
-                with anyio.move_on_after(1):
-                    await self.drained.wait()
+            async with anyio.create_task_group() as group:
+                try:
+                    await group.start(self._run_plugins, stop)
+                    task_status.started()
+                    await self._retiring.wait()
+                    with anyio.move_on_after(self.config.server.drain_timeout):
+                        await self.drained.wait()
+                    while not self.drained.is_set():
+                        # Once a second, for a request that was between two steps (a WebSocket still dialing) at
+                        # the last.
+                        self.expire()
+                        with anyio.move_on_after(1):
+                            await self.drained.wait()
+                finally:
+                    stop.set()
+        except BaseExceptionGroup as group_error:
+            # The task group wraps a plugin's startup failure; callers expect the error itself, as app.py does.
+            if len(group_error.exceptions) == 1:
+                raise group_error.exceptions[0] from group_error.exceptions[0].__cause__
+            raise
         finally:
-            with anyio.CancelScope(shield=True):
+            self.release()
+
+    async def _run_plugins(self, stop: anyio.Event, *, task_status: TaskStatus[None]) -> None:
+        """The plugin chains' life in one task, shielded from its start. A plugin's startup may enter a task group (an
+        outbound client's transport, the JWKS refresher) that its shutdown exits, which anyio allows only in the same
+        task and scope nesting: a shield entered later, in a ``finally``, broke it ("Attempted to exit a cancel scope
+        that isn't the current task's current cancel scope" at every shutdown with a ``jwks_url``). Shielded, the
+        chains shut down in full when the gateway is cancelled; their startup is not cancelled either (fastgate's
+        own plugins bound theirs by their timeouts)."""
+        started: list[PluginChain] = []
+        with anyio.CancelScope(shield=True):
+            try:
+                for chain in self.plugin_chains:
+                    await chain.startup()
+                    started.append(chain)
+                task_status.started()
+                await stop.wait()
+            finally:
                 for chain in reversed(started):
                     await chain.shutdown()
-                self.release()
 
 
 def _route_options(config: GatewayConfig, index: int, route: RouteConfig) -> RouteOptions:

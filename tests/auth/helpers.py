@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -94,15 +95,22 @@ def jwks(*keys: SigningKey) -> dict[str, Any]:
 
 @dataclass
 class JwksApp:
-    """A JWKS endpoint whose key set the test changes (a rotation); it counts the fetches."""
+    """A JWKS endpoint whose key set the test changes (a rotation); it counts the fetches. While ``stall`` is set to
+    an event, each answer waits for it (a slow IdP), at most ``STALL_LIMIT`` seconds."""
 
     document: dict[str, Any]
     fetches: list[float] = field(default_factory=list)
+    stall: anyio.Event | None = None
+
+    STALL_LIMIT = 30.0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         self.fetches.append(time.monotonic())
+        if self.stall is not None:
+            with anyio.move_on_after(self.STALL_LIMIT):
+                await self.stall.wait()
         body = json.dumps(self.document).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -11,10 +11,19 @@ the key with that ``kid`` must be of the algorithm's family (RSA for RS/PS, the 
 EdDSA) and carry that ``alg`` if it names one. Then PyJWT checks the signature, ``exp``/``nbf``/``iat`` with
 ``leeway`` seconds of clock skew, ``iss`` and ``aud``. The verified ``sub`` becomes ``request.identity``.
 
-The JWKS is kept in memory. A ``jwks_url`` is fetched at startup, again after ``cache_ttl`` seconds, and when a
-token names a ``kid`` we do not know (a key rotation), but never more than once per ``min_refresh_interval``
-seconds, by one request at a time: a flood of tokens with made-up ``kid``s costs the JWKS server one fetch per
-interval. A failed fetch keeps the keys we had and logs one line.
+The token is read as an attacker wrote it: over ``MAX_TOKEN_CHARS`` it is refused unread, and every header field
+we act on is checked for its type before use (``alg`` a listed string, ``kid`` and ``typ`` strings when present);
+a ``crit`` header is refused, since we understand no extension (RFC 7515 §4.1.11). Anything malformed is a 401,
+never a 500 and never an error log line.
+
+The JWKS is kept in memory. A ``jwks_url`` is fetched at startup (the gateway waits for it), then **in the
+background**: after ``cache_ttl`` seconds, and when a token names a ``kid`` we do not know (a key rotation), but
+never more than once per ``min_refresh_interval`` seconds, and one fetch at a time. Requests meanwhile use the keys
+we have: a token with a known ``kid`` never waits for the JWKS server, however slow it is. A token with an unknown
+``kid`` waits for the fetch in flight (at most ``timeout``), so the first token signed with a rotated key passes;
+when no fetch may start (within the interval) it is refused at once, so a flood of made-up ``kid``s costs the JWKS
+server one fetch per interval and the flood's requests no wait. A failed fetch keeps the keys we had and logs one
+line.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import jwt
 import jwt.types
 
@@ -39,7 +49,11 @@ from ..base import Answer, Plugin, RequestContext
 from ._common import DEFAULT_IDENTITY_HEADER, IdentityHeader, refusal
 from ._http import OutboundClient
 
-__all__ = ["Jwt"]
+__all__ = ["MAX_TOKEN_CHARS", "Jwt"]
+
+# Larger tokens are refused without being parsed. An IdP's access token is a few hundred bytes to a few KiB (Entra ID
+# with many group claims stays under 8 KiB before it switches to a groups overage claim).
+MAX_TOKEN_CHARS = 16 * 1024
 
 # Algorithm -> (key type, curve or None). Symmetric (HS*) and "none" are refused at config time.
 ALGORITHMS: dict[str, tuple[str, str | None]] = {
@@ -90,10 +104,13 @@ def parse_jwks(data: Any, source: str) -> dict[str | None, _Key]:
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
             continue
         alg = jwk.get("alg")
-        if alg is not None and alg not in ALGORITHMS:
+        if alg is not None and not (isinstance(alg, str) and alg in ALGORITHMS):
             continue
         kid = jwk.get("kid")
-        keys[kid if isinstance(kid, str) else None] = _Key(parsed.key, jwk["kty"], jwk.get("crv"), alg)
+        crv = jwk.get("crv")
+        keys[kid if isinstance(kid, str) else None] = _Key(
+            parsed.key, jwk["kty"], crv if isinstance(crv, str) else None, alg
+        )
     if not keys:
         raise ValueError(f"{source}: no usable signing key (RSA, EC or OKP with use 'sig')")
     return keys
@@ -158,7 +175,9 @@ class Jwt(Plugin):
         self.fetched_at = -1e18
         self.attempted_at = -1e18
         self.fetches = 0
-        self._lock: anyio.Lock | None = None
+        self.timeout = timeout
+        self._group: anyio.abc.TaskGroup | None = None
+        self._refreshing: anyio.Event | None = None  # set when the fetch in flight ends; None while none is
         self.client: OutboundClient | None = None
         if jwks_file is not None:
             try:
@@ -173,39 +192,65 @@ class Jwt(Plugin):
 
     async def startup(self) -> None:
         if self.client is not None:
-            self._lock = anyio.Lock()
             await self.client.open()
-            await self._fetch(time.monotonic())  # not counted against min_refresh_interval
+            group = anyio.create_task_group()
+            await group.__aenter__()  # left in shutdown, which the same task runs (Snapshot.run)
+            self._group = group
+            try:
+                await self._fetch(time.monotonic())  # not counted against min_refresh_interval
+            except BaseException:
+                await self.shutdown()  # a failed startup gets no shutdown call: leave the scopes we entered, in order
+                raise
 
     async def shutdown(self) -> None:
-        if self.client is not None:
-            await self.client.close()
+        group, self._group = self._group, None
+        try:
+            if group is not None:
+                group.cancel_scope.cancel()  # a fetch in flight ends here; the keys die with the plugin
+                await group.__aexit__(None, None, None)
+        finally:
+            if self.client is not None:
+                await self.client.close()
 
-    async def refresh(self) -> None:
-        """Fetch the JWKS again, one request at a time and at most once per ``min_refresh_interval``."""
-        lock = self._lock
-        if lock is None:
-            return
-        seen = self.attempted_at
-        async with lock:
-            now = time.monotonic()
-            if self.attempted_at != seen or now - self.attempted_at < self.min_refresh_interval:
-                return  # another request refreshed meanwhile, or too soon after the last try
+    def refresh(self, now: float) -> anyio.Event | None:
+        """Start a background fetch of the JWKS unless one is in flight or the last began less than
+        ``min_refresh_interval`` ago; the event of the fetch in flight (set when it ends), or None."""
+        if (
+            self._refreshing is None
+            and self._group is not None
+            and now - self.attempted_at >= self.min_refresh_interval
+        ):
             self.attempted_at = now
-            await self._fetch(now)
+            self._refreshing = anyio.Event()
+            self._group.start_soon(self._refresh, self._refreshing, name="fastgate jwks refresh")
+        return self._refreshing
+
+    async def _refresh(self, done: anyio.Event) -> None:
+        try:
+            await self._fetch(time.monotonic())
+        finally:
+            self._refreshing = None
+            done.set()
 
     async def _fetch(self, now: float) -> None:
-        """One fetch of the JWKS; on failure the keys we had stay, and the log gets one line."""
+        """One fetch of the JWKS, at most ``timeout`` in all; on failure the keys we had stay, and the log gets
+        one line."""
         assert self.client is not None
         self.fetches += 1
-        try:
-            status, _, body = await self.client.request(b"GET", [(b"accept", b"application/json")])
-            if status != 200:
-                raise ValueError(f"status {status}")
-            self.keys = parse_jwks(json.loads(body), "JWKS")
-            self.fetched_at = now
-        except (UpstreamError, ValueError, OSError) as exc:
-            error_logger.warning("jwt: JWKS fetch from %s failed: %s", safe_url(self.jwks_url or ""), exc)
+        error: str | None = None
+        with anyio.move_on_after(self.timeout) as scope:
+            try:
+                status, _, body = await self.client.request(b"GET", [(b"accept", b"application/json")])
+                if status != 200:
+                    raise ValueError(f"status {status}")
+                self.keys = parse_jwks(json.loads(body), "JWKS")
+                self.fetched_at = now
+            except (UpstreamError, ValueError, OSError) as exc:
+                error = str(exc)
+        if scope.cancelled_caught:
+            error = f"no complete answer within {self.timeout:g}s"
+        if error is not None:
+            error_logger.warning("jwt: JWKS fetch from %s failed: %s", safe_url(self.jwks_url or ""), error)
 
     def _refuse(self, request: RequestContext, detail: str, error: str = "invalid_token") -> Answer:
         challenge = f'{self.challenge}, error="{error}", error_description="{detail}"' if error else self.challenge
@@ -220,6 +265,8 @@ class Jwt(Plugin):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return self._refuse(request, "missing bearer token", "invalid_request")
+        if len(token) > MAX_TOKEN_CHARS:
+            return self._refuse(request, "token too large")
         digest = hashlib.sha256(token.encode("latin-1")).digest()
         cached = self.token_cache.get(digest) if self.token_cache_size else None
         if cached is not None and cached[0] > time.time():
@@ -249,6 +296,13 @@ class Jwt(Plugin):
         while len(cache) > self.token_cache_size:
             cache.popitem(last=False)
 
+    def _key(self, kid: str | None) -> _Key | None:
+        """The key named ``kid``; a token without ``kid`` may use a lone key."""
+        key = self.keys.get(kid)
+        if key is None and kid is None and len(self.keys) == 1:
+            key = next(iter(self.keys.values()))
+        return key
+
     async def _verify(self, request: RequestContext, token: str) -> tuple[dict[str, Any], str] | Answer:
         """The token's claims and subject, or the 401 that refuses it."""
         self.verifications += 1
@@ -257,17 +311,24 @@ class Jwt(Plugin):
         except jwt.PyJWTError:
             return self._refuse(request, "malformed token")
         alg = header.get("alg")
-        if alg not in self.algorithms:
+        if not isinstance(alg, str) or alg not in self.algorithms:  # ["RS256"] is not hashable: was a 500
             return self._refuse(request, "token algorithm not accepted")
         kid = header.get("kid")
-        if self.client is not None and time.monotonic() - self.fetched_at > self.cache_ttl:
-            await self.refresh()
-        key = self.keys.get(kid) if isinstance(kid, str) or kid is None else None
-        if key is None and self.client is not None:
-            await self.refresh()  # a rotation: at most once per min_refresh_interval
-            key = self.keys.get(kid) if isinstance(kid, str) or kid is None else None
-        if key is None and kid is None and len(self.keys) == 1:
-            key = next(iter(self.keys.values()))
+        if not isinstance(kid, (str, type(None))) or not isinstance(header.get("typ", ""), str):
+            return self._refuse(request, "malformed token")
+        if "crit" in header:
+            return self._refuse(request, "token names critical extensions")
+        key = self._key(kid)
+        if self.client is not None:
+            now = time.monotonic()
+            if now - self.fetched_at > self.cache_ttl:
+                self.refresh(now)  # in the background: this request goes on with the keys we have
+            if key is None:
+                in_flight = self.refresh(now)  # a rotation? at most one fetch per min_refresh_interval
+                if in_flight is not None:
+                    with anyio.move_on_after(self.timeout):
+                        await in_flight.wait()
+                    key = self._key(kid)
         if key is None:
             return self._refuse(request, "token key id not known")
         if not key.fits(alg):
