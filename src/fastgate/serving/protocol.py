@@ -480,7 +480,10 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive = False  # an upgrade we do not speak (h2c): llhttp stops at it, so nothing more can follow
         cycle = RequestCycle(self, scope, target, keep_alive)
         cycle.expect_100 = self._expect_100
-        scope["extensions"] = {"fastgate.server": cycle}
+        if version == "1.1":  # a chunked response can carry trailers (an HTTP/1.0 client never gets chunked)
+            scope["extensions"] = {"fastgate.server": cycle, "http.response.trailers": {}}
+        else:
+            scope["extensions"] = {"fastgate.server": cycle}
         self._parsing = cycle
         if upgrade and _declares_body(headers):
             raise _Reject(BadRequest("a request body cannot be sent with an upgrade offer"))
