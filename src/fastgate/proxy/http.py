@@ -426,9 +426,11 @@ async def forward_http(
             client = (head.client, 0)
             record.client = f"{head.client}:0"
             address = head.client.encode("latin-1")
-        relay_trailers = head.trailers and _sends_trailers(scope)
-        if head.trailers and not relay_trailers:
-            head.headers.remove((b"te", b"trailers"))  # we would drop them: the upstream must not count on them
+        relay_trailers = False
+        if head.trailers:
+            relay_trailers = _sends_trailers(scope)
+            if not relay_trailers:
+                head.headers.remove((b"te", b"trailers"))  # we would drop them: the upstream must not count on them
         if observability.tracing:
             record.target = target.decode("latin-1")
             trace = observability.begin(head.headers, record, scheme=scope.get("scheme", "http"), host=_host(scope))

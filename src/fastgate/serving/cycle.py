@@ -112,9 +112,9 @@ class RequestCycle:
         self._close_delimited = False
         self._no_body = False
         self._head: bytes | None = None
-        self._trailers = False  # the app said it will send trailers
+        # _trailers (the app said it will send trailers) is set by _start, _trailer_parts (the trailer section
+        # being built) when the body ends: neither is read before.
         self._trailers_due = False  # the body has ended: only http.response.trailers may come
-        self._trailer_parts: list[bytes] | None = None
 
     # -- fed by the connection ------------------------------------------------------------------------------
 
@@ -253,8 +253,7 @@ class RequestCycle:
             raise RuntimeError("Invalid HTTP header name or value.")
         self.response_started = True
         self.expect_100 = False
-        if message.get("trailers"):
-            self._trailers = True
+        self._trailers: bool = message.get("trailers", False)
         if message.get("fastgate.defer"):
             self._head = head
         else:
@@ -285,6 +284,7 @@ class RequestCycle:
                 raise RuntimeError("Response content shorter than Content-Length")
             if self._trailers:
                 self._trailers_due = True
+                self._trailer_parts: list[bytes] = [b"0\r\n"]
                 return
             self.response_complete = True
             if self._waiter is not None:
@@ -294,8 +294,6 @@ class RequestCycle:
     def _trailer_section(self, fields: Any, more: bool) -> None:
         if self._chunked and not self._no_body:
             parts = self._trailer_parts
-            if parts is None:
-                parts = self._trailer_parts = [b"0\r\n"]
             for name, value in fields:
                 parts += (name.lower(), b": ", value, b"\r\n")
             if more:
@@ -305,7 +303,6 @@ class RequestCycle:
             lines = (len(parts) - 2) // 4 + 2
             if section.count(b"\n") != lines or section.count(b"\r") != lines or section.find(b"\0") >= 0:
                 raise RuntimeError("Invalid HTTP trailer name or value.")
-            self._trailer_parts = None
             self.conn.write(section)
         elif more:
             return

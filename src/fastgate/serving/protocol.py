@@ -63,6 +63,10 @@ LINGER_SECONDS = 1.0  # after an error answer, how long input is drained before 
 # read of tiny pipelined requests would queue thousands of them before reading pauses.
 MAX_PIPELINED = 16
 
+# The options of the ASGI extensions we offer with no options (http.response.trailers): one empty dict, not one a
+# request. Read-only by convention, as the ASGI spec defines no options for it.
+_NO_OPTIONS: dict[str, Any] = {}
+
 # Connection phases: what the deadline, if any, is counting.
 _FIRST, _IDLE, _HEAD, _BUSY = range(4)
 
@@ -481,7 +485,7 @@ class HttpProtocol(asyncio.Protocol):
         cycle = RequestCycle(self, scope, target, keep_alive)
         cycle.expect_100 = self._expect_100
         if version == "1.1":  # a chunked response can carry trailers (an HTTP/1.0 client never gets chunked)
-            scope["extensions"] = {"fastgate.server": cycle, "http.response.trailers": {}}
+            scope["extensions"] = {"fastgate.server": cycle, "http.response.trailers": _NO_OPTIONS}
         else:
             scope["extensions"] = {"fastgate.server": cycle}
         self._parsing = cycle

@@ -104,7 +104,7 @@ class FastgateResponse:
         self._conn: Connection | None = conn
         self._pool = pool
         self._idle_timeout = idle_timeout
-        self._trailers: list[tuple[bytes, bytes]] | None = None
+        # self._trailers: set by aclose(), and read only once the connection is gone
 
     @property
     def trailers(self) -> list[tuple[bytes, bytes]] | None:
@@ -122,7 +122,7 @@ class FastgateResponse:
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._trailers = conn.trailers  # the connection may serve another exchange from here
+            self._trailers: list[tuple[bytes, bytes]] | None = conn.trailers  # the connection may be reused now
             reusable = conn.finish()
             if not reusable:
                 conn.close(abort=not conn.complete)
