@@ -67,13 +67,15 @@ from .trailers import response_trailers
 class ForwardOptions:
     """How requests are forwarded to one upstream: its name, its transport, its header rules, and the
     observability (access line, metrics, tracing) its exchanges report to (propagation and access line only by
-    default)."""
+    default). ``trailers``: the transport sees the upstream's trailers (the ``httpx`` one drops them, so its
+    upstream is never told ``TE: trailers``)."""
 
     name: str
     transport: Transport
     rules: HeaderRules
     observability: Observability = field(default_factory=Observability)
     exchanges: set[_DisconnectScope] = field(default_factory=set)  # in flight; expire() ends them (drain_timeout)
+    trailers: bool = True
 
     @classmethod
     def from_config(
@@ -89,7 +91,10 @@ class ForwardOptions:
         """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits and trusted
         proxies; ``strip``: the identity headers removed from every request (``HeaderRules``)."""
         rules = HeaderRules.from_config(upstream, server, strip=strip)
-        return cls(name, transport, rules) if observability is None else cls(name, transport, rules, observability)
+        trailers = upstream.transport != "httpx"
+        if observability is None:
+            return cls(name, transport, rules, trailers=trailers)
+        return cls(name, transport, rules, observability, trailers=trailers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +433,7 @@ async def forward_http(
             address = head.client.encode("latin-1")
         relay_trailers = False
         if head.trailers:
-            relay_trailers = _sends_trailers(scope)
+            relay_trailers = options.trailers and _sends_trailers(scope)
             if not relay_trailers:
                 head.headers.remove((b"te", b"trailers"))  # we would drop them: the upstream must not count on them
         if observability.tracing:
