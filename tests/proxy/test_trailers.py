@@ -236,15 +236,16 @@ async def test_keep_alive_survives_trailers_on_both_sides() -> None:
 # -- the bound ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("te", [b"TE: trailers", b"X-No-TE: 1"])
 @pytest.mark.parametrize("target", [b"/huge", b"/endless"])
 @pytest.mark.parametrize("server_path", ["fastgate-protocol", "httptools"])
 async def test_trailers_over_the_head_limit_break_the_response_off_after_the_body(
-    server_path: str, target: bytes
+    server_path: str, target: bytes, te: bytes
 ) -> None:
     async with gateway_and_upstream(server_path) as (port, _, _):
         with captured_logs("fastgate.error", logging.WARNING) as errors:
             # the upstream holds its connection open: only the bound can end this before the 60 s idle timeout
-            raw = await exchange(port, request(target, b"TE: trailers"))
+            raw = await exchange(port, request(target, te))
     response = parse_response(raw)
     assert response.status == 200
     no_trailer_in_head(raw)
@@ -328,7 +329,9 @@ async def test_fastgates_protocol_writes_asgi_trailers_and_refuses_injection() -
         if scope["type"] != "http":
             return
         assert "http.response.trailers" in scope["extensions"]
-        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        # a Content-Length body (and a HEAD) has no trailer section: the trailers are dropped, the response ends
+        headers = [(b"content-length", b"4")] if scope["path"] == "/length" else []
+        await send({"type": "http.response.start", "status": 200, "headers": headers, "trailers": True})
         await send({"type": "http.response.body", "body": b"data", "more_body": False})
         if scope["path"] == "/inject":
             fields = [(b"x-a", b"1\r\nset-cookie: x=1")]
@@ -341,6 +344,16 @@ async def test_fastgates_protocol_writes_asgi_trailers_and_refuses_injection() -
     async with run_gateway(app, lifespan="off") as server:
         raw = await exchange(server.port, request(b"/"))
         assert raw.endswith(b"\r\n\r\n4\r\ndata\r\n0\r\nx-a: 1\r\nx-b: 2\r\n\r\n")
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            received = b""
+            with anyio.fail_after(10):
+                for method in (b"GET", b"HEAD", b"GET"):
+                    await stream.send(method + b" /length HTTP/1.1\r\nHost: x\r\n\r\n")
+                    expected = b"\r\n\r\n" if method == b"HEAD" else b"\r\n\r\ndata"
+                    while not received.endswith(expected):  # on one kept-alive connection, each response complete
+                        received += await stream.receive()
+                    assert b"x-a" not in received and b"x-b" not in received
+                    received = b""
         injected = await exchange(server.port, request(b"/inject"))
     assert b"set-cookie" not in injected
     assert not injected.endswith(b"\r\n\r\n")  # aborted: the app never completed its response
