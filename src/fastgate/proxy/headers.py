@@ -1,7 +1,9 @@
 """Header rules for both directions, on raw ``(name, value)`` byte pairs. Pure functions, no I/O.
 
 Requests: hop-by-hop headers go (RFC 9110 §7.6.1: Connection and every header it names, Keep-Alive,
-Proxy-Connection, TE, Transfer-Encoding, Upgrade; and Trailer), X-Forwarded-For is appended to,
+Proxy-Connection, TE, Transfer-Encoding, Upgrade; and Trailer), except ``TE: trailers``, which goes on as just that
+when the client's TE has the ``trailers`` token (as Envoy does; ``RequestHead.trailers``: the proxy takes it off again
+when it cannot relay trailers, ``proxy/trailers.py``), X-Forwarded-For is appended to,
 X-Forwarded-Proto/-Host are set from what we saw, Via is added, and message framing is checked: a request that
 could be read two ways (Content-Length with Transfer-Encoding, an obfuscated Transfer-Encoding, a bad
 Content-Length) is refused with 400 before anything goes upstream (RFC 9112 §6.3, request smuggling).
@@ -28,6 +30,7 @@ from ..config import ServerConfig, UpstreamConfig
 from ..exceptions import BadRequest, HeadersTooLarge
 from ..upstream.transport import CHUNKED
 from .client_address import TrustedProxies, forwarded_client
+from .trailers import accepts_trailers
 
 HOP_BY_HOP_HEADERS = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade", b"trailer"}
@@ -40,9 +43,10 @@ PROXY_HEADERS = frozenset(
 )
 
 # What the request loop does with a header it must look at; every other header is copied as it is.
-_DROP, _CONNECTION, _LENGTH, _TE, _HOST, _XFF, _XF_OTHER, _VIA, _FORWARDED, _REQUEST_ID, _PROXY = range(11)
+_DROP, _CONNECTION, _LENGTH, _TE, _HOST, _XFF, _XF_OTHER, _VIA, _FORWARDED, _REQUEST_ID, _PROXY, _ACCEPT_TE = range(12)
 _BASE_RULES = {
-    **dict.fromkeys(HOP_BY_HOP_HEADERS - {b"connection", b"transfer-encoding"}, _DROP),
+    **dict.fromkeys(HOP_BY_HOP_HEADERS - {b"connection", b"transfer-encoding", b"te"}, _DROP),
+    b"te": _ACCEPT_TE,
     b"expect": _DROP,  # the server in front of us already answered 100-continue when we read the body
     b"connection": _CONNECTION,
     b"content-length": _LENGTH,
@@ -134,13 +138,15 @@ class HeaderRules:
 @dataclass(slots=True)
 class RequestHead:
     """What the request rules produced: upstream headers, body framing and the request id; ``client``, the
-    client's address read from X-Forwarded-For of a trusted peer (None: the client is the peer)."""
+    client's address read from X-Forwarded-For of a trusted peer (None: the client is the peer); ``trailers``, the
+    client accepts response trailers (``TE: trailers``), and ``headers`` carries ``te: trailers``."""
 
     headers: list[tuple[bytes, bytes]]
     body_length: int | None
     request_id: bytes
     host: bytes
     client: str | None = None
+    trailers: bool = False
 
 
 _ID_PREFIX = os.urandom(4).hex().encode("ascii")
@@ -187,6 +193,7 @@ def request_headers(
     via: list[bytes] = []
     forwarded_in: list[bytes] = []
     proxied: list[tuple[bytes, bytes]] | None = None  # only with trusted proxies: their headers, kept aside
+    te: list[bytes] | None = None
     for pair in raw:
         name, value = pair
         size = len(name) + len(value) + 4
@@ -221,6 +228,8 @@ def request_headers(
                 proxied = [pair]
             else:
                 proxied.append(pair)
+        elif rule == _ACCEPT_TE:
+            te = [*te, value] if te else [value]
         # _DROP and _XF_OTHER: not forwarded (with no trusted proxy, X-Real-IP and X-Forwarded-* are ours to set)
     if total > max_bytes:
         raise HeadersTooLarge(f"request headers are {total} bytes (limit {max_bytes})")
@@ -264,6 +273,9 @@ def request_headers(
     elif forwarded_in and vouched:
         out.append((b"forwarded", b", ".join(forwarded_in)))
     out.append((b"via", b", ".join([*via, VIA]) if via else VIA))
+    if te is not None and accepts_trailers(te):
+        out.append((b"te", b"trailers"))  # other codings go: we never ask an upstream for a transfer coding
+        return RequestHead(out, body_length, request_id, host, resolved, True)
     return RequestHead(out, body_length, request_id, host, resolved)
 
 

@@ -11,6 +11,10 @@ How this works
 3. The plugins' ``on_response`` hooks may change the status and headers; then the response head goes to the
    client, then body pieces as the upstream produces them. Backpressure is
    natural: ``send`` waits while the client is slow, and while we wait nobody reads the upstream socket.
+   The upstream's trailers (``response.trailers``, never merged into the head) follow the body as an ASGI
+   ``http.response.trailers`` message when the client sent ``TE: trailers`` and the server offers the
+   ``http.response.trailers`` extension (fastgate's does, Uvicorn's do not); otherwise they are dropped, and the
+   upstream is not told ``TE: trailers`` (``proxy/trailers.py`` says which fields pass).
 4. The upstream response is closed in ``finally`` under a shielded scope, whatever happened: back to the pool
    when it was read to its end, dropped otherwise. Last, the plugins' ``on_finish`` hooks get the ``Exchange``
    record, and the exchange's ``ExchangeRecord`` goes to ``Observability.finish`` (span, metrics, live stats,
@@ -56,19 +60,22 @@ from .bodylimit import declared_too_large, request_body
 from .buffering import BufferedBody
 from .errors import error_parts, error_response
 from .headers import HeaderRules, new_request_id, response_headers
+from .trailers import response_trailers
 
 
 @dataclass(slots=True)
 class ForwardOptions:
     """How requests are forwarded to one upstream: its name, its transport, its header rules, and the
     observability (access line, metrics, tracing) its exchanges report to (propagation and access line only by
-    default)."""
+    default). ``trailers``: the transport sees the upstream's trailers (the ``httpx`` one drops them, so its
+    upstream is never told ``TE: trailers``)."""
 
     name: str
     transport: Transport
     rules: HeaderRules
     observability: Observability = field(default_factory=Observability)
     exchanges: set[_DisconnectScope] = field(default_factory=set)  # in flight; expire() ends them (drain_timeout)
+    trailers: bool = True
 
     @classmethod
     def from_config(
@@ -84,7 +91,10 @@ class ForwardOptions:
         """The options for ``upstream`` (reached through ``transport``) under ``server``'s header limits and trusted
         proxies; ``strip``: the identity headers removed from every request (``HeaderRules``)."""
         rules = HeaderRules.from_config(upstream, server, strip=strip)
-        return cls(name, transport, rules) if observability is None else cls(name, transport, rules, observability)
+        trailers = upstream.transport != "httpx"
+        if observability is None:
+            return cls(name, transport, rules, trailers=trailers)
+        return cls(name, transport, rules, observability, trailers=trailers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +275,11 @@ def _host(scope: Scope) -> bytes:
     return b""
 
 
+def _sends_trailers(scope: Scope) -> bool:
+    """Whether the server offers ASGI's HTTP Trailers extension for this request."""
+    return "http.response.trailers" in (scope.get("extensions") or ())
+
+
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
@@ -416,6 +431,11 @@ async def forward_http(
             client = (head.client, 0)
             record.client = f"{head.client}:0"
             address = head.client.encode("latin-1")
+        relay_trailers = False
+        if head.trailers:
+            relay_trailers = options.trailers and _sends_trailers(scope)
+            if not relay_trailers:
+                head.headers.remove((b"te", b"trailers"))  # we would drop them: the upstream must not count on them
         if observability.tracing:
             record.target = target.decode("latin-1")
             trace = observability.begin(head.headers, record, scheme=scope.get("scheme", "http"), host=_host(scope))
@@ -548,6 +568,8 @@ async def forward_http(
                         return
                     status, headers = response_head.status, response_head.headers.raw
                 start = {"type": "http.response.start", "status": status, "headers": headers}
+                if relay_trailers:
+                    start["trailers"] = True
                 # A body that is already here goes out with the head: under fastgate's protocol, in one write.
                 data, done = response.read_buffered()
                 if data or done:
@@ -561,6 +583,10 @@ async def forward_http(
                         sent += len(chunk)
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if relay_trailers:
+                    fields = response.trailers
+                    trailers = response_trailers(fields, response.headers) if fields else []
+                    await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
                 disconnect.finish()
             except UpstreamError as exc:
                 outcome = f"{exc.code} after the response started: {exc.detail}"

@@ -13,6 +13,11 @@ finished head instead of two regex searches per header, and a start message carr
 is held back and written with the first body message, so a small response costs one write. HTTP/1.0 clients never
 get chunked (RFC 9112 §6.3 (8)): a body of unknown length is sent close-delimited.
 
+Trailers (ASGI's HTTP Trailers extension, offered to HTTP/1.1 requests): a start message with ``"trailers": True``
+holds the end of a chunked body back until the ``http.response.trailers`` message(s), whose fields go out in the
+last chunk's trailer section (RFC 9112 §7.1.2), checked for CR/LF as the head is. A response that is not chunked
+(a Content-Length, a HEAD, an HTTP/1.0 client) has nowhere to put them: they are dropped and the response ends.
+
 The cycle is also the ``fastgate.server`` extension (:class:`ServerHooks`): the raw request target, a disconnect
 callback run by the connection the moment the client goes (so an exchange needs no watcher task), and ``abort()``
 to cut the client off when the upstream dies mid-body (the client then sees an incomplete response).
@@ -77,6 +82,9 @@ class RequestCycle:
         "_close_delimited",
         "_no_body",
         "_head",
+        "_trailers",
+        "_trailers_due",
+        "_trailer_parts",
     )
 
     def __init__(self, conn: HttpProtocol, scope: dict[str, Any], raw_target: bytes, keep_alive: bool) -> None:
@@ -104,6 +112,9 @@ class RequestCycle:
         self._close_delimited = False
         self._no_body = False
         self._head: bytes | None = None
+        # _trailers (the app said it will send trailers) is set by _start, _trailer_parts (the trailer section
+        # being built) when the body ends: neither is read before.
+        self._trailers_due = False  # the body has ended: only http.response.trailers may come
 
     # -- fed by the connection ------------------------------------------------------------------------------
 
@@ -188,8 +199,12 @@ class RequestCycle:
             self._start(message)
         elif self.response_complete:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
-        elif kind != "http.response.body":
-            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+        elif kind != "http.response.body" or self._trailers_due:
+            if self._trailers_due and kind == "http.response.trailers":
+                self._trailer_section(message.get("headers", ()), message.get("more_trailers", False))
+            else:
+                expected = "http.response.trailers" if self._trailers_due else "http.response.body"
+                raise RuntimeError(f"Expected ASGI message '{expected}', but got '{kind}'.")
         else:
             self._body(message.get("body", b""), message.get("more_body", False))
 
@@ -238,6 +253,7 @@ class RequestCycle:
             raise RuntimeError("Invalid HTTP header name or value.")
         self.response_started = True
         self.expect_100 = False
+        self._trailers: bool = message.get("trailers", False)
         if message.get("fastgate.defer"):
             self._head = head
         else:
@@ -248,7 +264,7 @@ class RequestCycle:
             data = b""
         elif self._chunked:
             data = b"".join((b"%x\r\n" % len(body), body, b"\r\n")) if body else b""
-            if not more:
+            if not more and not self._trailers:
                 data += b"0\r\n\r\n"
         else:
             data = body
@@ -266,7 +282,32 @@ class RequestCycle:
         if not more:
             if self._remaining and not self._no_body and not self._close_delimited:
                 raise RuntimeError("Response content shorter than Content-Length")
+            if self._trailers:
+                self._trailers_due = True
+                self._trailer_parts: list[bytes] = [b"0\r\n"]
+                return
             self.response_complete = True
             if self._waiter is not None:
                 self.wake()
             self.conn.response_done(self)
+
+    def _trailer_section(self, fields: Any, more: bool) -> None:
+        if self._chunked and not self._no_body:
+            parts = self._trailer_parts
+            for name, value in fields:
+                parts += (name.lower(), b": ", value, b"\r\n")
+            if more:
+                return
+            parts.append(b"\r\n")
+            section = b"".join(parts)
+            lines = (len(parts) - 2) // 4 + 2
+            if section.count(b"\n") != lines or section.count(b"\r") != lines or section.find(b"\0") >= 0:
+                raise RuntimeError("Invalid HTTP trailer name or value.")
+            self.conn.write(section)
+        elif more:
+            return
+        self._trailers_due = False
+        self.response_complete = True
+        if self._waiter is not None:
+            self.wake()
+        self.conn.response_done(self)

@@ -63,6 +63,10 @@ LINGER_SECONDS = 1.0  # after an error answer, how long input is drained before 
 # read of tiny pipelined requests would queue thousands of them before reading pauses.
 MAX_PIPELINED = 16
 
+# The options of the ASGI extensions we offer with no options (http.response.trailers): one empty dict, not one a
+# request. Read-only by convention, as the ASGI spec defines no options for it.
+_NO_OPTIONS: dict[str, Any] = {}
+
 # Connection phases: what the deadline, if any, is counting.
 _FIRST, _IDLE, _HEAD, _BUSY = range(4)
 
@@ -480,7 +484,10 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive = False  # an upgrade we do not speak (h2c): llhttp stops at it, so nothing more can follow
         cycle = RequestCycle(self, scope, target, keep_alive)
         cycle.expect_100 = self._expect_100
-        scope["extensions"] = {"fastgate.server": cycle}
+        if version == "1.1":  # a chunked response can carry trailers (an HTTP/1.0 client never gets chunked)
+            scope["extensions"] = {"fastgate.server": cycle, "http.response.trailers": _NO_OPTIONS}
+        else:
+            scope["extensions"] = {"fastgate.server": cycle}
         self._parsing = cycle
         if upgrade and _declares_body(headers):
             raise _Reject(BadRequest("a request body cannot be sent with an upgrade offer"))

@@ -168,6 +168,10 @@ class _Tracked:
         self.tries = response.tries
         self.aclose_waits = response.aclose_waits
 
+    @property
+    def trailers(self) -> list[tuple[bytes, bytes]] | None:
+        return self._response.trailers
+
     async def read(self) -> bytes:
         return await self._response.read()
 

@@ -18,9 +18,13 @@ waiter future, so the hot path costs one future per wait and no task.
   framing (no Content-Length, and no Transfer-Encoding ending in chunked) ends cleanly at EOF, as RFC 9112 §6.3
   says.
 * Hostile upstreams: the response head (interim 1xx responses included) may use ``max_head`` bytes, counted as
-  they arrive, since the head may never complete; a 101 is an error, as we never ask to upgrade (RFC 9110
-  §15.2.2); bytes after a complete response are a response nobody asked for, so the connection is dropped, the
-  response already read stays intact.
+  they arrive, since the head may never complete; so may the trailer section of a chunked body, a budget of its own
+  (its fields counted as parsed, and the bytes since the last body piece as they arrive, since llhttp joins a
+  field's pieces itself); past either, the response fails after the body read so far; a 101 is an error, as we
+  never ask to upgrade (RFC 9110 §15.2.2); bytes after a complete response are a response nobody asked for, so the
+  connection is dropped, the response already read stays intact.
+* Trailers: fields after a chunked body (RFC 9112 §7.1.2) land in ``trailers`` when the response ends, never in
+  ``headers`` (RFC 9110 §6.5.1: the head was handed on long before).
 * Reuse: the pool takes the connection back only when the response was complete, both sides allowed keep-alive
   and nothing is left unread.
 """
@@ -66,6 +70,12 @@ class Connection(asyncio.Protocol):
         self.received_any = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        # The trailer section, set when a response ends with one (None before the end, and when it had none).
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self._trailing: list[tuple[bytes, bytes]] | None = None  # trailer fields being parsed
+        self._trailer_bytes = 0
+        self._chunked = False
+        self._framing = 0  # bytes of a chunked body since the last body piece: chunk lines, trailers
         self._parser: Any = None
         # The parser is at a message boundary (its last response ended in on_message_complete): the next exchange
         # can use it again instead of building a new one (a parser costs two allocations and eight lookups).
@@ -96,9 +106,10 @@ class Connection(asyncio.Protocol):
         self.requests += 1
         self._in_exchange = True
         self._no_body = no_body
-        self.head_done = self.complete = self.received_any = self._informational = self._framed = False
+        self.head_done = self.complete = self.received_any = self._informational = self._framed = self._chunked = False
         self.status = 0
         self.headers = []
+        self.trailers = self._trailing = None
         self._head_room = self.max_head
         self._exc = None
         if not self._parser_ready:
@@ -244,6 +255,9 @@ class Connection(asyncio.Protocol):
             if self._head_room < 0:
                 self._feed_past_head_limit(data)
                 return
+        elif self._chunked:
+            self._feed_chunked(data)
+            return
         try:  # inline rather than self._feed(data): this runs for every read from the socket
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -258,6 +272,22 @@ class Connection(asyncio.Protocol):
             pass
         except httptools.HttpParserError as exc:
             self._parse_error(exc)
+
+    def _feed_chunked(self, data: bytes) -> None:
+        # Bytes that are neither head nor body (reset by each body piece): chunk-size lines and the trailer
+        # section. A trailer field that never ends is joined by httptools in memory, so it is bounded here.
+        self._framing += len(data)
+        self._feed(data)
+        if self._framing > self.max_head and self._exc is None and not self.complete:
+            self._trailers_too_large()
+
+    def _trailers_too_large(self) -> None:
+        self._trailing = None
+        self.fail(
+            UpstreamProtocolError(
+                f"chunk framing or trailers from upstream over {self.max_head} bytes", self.upstream, self.target
+            )
+        )
 
     def _parse_error(self, exc: httptools.HttpParserError) -> None:
         if self._exc is not None:
@@ -326,7 +356,22 @@ class Connection(asyncio.Protocol):
             raise _UnsolicitedResponse
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if self.head_done:
+            self._trailer(name, value)
+        else:
+            self.headers.append((name, value))
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        if self._exc is not None:
+            return
+        if self._trailing is None:
+            self._trailing = []
+            self._trailer_bytes = 0
+        self._trailer_bytes += len(name) + len(value) + 4
+        if self._trailer_bytes > self.max_head:
+            self._trailers_too_large()
+            return
+        self._trailing.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -360,7 +405,8 @@ class Connection(asyncio.Protocol):
         if coding is not None:
             # RFC 9112 §6.3 (4): a response whose final transfer coding is not chunked is read until the
             # connection closes.
-            framed = coding.rpartition(b",")[2].strip().lower() == b"chunked"
+            framed = self._chunked = coding.rpartition(b",")[2].strip().lower() == b"chunked"
+            self._framing = 0
         self.head_done = True
         if self._no_body or status in (204, 304):
             self.complete = True
@@ -374,6 +420,7 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._no_body:
             return
+        self._framing = 0
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._reading_paused and self.transport is not None:
@@ -390,5 +437,7 @@ class Connection(asyncio.Protocol):
             return  # a response we already failed (a 101)
         self.complete = True
         self._parser_ready = True
+        if self._trailing is not None:
+            self.trailers, self._trailing = self._trailing, None
         if self._waiter is not None or self._drain_waiter is not None:
             self._wake()

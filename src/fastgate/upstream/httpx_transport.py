@@ -53,6 +53,7 @@ def _translate(exc: httpx.HTTPError, upstream: str, target: str) -> UpstreamErro
 
 class HttpxResponse:
     aclose_waits = True
+    trailers = None  # httpx (httpcore over h11) reads trailer fields and drops them
 
     def __init__(self, response: httpx.Response, upstream: str, target: str) -> None:
         self._response = response

@@ -61,6 +61,14 @@ class UpstreamResponse(Protocol):
     aclose_waits: bool
     """True when ``aclose()`` may suspend, so callers must shield it from cancellation."""
 
+    @property
+    def trailers(self) -> list[tuple[bytes, bytes]] | None:
+        """The trailer section after a chunked body, as the upstream sent it (names in its case), once the body has
+        ended (``read()`` returned ``b""``); None before that, when the body had none, when it broke off, and with a
+        transport that cannot see trailers (httpx). Never part of ``headers``; ``proxy.trailers.response_trailers``
+        is what a client may get of it."""
+        ...
+
     async def read(self) -> bytes:
         """The next piece of the body, ``b""`` at its end; raises an UpstreamError if it breaks."""
         ...
@@ -85,7 +93,7 @@ class Transport(Protocol):
 
 
 class FastgateResponse:
-    __slots__ = ("status", "headers", "target", "tries", "_conn", "_pool", "_idle_timeout")
+    __slots__ = ("status", "headers", "target", "tries", "_conn", "_pool", "_idle_timeout", "_trailers")
     aclose_waits = False
 
     def __init__(self, pool: ConnectionPool, conn: Connection, idle_timeout: float | None) -> None:
@@ -96,6 +104,12 @@ class FastgateResponse:
         self._conn: Connection | None = conn
         self._pool = pool
         self._idle_timeout = idle_timeout
+        # self._trailers: set by aclose(), and read only once the connection is gone
+
+    @property
+    def trailers(self) -> list[tuple[bytes, bytes]] | None:
+        conn = self._conn
+        return self._trailers if conn is None else conn.trailers
 
     async def read(self) -> bytes:
         assert self._conn is not None, "response already closed"
@@ -108,6 +122,7 @@ class FastgateResponse:
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            self._trailers: list[tuple[bytes, bytes]] | None = conn.trailers  # the connection may be reused now
             reusable = conn.finish()
             if not reusable:
                 conn.close(abort=not conn.complete)
