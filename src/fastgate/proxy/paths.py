@@ -1,8 +1,10 @@
-"""Request path normalisation for route matching. Pure.
+"""Request path canonicalisation: the path routes match, the readings an upstream may make of it, the verdict. Pure.
 
-Routes match the normalised path, so a per-route policy cannot be bypassed by spelling the same resource another
-way: ``/public/../admin``, ``/%61dmin`` and ``/admin/.`` all match as ``/admin`` (or ``/admin/``). The steps, in
-Envoy's order (``normalize_path`` then ``merge_slashes``):
+A route's plugins guard a path, so the route decision must not depend on how the upstream reads the path it gets.
+Two functions carry that rule:
+
+:func:`normalize_path` is the path routes are matched against, in Envoy's order (``normalize_path`` then
+``merge_slashes``):
 
 1. percent-decode the unreserved characters only (RFC 3986 §2.3: ``A-Z a-z 0-9 - . _ ~``), so ``%61`` becomes
    ``a`` and ``%2E`` becomes ``.``; every other escape stays encoded, its hex digits upper-cased (§6.2.2.1), so
@@ -11,28 +13,88 @@ Envoy's order (``normalize_path`` then ``merge_slashes``):
    answers 400) instead of being dropped silently as RFC 3986 does for URI resolution;
 3. with ``merge_slashes``, collapse runs of ``/`` into one.
 
-The common path has none of ``%``, ``/.`` or (when merging) ``//`` and is returned as is, without a copy. What is
-sent upstream is not changed by this module: the gateway forwards the raw target unless a route rewrites it.
+:func:`resolve_target` takes the raw request target and a function that routes a path (``RouteTable.match`` with
+the request's method, host, headers and query), and decides what may go upstream:
+
+- a target with a fragment (``#`` anywhere) is refused (:class:`FragmentInTarget`, 400): RFC 9112 §3.2 has no
+  fragment in a request target, and an upstream that drops it reads another path than the one routed;
+- the path's *readings* (:func:`readings`) are the paths an upstream may route on: as sent (Starlette and most
+  frameworks route on the decoded path without resolving dots), ``;params`` stripped per segment (Tomcat, Spring),
+  ``%2F`` ``%5C`` ``%3B`` and ``%25`` decoded (as often as a chain of decoding hops would), ``%00`` ending the
+  path (C strings), ``\\`` read as ``/`` (IIS), runs of ``/`` merged, dot segments removed, in any order and
+  combination;
+- when every reading is routed to the route the canonical path picked, the target goes upstream exactly as sent
+  (verdict ``"as_sent"``): ``/echo/a%2Fb`` or ``/echo//x`` on a single route reach the upstream byte for byte;
+- else, when every reading *of the canonical path* picks that route, the readings differed only by RFC 3986
+  normalisation (dot segments, escaped unreserved characters, and the slashes ``merge_slashes`` merges): the
+  canonical path goes upstream, the query kept (``"normalised"``), so only one reading is left;
+- anything else is refused (:class:`AmbiguousPath`, 400 ``bad_request`` "ambiguous path"); nothing goes upstream.
+
+A path without ``#``, ``;``, ``\\``, ``//``, ``%`` or a ``/.`` has one reading: one regex search decides that, and
+the route is then matched once, as before. ``X-Forwarded-Uri`` and ``strip_prefix``/``rewrite`` work on the
+canonical path (:attr:`Resolution.path`), not on the raw one.
 
 >>> normalize_path(b"/public/../%61dmin/.")
 b'/admin/'
+>>> sorted(readings(b"/public/..;/admin"))
+[b'/admin', b'/public/../admin', b'/public/..;/admin']
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Generic, Literal, NamedTuple, TypeVar
 
 from ..exceptions import BadRequest
 
-__all__ = ["PathAboveRoot", "normalize_path"]
+__all__ = [
+    "PATH_KEY",
+    "AmbiguousPath",
+    "FragmentInTarget",
+    "PathAboveRoot",
+    "Resolution",
+    "normalize_path",
+    "readings",
+    "resolve_target",
+]
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _SLASHES = re.compile(rb"//+")
+# What may give a path more than one reading; "?" stops the search at the query, where only "#" matters.
+_SUSPECT = re.compile(rb"[#;\\%?]|/\.|//")
+# The escapes an upstream's decoding turns into structure: "/", "\", a "%" that starts another escape, NUL.
+_STRUCTURAL = re.compile(rb"%(2F|5C|3B|25(?=[0-9A-F]{2})|00)")
+_DECODED = {b"%2F": b"/", b"%5C": b"\\", b"%3B": b";", b"%25": b"%", b"%00": b"\x00"}
+
+# The scope key under which the gateway keeps the canonical path a request was routed on (bytes), for plugins
+# (forward_auth's X-Forwarded-Uri) that must describe the path the route matched, not the raw one.
+PATH_KEY = "fastgate.path"
+
+Verdict = Literal["as_sent", "normalised"]
+R = TypeVar("R")
 
 
 class PathAboveRoot(BadRequest):
     """A ``..`` segment climbs above ``/``: the request is refused with 400 ``bad_request``."""
+
+
+class FragmentInTarget(BadRequest):
+    """A ``#`` in the request target (RFC 9112 §3.2): 400 ``bad_request``."""
+
+
+class AmbiguousPath(BadRequest):
+    """The path's readings pick different routes, and not only by RFC 3986 normalisation: 400 ``bad_request``."""
+
+
+class Resolution(NamedTuple, Generic[R]):
+    """What :func:`resolve_target` decided: the route, the target to send, and the path the route matched."""
+
+    route: R | None
+    target: bytes  # the raw target ("as_sent") or the canonical path and the query ("normalised")
+    path: bytes  # the canonical path: what the route matched, X-Forwarded-Uri and strip_prefix work on
+    verdict: Verdict
 
 
 def _escape(match: re.Match[bytes]) -> bytes:
@@ -40,9 +102,10 @@ def _escape(match: re.Match[bytes]) -> bytes:
     return bytes((code,)) if code in _UNRESERVED else b"%" + match.group(1).upper()
 
 
-def _remove_dot_segments(path: bytes) -> bytes:
+def _remove_dot_segments(path: bytes, *, strict: bool = True) -> bytes:
     # RFC 3986 §5.2.4 on a path that starts with "/": segment by segment, so "." and ".." are only ever whole
     # segments. A "." or ".." as the last segment leaves a trailing "/" ("/a/." -> "/a/", "/a/b/.." -> "/a/").
+    # strict: a ".." above "/" raises; otherwise it is dropped, as RFC 3986 (and most servers) do.
     segments = path.split(b"/")[1:]
     output: list[bytes] = []
     last = len(segments) - 1
@@ -51,9 +114,10 @@ def _remove_dot_segments(path: bytes) -> bytes:
             if index == last:
                 output.append(b"")
         elif segment == b"..":
-            if not output:
+            if output:
+                output.pop()
+            elif strict:
                 raise PathAboveRoot("the path climbs above '/'")
-            output.pop()
             if index == last:
                 output.append(b"")
         else:
@@ -75,10 +139,110 @@ def normalize_path(path: bytes, *, merge_slashes: bool = False) -> bytes:
         return path
     if not path.startswith(b"/"):
         return path
-    if b"%" in path:
+    if path.find(b"%") >= 0:
         path = _ESCAPE.sub(_escape, path)
-    if b"/." in path:
+    if path.find(b"/.") >= 0:
         path = _remove_dot_segments(path)
-    if merge_slashes and b"//" in path:
+    if merge_slashes and path.find(b"//") >= 0:
         path = _SLASHES.sub(b"/", path)
     return path
+
+
+# --- readings ------------------------------------------------------------------------------------------------------
+# Each reading is written in the form routes match (escapes upper-cased, unreserved ones decoded), so it can be
+# routed as it is. Servers apply these steps in different orders (nginx decodes, then merges and resolves dots; a
+# normalising proxy resolves dots before the framework behind it decodes), so the readings are every path reachable
+# from the one sent by any sequence of steps: a closure, small for real paths, bounded for hostile ones.
+
+
+def _strip_params(path: bytes) -> bytes:
+    return b"/".join(segment.partition(b";")[0] for segment in path.split(b"/"))
+
+
+def _decode(path: bytes) -> bytes:
+    decoded = _STRUCTURAL.sub(lambda m: _DECODED[m.group()[:3]], path)
+    if decoded.find(b"%") >= 0:
+        decoded = _ESCAPE.sub(_escape, decoded)  # a "%41" that "%2541" left is an "A" now
+    nul = decoded.find(b"\x00")
+    return decoded if nul < 0 else decoded[:nul] or b"/"
+
+
+def _backslashes(path: bytes) -> bytes:
+    return path.replace(b"\\", b"/")
+
+
+def _merge(path: bytes) -> bytes:
+    return _SLASHES.sub(b"/", path)
+
+
+def _dots(path: bytes) -> bytes:
+    return _remove_dot_segments(path, strict=False)
+
+
+_STEPS: tuple[tuple[bytes, Callable[[bytes], bytes]], ...] = (
+    (b";", _strip_params),
+    (b"%", _decode),
+    (b"\\", _backslashes),
+    (b"//", _merge),
+    (b"/.", _dots),
+)
+MAX_READINGS = 256  # more than this many distinct readings: the path is refused as ambiguous
+
+
+def readings(path: bytes) -> frozenset[bytes]:
+    """Every path an upstream may route on when it receives ``path`` (see the module docstring), ``path`` included
+    (in the escape-normalised form routes match). Pure. Raises :class:`AmbiguousPath` past :data:`MAX_READINGS`.
+
+    >>> sorted(readings(b"/a%2Fb"))
+    [b'/a%2Fb', b'/a/b']
+    """
+    if not path.startswith(b"/"):
+        return frozenset((path,))
+    start = _ESCAPE.sub(_escape, path) if path.find(b"%") >= 0 else path
+    found = {start}
+    pending = [start]
+    while pending:
+        reading = pending.pop()
+        for trigger, step in _STEPS:
+            if reading.find(trigger) >= 0:
+                changed = step(reading)
+                if changed not in found:
+                    if len(found) >= MAX_READINGS:
+                        raise AmbiguousPath(f"ambiguous path: over {MAX_READINGS} readings")
+                    found.add(changed)
+                    pending.append(changed)
+    return frozenset(found)
+
+
+def _suspect(target: bytes) -> bool:
+    """True when the target's path may have more than one reading, or the target has a fragment."""
+    found = _SUSPECT.search(target)
+    if found is None:
+        return False
+    if found.group() == b"?":
+        return target.find(b"#", found.end()) >= 0
+    return True
+
+
+def resolve_target(
+    target: bytes, route_of: Callable[[bytes], R | None], *, merge_slashes: bool = False
+) -> Resolution[R]:
+    """Route ``target`` (path and query, as received) by ``route_of`` and decide what goes upstream (see the
+    module docstring). Raises :class:`FragmentInTarget`, :class:`PathAboveRoot` or :class:`AmbiguousPath` (400).
+    ``route`` is ``None`` when no route matches the canonical path (404: nothing goes upstream either way).
+    """
+    if not _suspect(target):
+        path = target.partition(b"?")[0] if target.find(b"?") >= 0 else target
+        return Resolution(route_of(path), target, path, "as_sent")
+    if target.find(b"#") >= 0:
+        raise FragmentInTarget("a request target has no fragment ('#')")
+    raw_path, sep, query = target.partition(b"?")
+    path = normalize_path(raw_path, merge_slashes=merge_slashes)
+    route = route_of(path)
+    if route is None:
+        return Resolution(None, target, path, "as_sent")
+    if all(route_of(reading) is route for reading in readings(raw_path) if reading != path):
+        return Resolution(route, target, path, "as_sent")
+    if all(route_of(reading) is route for reading in readings(path) if reading != path):
+        return Resolution(route, path + sep + query, path, "normalised")
+    raise AmbiguousPath("ambiguous path: it reads as another route's path on some servers")
