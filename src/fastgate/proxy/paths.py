@@ -65,7 +65,7 @@ _SLASHES = re.compile(rb"//+")
 # What may give a path more than one reading; "?" stops the search at the query, where only "#" matters.
 _SUSPECT = re.compile(rb"[#;\\%?]|/\.|//")
 # The escapes an upstream's decoding turns into structure: "/", "\", a "%" that starts another escape, NUL.
-_STRUCTURAL = re.compile(rb"%(2F|5C|3B|25(?=[0-9A-F]{2})|00)")
+_STRUCTURAL = re.compile(rb"%(2F|5C|3B|25(?=[0-9A-Fa-f]{2})|00)")
 _DECODED = {b"%2F": b"/", b"%5C": b"\\", b"%3B": b";", b"%25": b"%", b"%00": b"\x00"}
 
 # The scope key under which the gateway keeps the canonical path a request was routed on (bytes), for plugins
