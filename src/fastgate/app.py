@@ -257,13 +257,7 @@ class Gateway:
                 if name == b"host":
                     host = value
                     break
-        headers = scope["headers"]
-        query = target.partition(b"?")[2] if target.find(b"?") >= 0 else b""
-
-        def route_of(path: bytes) -> Route | None:
-            return routes.match(method, host, path, headers, query)
-
-        route, target, path, _ = resolve_target(target, route_of, merge_slashes=snapshot.merge_slashes)
+        route, target, path, _ = resolve_target(target, routes, method, host, scope["headers"], snapshot.merge_slashes)
         if route is None:
             raise RouteNotFound(f"no route for {target[:200].decode('latin-1')}")
         scope[PATH_KEY] = path

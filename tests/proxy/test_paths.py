@@ -178,10 +178,9 @@ def _route_of(table: RouteTable, query: bytes = b"") -> Callable[[bytes], Route 
 
 
 def _resolve(target: bytes, table: RouteTable = _TABLE, merge: bool = False) -> tuple[str, bytes, str]:
-    query = target.partition(b"?")[2]
-    resolution = resolve_target(target, _route_of(table, query), merge_slashes=merge)
-    assert resolution.route is not None
-    return resolution.route.upstream, resolution.target, resolution.verdict
+    route, forwarded, _, verdict = resolve_target(target, table, b"GET", b"x", [], merge)
+    assert route is not None
+    return route.upstream, forwarded, verdict
 
 
 @pytest.mark.parametrize(
@@ -189,6 +188,8 @@ def _resolve(target: bytes, table: RouteTable = _TABLE, merge: bool = False) -> 
     [
         # one reading: as sent, without a second look
         (b"/admin/users", "admin", b"/admin/users", "as_sent"),
+        (b"/admin/users?next=/public", "admin", b"/admin/users?next=/public", "as_sent"),
+        (b"/admin?", "admin", b"/admin?", "as_sent"),
         (b"/public/page?x=%2F..%2Fadmin#", None, None, None),  # "#" in the query too: see below
         (b"/public/page?x=%2F..%2Fadmin;y", "public", b"/public/page?x=%2F..%2Fadmin;y", "as_sent"),  # query: data
         # every reading picks the route: as sent, byte for byte
@@ -264,14 +265,14 @@ def test_merge_slashes_forwards_the_merged_path() -> None:
 
 def test_no_route_and_above_root() -> None:
     table = RouteTable([RouteConfig(prefix="/admin", upstream="admin")])
-    assert resolve_target(b"/public/..;/admin", _route_of(table)).route is None  # 404: nothing goes upstream
+    assert resolve_target(b"/public/..;/admin", table)[0] is None  # 404: nothing goes upstream
     with pytest.raises(PathAboveRoot):
-        resolve_target(b"/a/../../etc/passwd", _route_of(_TABLE))
+        resolve_target(b"/a/../../etc/passwd", _TABLE)
 
 
 def test_the_path_is_the_canonical_one() -> None:
-    resolution = resolve_target(b"/%61dmin/./x?q", _route_of(_TABLE))
-    assert (resolution.target, resolution.path) == (b"/%61dmin/./x?q", b"/admin/x")
+    _, forwarded, path, _ = resolve_target(b"/%61dmin/./x?q", _TABLE)
+    assert (forwarded, path) == (b"/%61dmin/./x?q", b"/admin/x")
 
 
 _hostile_segment = st.sampled_from(
@@ -305,11 +306,27 @@ _hostile = st.lists(_hostile_segment, min_size=1, max_size=7).map(lambda parts: 
 def test_what_goes_upstream_reads_as_the_routed_route_every_way(path: bytes, merge: bool) -> None:
     route_of = _route_of(_TABLE)
     try:
-        resolution = resolve_target(path, route_of, merge_slashes=merge)
+        route, forwarded, _, verdict = resolve_target(path, _TABLE, merge_slashes=merge)
     except BadRequest:
         return
-    assert resolution.route is not None
-    sent = resolution.target.partition(b"?")[0]
-    assert {route_of(reading) for reading in readings(sent)} == {resolution.route}
-    if resolution.verdict == "as_sent":
-        assert resolution.target == path
+    assert route is not None
+    sent = forwarded.partition(b"?")[0]
+    assert {route_of(reading) for reading in readings(sent)} == {route}
+    if verdict == "as_sent":
+        assert forwarded == path
+
+
+def test_every_reading_is_routed_with_the_request_method_host_headers_and_query() -> None:
+    table = RouteTable(
+        [
+            RouteConfig(prefix="/admin", methods=["POST"], upstream="admin-post"),
+            RouteConfig(prefix="/admin", host="admin.test", upstream="admin-host"),
+            RouteConfig(prefix="/admin", query={"debug": "1"}, upstream="admin-debug"),
+            RouteConfig(upstream="public"),
+        ]
+    )
+    target = b"/public/..;/admin"
+    assert resolve_target(target, table, b"GET", b"www.test", [])[0].upstream == "public"  # type: ignore[union-attr]
+    for method, host, query in ((b"POST", b"www.test", b""), (b"GET", b"admin.test", b""), (b"GET", b"x", b"debug=1")):
+        with pytest.raises(AmbiguousPath):
+            resolve_target(target + (b"?" + query if query else b""), table, method, host, [])

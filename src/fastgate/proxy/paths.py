@@ -13,8 +13,8 @@ Two functions carry that rule:
    answers 400) instead of being dropped silently as RFC 3986 does for URI resolution;
 3. with ``merge_slashes``, collapse runs of ``/`` into one.
 
-:func:`resolve_target` takes the raw request target and a function that routes a path (``RouteTable.match`` with
-the request's method, host, headers and query), and decides what may go upstream:
+:func:`resolve_target` takes the raw request target and the route table (``RouteTable.match``, with the request's
+method, host, headers and query for every reading), and decides what may go upstream:
 
 - a target with a fragment (``#`` anywhere) is refused (:class:`FragmentInTarget`, 400): RFC 9112 §3.2 has no
   fragment in a request target, and an upstream that drops it reads another path than the one routed;
@@ -32,7 +32,7 @@ the request's method, host, headers and query), and decides what may go upstream
 
 A path without ``#``, ``;``, ``\\``, ``//``, ``%`` or a ``/.`` has one reading: one regex search decides that, and
 the route is then matched once, as before. ``X-Forwarded-Uri`` and ``strip_prefix``/``rewrite`` work on the
-canonical path (:attr:`Resolution.path`), not on the raw one.
+canonical path (the third item of the :data:`Resolution`), not on the raw one.
 
 >>> normalize_path(b"/public/../%61dmin/.")
 b'/admin/'
@@ -43,8 +43,8 @@ b'/admin/'
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Generic, Literal, NamedTuple, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol, TypeVar
 
 from ..exceptions import BadRequest
 
@@ -54,6 +54,7 @@ __all__ = [
     "FragmentInTarget",
     "PathAboveRoot",
     "Resolution",
+    "Router",
     "normalize_path",
     "readings",
     "resolve_target",
@@ -64,6 +65,7 @@ _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _SLASHES = re.compile(rb"//+")
 # What may give a path more than one reading; "?" stops the search at the query, where only "#" matters.
 _SUSPECT = re.compile(rb"[#;\\%?]|/\.|//")
+_search = _SUSPECT.search
 # The escapes an upstream's decoding turns into structure: "/", "\", a "%" that starts another escape, NUL.
 _STRUCTURAL = re.compile(rb"%(2F|5C|3B|25(?=[0-9A-Fa-f]{2})|00)")
 _DECODED = {b"%2F": b"/", b"%5C": b"\\", b"%3B": b";", b"%25": b"%", b"%00": b"\x00"}
@@ -74,6 +76,7 @@ PATH_KEY = "fastgate.path"
 
 Verdict = Literal["as_sent", "normalised"]
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
 class PathAboveRoot(BadRequest):
@@ -88,13 +91,11 @@ class AmbiguousPath(BadRequest):
     """The path's readings pick different routes, and not only by RFC 3986 normalisation: 400 ``bad_request``."""
 
 
-class Resolution(NamedTuple, Generic[R]):
-    """What :func:`resolve_target` decided: the route, the target to send, and the path the route matched."""
-
-    route: R | None
-    target: bytes  # the raw target ("as_sent") or the canonical path and the query ("normalised")
-    path: bytes  # the canonical path: what the route matched, X-Forwarded-Uri and strip_prefix work on
-    verdict: Verdict
+Resolution = tuple[R | None, bytes, bytes, Verdict]
+"""What :func:`resolve_target` decided, a plain tuple (a NamedTuple costs more than the rest of this on every
+request): the route (``None``: no route), the target to send (the raw one for ``"as_sent"``, the canonical path and
+the raw query for ``"normalised"``), the canonical path (what the route matched: ``X-Forwarded-Uri`` and
+``strip_prefix`` work on it), the verdict."""
 
 
 def _escape(match: re.Match[bytes]) -> bytes:
@@ -214,35 +215,46 @@ def readings(path: bytes) -> frozenset[bytes]:
     return frozenset(found)
 
 
-def _suspect(target: bytes) -> bool:
-    """True when the target's path may have more than one reading, or the target has a fragment."""
-    found = _SUSPECT.search(target)
-    if found is None:
-        return False
-    if found.group() == b"?":
-        return target.find(b"#", found.end()) >= 0
-    return True
+class Router(Protocol[R_co]):
+    """What :func:`resolve_target` routes with: ``RouteTable.match``'s signature."""
+
+    def match(
+        self, method: bytes, host: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]] = (), query: bytes = b""
+    ) -> R_co | None: ...
 
 
 def resolve_target(
-    target: bytes, route_of: Callable[[bytes], R | None], *, merge_slashes: bool = False
+    target: bytes,
+    routes: Router[R],
+    method: bytes = b"GET",
+    host: bytes = b"",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    merge_slashes: bool = False,
 ) -> Resolution[R]:
-    """Route ``target`` (path and query, as received) by ``route_of`` and decide what goes upstream (see the
-    module docstring). Raises :class:`FragmentInTarget`, :class:`PathAboveRoot` or :class:`AmbiguousPath` (400).
-    ``route`` is ``None`` when no route matches the canonical path (404: nothing goes upstream either way).
+    """Route ``target`` (path and query, as received) with ``routes.match`` (the request's ``method``, ``host``,
+    ``headers`` and query for every reading) and decide what goes upstream (see the module docstring). Raises
+    :class:`FragmentInTarget`, :class:`PathAboveRoot` or :class:`AmbiguousPath` (400). The route is ``None`` when
+    no route matches the canonical path (404: nothing goes upstream either way).
+
+    Positional arguments and a plain tuple: this runs on every request, and a path with nothing to read twice costs
+    one regex search and one ``match`` here.
     """
-    if not _suspect(target):
-        path = target.partition(b"?")[0] if target.find(b"?") >= 0 else target
-        return Resolution(route_of(path), target, path, "as_sent")
+    found = _search(target)
+    if found is None:  # nothing to read twice, and no "?" either
+        return routes.match(method, host, target, headers, b""), target, target, "as_sent"
+    if found.group() == b"?" and target.find(b"#", found.end()) < 0:
+        at = found.start()
+        path = target[:at]
+        return routes.match(method, host, path, headers, target[at + 1 :]), target, path, "as_sent"
     if target.find(b"#") >= 0:
         raise FragmentInTarget("a request target has no fragment ('#')")
     raw_path, sep, query = target.partition(b"?")
     path = normalize_path(raw_path, merge_slashes=merge_slashes)
-    route = route_of(path)
+    route = routes.match(method, host, path, headers, query)
     if route is None:
-        return Resolution(None, target, path, "as_sent")
-    if all(route_of(reading) is route for reading in readings(raw_path) if reading != path):
-        return Resolution(route, target, path, "as_sent")
-    if all(route_of(reading) is route for reading in readings(path) if reading != path):
-        return Resolution(route, path + sep + query, path, "normalised")
+        return None, target, path, "as_sent"
+    if all(routes.match(method, host, r, headers, query) is route for r in readings(raw_path) if r != path):
+        return route, target, path, "as_sent"
+    if all(routes.match(method, host, r, headers, query) is route for r in readings(path) if r != path):
+        return route, path + sep + query, path, "normalised"
     raise AmbiguousPath("ambiguous path: it reads as another route's path on some servers")
