@@ -33,12 +33,15 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from fastgate import Gateway
 from fastgate.config import build_config
 from tests.hostile.support import exchange, recording_upstream
 from tests.reload_support import fastgate_run
-from tests.servers import free_port, run_gateway, run_server
+from tests.servers import RunningServer, free_port, run_gateway, run_server
+from tests.ws_upstream import WebSocketRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -509,3 +512,23 @@ async def test_through_fastgate_run_the_400_and_the_normalised_forwarding(tmp_pa
     assert results[2:] == [(200, {"handler": "admin"}), (200, {"handler": "public"}), (200, {"handler": "public"})]
     assert admin.seen == [b"/admin/x?q=1"]  # the normalised path, the query kept
     assert public.seen == [b"/public", b"/admin%23/../public"]
+
+
+async def test_a_websocket_handshake_takes_the_same_decision(
+    ws_upstream: RunningServer, ws_recorder: WebSocketRecorder, keys_file: Path
+) -> None:
+    config = _config(ws_upstream.url, ws_upstream.url, keys_file)
+    async with run_gateway(Gateway(build_config(config))) as gw:
+        url = f"ws://127.0.0.1:{gw.port}"
+        for path in ("/public/..;/admin/ws/echo", "//admin/ws/echo", "/public/..%2Fadmin/ws/echo"):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(url + path, proxy=None):
+                    pass
+            assert info.value.response.status_code == 400, path
+        assert not ws_recorder.handshakes
+        async with connect(url + "/admin/../ws/echo?x=1", proxy=None):  # normalised: the / route, as /ws/echo
+            pass
+        assert (ws_recorder.handshakes[-1]["raw_path"], ws_recorder.handshakes[-1]["query_string"]) == (
+            "/ws/echo",
+            "x=1",
+        )
