@@ -3,6 +3,7 @@ path, and the verdict on what goes upstream, by tables of spellings and by prope
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +14,7 @@ from fastgate.config import RouteConfig
 from fastgate.exceptions import BadRequest
 from fastgate.proxy.paths import (
     MAX_READINGS,
+    READING_BYTES,
     AmbiguousPath,
     FragmentInTarget,
     PathAboveRoot,
@@ -158,13 +160,18 @@ def test_readings_table(raw: bytes, expected: set[bytes]) -> None:
     assert readings(raw) == expected
 
 
-def test_a_path_with_too_many_readings_is_ambiguous() -> None:
-    hostile = b"/" + b"/".join([b"a;x", b"%2e%2e", b"..%2F", b"b%5C..", b"c//", b"%252F..", b"d;%3B"] * 6)
-    try:
-        found = readings(hostile)
-    except AmbiguousPath:
-        return
-    assert len(found) <= MAX_READINGS
+def test_a_path_with_too_many_readings_is_ambiguous_and_bounded_in_work() -> None:
+    kinds = [b"a;x", b"%2e%2e", b"..%2F", b"b%5C..", b"c//", b"%252F..", b"d;%3B", b"\\x"]
+    with pytest.raises(AmbiguousPath):
+        readings(b"/" + b"/".join(kinds * 2))
+    assert len(readings(b"/a;b/c%2Fd/./e//f\\g")) == 32  # all five kinds of trigger: still served
+    for size in (2048, 8192):  # up to max_uri_bytes: a few milliseconds measured, bounded generously here
+        hostile = (b"/" + b"/".join(kinds * 1000))[:size]
+        started = time.perf_counter()
+        with pytest.raises(AmbiguousPath):
+            resolve_target(hostile, _TABLE)
+        assert time.perf_counter() - started < 1.0
+    assert READING_BYTES // 8192 < MAX_READINGS  # long paths get fewer readings
 
 
 # --- the verdict ---------------------------------------------------------------------------------------------------

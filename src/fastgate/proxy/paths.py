@@ -66,6 +66,8 @@ _SLASHES = re.compile(rb"//+")
 # What may give a path more than one reading; "?" stops the search at the query, where only "#" matters.
 _SUSPECT = re.compile(rb"[#;\\%?]|/\.|//")
 _search = _SUSPECT.search
+_PARAMS = re.compile(rb";[^/]*")  # a segment's ;params, to the next "/"
+_DOT_SEGMENT = re.compile(rb"/\.\.?(?:/|\Z)")
 # The escapes an upstream's decoding turns into structure: "/", "\", a "%" that starts another escape, NUL.
 _STRUCTURAL = re.compile(rb"%(2F|5C|3B|25(?=[0-9A-Fa-f]{2})|00)")
 _DECODED = {b"%2F": b"/", b"%5C": b"\\", b"%3B": b";", b"%25": b"%", b"%00": b"\x00"}
@@ -157,7 +159,7 @@ def normalize_path(path: bytes, *, merge_slashes: bool = False) -> bytes:
 
 
 def _strip_params(path: bytes) -> bytes:
-    return b"/".join(segment.partition(b";")[0] for segment in path.split(b"/"))
+    return _PARAMS.sub(b"", path)
 
 
 def _decode(path: bytes) -> bytes:
@@ -177,7 +179,7 @@ def _merge(path: bytes) -> bytes:
 
 
 def _dots(path: bytes) -> bytes:
-    return _remove_dot_segments(path, strict=False)
+    return _remove_dot_segments(path, strict=False) if _DOT_SEGMENT.search(path) is not None else path
 
 
 _STEPS: tuple[tuple[bytes, Callable[[bytes], bytes]], ...] = (
@@ -187,12 +189,17 @@ _STEPS: tuple[tuple[bytes, Callable[[bytes], bytes]], ...] = (
     (b"//", _merge),
     (b"/.", _dots),
 )
-MAX_READINGS = 256  # more than this many distinct readings: the path is refused as ambiguous
+# More distinct readings than this, or more bytes of readings than READING_BYTES: the path is refused as ambiguous.
+# Real paths have a handful (each kind of trigger present at most doubles them: 32 with all five); the bounds keep a
+# hostile 8 KiB target (max_uri_bytes) to a few milliseconds of work.
+MAX_READINGS = 64
+READING_BYTES = 128 * 1024
 
 
 def readings(path: bytes) -> frozenset[bytes]:
     """Every path an upstream may route on when it receives ``path`` (see the module docstring), ``path`` included
-    (in the escape-normalised form routes match). Pure. Raises :class:`AmbiguousPath` past :data:`MAX_READINGS`.
+    (in the escape-normalised form routes match). Pure. Raises :class:`AmbiguousPath` past :data:`MAX_READINGS`
+    (or :data:`READING_BYTES` in all).
 
     >>> sorted(readings(b"/a%2Fb"))
     [b'/a%2Fb', b'/a/b']
@@ -202,21 +209,26 @@ def readings(path: bytes) -> frozenset[bytes]:
     start = _ESCAPE.sub(_escape, path) if path.find(b"%") >= 0 else path
     found = {start}
     pending = [start]
+    limit = min(MAX_READINGS, READING_BYTES // len(start))
     while pending:
         reading = pending.pop()
         for trigger, step in _STEPS:
             if reading.find(trigger) >= 0:
                 changed = step(reading)
                 if changed not in found:
-                    if len(found) >= MAX_READINGS:
-                        raise AmbiguousPath(f"ambiguous path: over {MAX_READINGS} readings")
+                    if len(found) >= limit:
+                        raise AmbiguousPath(f"ambiguous path: over {limit} readings")
                     found.add(changed)
                     pending.append(changed)
     return frozenset(found)
 
 
 class Router(Protocol[R_co]):
-    """What :func:`resolve_target` routes with: ``RouteTable.match``'s signature."""
+    """What :func:`resolve_target` routes with: ``RouteTable.match``, and its ``catch_all`` (the table's only route
+    when it is one route for every request: then no reading can pick another)."""
+
+    @property
+    def catch_all(self) -> R_co | None: ...
 
     def match(
         self, method: bytes, host: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]] = (), query: bytes = b""
@@ -251,8 +263,8 @@ def resolve_target(
     raw_path, sep, query = target.partition(b"?")
     path = normalize_path(raw_path, merge_slashes=merge_slashes)
     route = routes.match(method, host, path, headers, query)
-    if route is None:
-        return None, target, path, "as_sent"
+    if route is None or route is routes.catch_all:
+        return route, target, path, "as_sent"
     if all(routes.match(method, host, r, headers, query) is route for r in readings(raw_path) if r != path):
         return route, target, path, "as_sent"
     if all(routes.match(method, host, r, headers, query) is route for r in readings(path) if r != path):
