@@ -66,7 +66,6 @@ _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _SLASHES = re.compile(rb"//+")
 # What may give a path more than one reading; "?" stops the search at the query, where only "#" matters.
 _SUSPECT = re.compile(rb"[#;\\%?]|/\.|//")
-_search = _SUSPECT.search
 # ``plain_target(target) is None``: the target has none of the characters above, so no "?" and one reading; the
 # gateway's hot path tests this before calling resolve_target (a Python call less on every plain request).
 plain_target = _SUSPECT.search
@@ -255,7 +254,7 @@ def resolve_target(
     Positional arguments and a plain tuple: this runs on every request, and a path with nothing to read twice costs
     one regex search and one ``match`` here.
     """
-    found = _search(target)
+    found = plain_target(target)
     if found is None:  # nothing to read twice, and no "?" either
         return routes.match(method, host, target, headers, b""), target, target, "as_sent"
     if found.group() == b"?" and target.find(b"#", found.end()) < 0:
