@@ -55,7 +55,9 @@ async def test_host_method_header_and_query_routing_and_a_rewrite_reach_real_ups
             assert (recorder.last()["raw_path"], recorder.last()["query_string"]) == ("/echo", "a=%2F&b")
 
 
-async def test_paths_are_matched_normalised_and_forwarded_raw(upstream: RunningServer, recorder: Recorder) -> None:
+async def test_paths_are_matched_normalised_and_forwarded_raw_unless_a_reading_picks_another_route(
+    upstream: RunningServer, recorder: Recorder
+) -> None:
     refused = Recorder()
     async with run_server(UpstreamApp(refused)) as admin:
         config = build_config(
@@ -65,12 +67,19 @@ async def test_paths_are_matched_normalised_and_forwarded_raw(upstream: RunningS
             }
         )
         async with run_gateway(Gateway(config)) as gw:
-            for target in (b"/public/../admin/echo", b"/%61dmin/echo", b"/admin/."):
+            # Issue 17 changes issue 9's expectation for /public/../admin/echo: as sent, it reads as /public/...
+            # to a framework that routes without resolving dots, so the normalised path goes upstream instead.
+            # The other two read as /admin/... every way: they go upstream byte for byte.
+            for target, forwarded in (
+                (b"/public/../admin/echo", b"/admin/echo"),
+                (b"/%61dmin/echo", b"/%61dmin/echo"),
+                (b"/admin/.", b"/admin/."),
+            ):
                 response = await raw_exchange(
                     gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                 )
                 assert response.status != 400
-                assert refused.last()["raw_path"] == target.decode()  # the raw target went upstream
+                assert refused.last()["raw_path"] == forwarded.decode()
             assert len(refused.requests) == 3 and not recorder.requests
             request = b"GET /a/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
             response = await raw_exchange(gw.port, request)

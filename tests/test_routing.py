@@ -73,13 +73,15 @@ def test_no_route() -> None:
         (b"www.example.com", "wildcard"),
         (b"www.example.com:80", "wildcard"),
         (b"example.com", "any"),  # the wildcard needs a label in its place
-        (b"a.b.example.com", "any"),  # and stands for one label only
+        (b"a.b.example.com", "wildcard"),  # or more than one, as nginx and Envoy match it (issue 17)
+        (b"x.api.example.com", "wildcard"),  # a subdomain of an exact host is not that host
+        (b"aexample.com", "any"),  # the suffix starts at a dot
         (b"example.org", "any"),
         (b"", "any"),  # no Host header
         (b"[::1]:8080", "ipv6"),
     ],
 )
-def test_host_exact_then_one_label_wildcard_then_any(host: bytes, expected: str) -> None:
+def test_host_exact_then_wildcard_of_any_depth_then_any(host: bytes, expected: str) -> None:
     configs = [
         RouteConfig(upstream="any"),
         RouteConfig(host="*.example.com", upstream="wildcard"),
@@ -277,7 +279,8 @@ def test_unreachable_routes_are_reported(configs: list[dict[str, Any]], expected
         [{"prefix": "/a", "headers": {"x": "1"}}, {"prefix": "/a", "headers": {"x": "*"}}],
         [{"prefix": "/a", "headers": {"x": "1"}}, {"prefix": "/a", "headers": {"y": "1"}}],
         [{"host": "a.example.com"}, {"host": "b.example.com"}],
-        [{"host": "*.example.com", "prefix": "/"}, {"host": "a.b.example.com"}],  # one label only
+        [{"host": "*.example.com", "prefix": "/"}, {"host": "a.b.example.com"}],  # the exact host is tried first
+        [{"host": "*.example.com"}, {"host": "*.a.example.com"}],  # the longer wildcard is tried first
         [{"prefix": "/"}, {"regex": "^/api"}],  # the regex is tried before the prefix
         [{"regex": "^/a"}, {"regex": "^/b"}],
         [{"prefix": "/"}, {"regex": "(?m)^api"}],
@@ -306,8 +309,7 @@ def _reference(configs: list[RouteConfig], method: bytes, host: bytes, path: byt
     for index, c in enumerate(configs):
         if c.host is not None:
             if c.host.startswith("*."):
-                first, _, rest = name.partition(".")
-                if not first or rest != c.host[2:]:
+                if not name.endswith(c.host[1:]) or len(name) == len(c.host) - 1:
                     continue
             elif c.host != name:
                 continue
@@ -336,8 +338,9 @@ def _reference(configs: list[RouteConfig], method: bytes, host: bytes, path: byt
         ):
             continue
         host_kind = 2 if c.host is None else 1 if c.host.startswith("*.") else 0
+        suffix = -len(c.host) if host_kind == 1 and c.host else 0  # the longer wildcard first
         path_kind = 0 if c.path is not None else 1 if c.regex is not None else 2
-        found.append(((-c.priority, host_kind, path_kind, -len(c.prefix or ""), index), c.upstream))
+        found.append(((-c.priority, host_kind, suffix, path_kind, -len(c.prefix or ""), index), c.upstream))
     return min(found)[1] if found else None
 
 
@@ -360,7 +363,10 @@ _route = st.fixed_dictionaries(
 )
 _request = st.tuples(
     st.sampled_from([b"GET", b"POST"]),
-    st.sampled_from([b"a.example.com", b"A.Example.com:8080", b"b.example.com", b"x.a.example.com", b"", b"other"]),
+    st.sampled_from(
+        [b"a.example.com", b"A.Example.com:8080", b"b.example.com", b"x.a.example.com", b"y.x.a.example.com", b""]
+        + [b"other", b"example.com", b"x.b.example.com"]
+    ),
     st.sampled_from([b"/", b"/api", b"/api/", b"/api/v1", b"/api/v1/users", b"/apix", b"/x/y", b"/api//v1"]),
     st.sampled_from([[], [(b"x-v", b"2")], [(b"x-v", b"3")]]),
     st.sampled_from([b"", b"d=1", b"d=2", b"d", b"e=1&d=1"]),
@@ -380,3 +386,17 @@ def test_table_agrees_with_the_documented_rules_and_warnings_are_sound(
         route = table.match(*request)
         assert (route.upstream if route else None) == expected
         assert expected is None or int(expected) not in shadowed
+
+
+def test_a_wildcard_matches_any_depth_and_the_longest_wildcard_wins() -> None:
+    configs = routes(
+        {"host": "*.example.com", "prefix": "/"},
+        {"host": "*.a.example.com", "prefix": "/api"},
+        {"host": "b.a.example.com", "path": "/only"},
+    )
+    assert winner(configs, b"/x", host=b"c.b.a.example.com") == "0"  # /x: only the shorter wildcard has it
+    assert winner(configs, b"/api/x", host=b"c.b.a.example.com") == "1"
+    assert winner(configs, b"/api/x", host=b"b.a.example.com") == "1"  # the exact host falls through to wildcards
+    assert winner(configs, b"/api/x", host=b"a.example.com") == "0"  # *.a.example.com needs a label before a.
+    assert winner(configs, b"/only", host=b"B.A.Example.COM.:80") == "2"
+    assert winner(configs, b"/", host=b"example.com") is None

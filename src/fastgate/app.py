@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._types import Receive, Scope, Send
 from .config import GatewayConfig
-from .exceptions import ConfigError, FastgateError, RouteNotFound, UpstreamUnavailable
+from .exceptions import ClientError, ConfigError, FastgateError, RouteNotFound, UpstreamUnavailable
 from .observability.exchange import Observability
 from .observability.logging import access_logger, apply_log_level, error_logger
 from .observability.metrics import Metrics
@@ -36,7 +36,7 @@ from .process_signals import on_shutdown_signal, reload_on_sighup
 from .proxy.errors import error_response
 from .proxy.headers import new_request_id
 from .proxy.http import ForwardOptions, forward_http, request_target
-from .proxy.paths import PathAboveRoot, normalize_path
+from .proxy.paths import PATH_KEY, plain_target, resolve_target
 from .proxy.websocket import forward_websocket, refuse_websocket
 from .reloading import ConfigSource, check_reloadable, diff_upstreams
 from .routing import Route, RouteTable
@@ -245,9 +245,12 @@ class Gateway:
 
     @staticmethod
     def _route(snapshot: Snapshot, scope: Scope, method: bytes, target: bytes) -> tuple[Route, bytes]:
-        """The route for a request and the target to send upstream; raises a :class:`ClientError` (400, 404)."""
-        raw_path, _, query = target.partition(b"?")
-        path = normalize_path(raw_path, merge_slashes=snapshot.merge_slashes)  # PathAboveRoot: 400
+        """The route for a request and the target to send upstream; raises a :class:`ClientError` (400, 404).
+
+        proxy/paths.py decides: the route the canonical path picks, the target as sent when every reading of the
+        path picks that route too, the canonical path (query kept) when the readings differed only by RFC 3986
+        normalisation, else 400. The canonical path is kept in the scope (``PATH_KEY``) for ``X-Forwarded-Uri``.
+        """
         routes = snapshot.routes
         host = b""
         if routes.uses_host:
@@ -255,9 +258,15 @@ class Gateway:
                 if name == b"host":
                     host = value
                     break
-        route = routes.match(method, host, path, scope["headers"], query)
+        if plain_target(target) is None:  # one reading and no query: what resolve_target would do, a call less
+            route, path = routes.match(method, host, target, scope["headers"], b""), target
+        else:
+            route, target, path, _ = resolve_target(
+                target, routes, method, host, scope["headers"], snapshot.merge_slashes
+            )
         if route is None:
             raise RouteNotFound(f"no route for {target[:200].decode('latin-1')}")
+        scope[PATH_KEY] = path
         return route, route.upstream_target(target, path)
 
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -265,7 +274,7 @@ class Gateway:
         target = request_target(scope)
         try:
             route, target = self._route(snapshot, scope, scope["method"].encode("ascii"), target)
-        except (RouteNotFound, PathAboveRoot) as exc:
+        except ClientError as exc:
             await error_response(send, exc, new_request_id())
             return
         options = snapshot.options.get(route.upstream)
@@ -293,7 +302,7 @@ class Gateway:
         refusal: FastgateError
         try:
             route, target = self._route(snapshot, scope, b"GET", request_target(scope))
-        except (RouteNotFound, PathAboveRoot) as exc:
+        except ClientError as exc:
             refusal = exc
         else:
             if route.upstream in snapshot.options:

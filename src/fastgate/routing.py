@@ -2,13 +2,16 @@
 
 How this works. Routes are put in one precedence order (docs/config.md, "Which route wins"):
 
-    higher ``priority`` -> exact host -> wildcard host -> no host -> exact ``path`` -> ``regex`` -> longer
-    ``prefix`` -> earlier in the file
+    higher ``priority`` -> exact host -> wildcard host (longer suffix first) -> no host -> exact ``path`` ->
+    ``regex`` -> longer ``prefix`` -> earlier in the file
 
 and the first route in that order whose matchers all accept the request wins. ``match`` does not walk the whole
 list. The table is compiled once into *buckets*, one per exact host, one per wildcard suffix and one for requests
-whose host no route names; each bucket already holds the host-less routes merged in order, so the request's host
-costs one or two dict look-ups. A bucket is a short list of *tiers* (one per priority and host kind, usually one
+whose host no route names; each bucket already holds the routes of every wildcard that also matches its hosts and
+the host-less routes, merged in order, so the request's host costs one dict look-up per label. A wildcard
+``*.example.com`` matches a host with any number of labels in place of ``*`` (``a.example.com``,
+``a.b.example.com``, not ``example.com``), as nginx's and Envoy's do; the longest matching suffix is the most
+specific. A bucket is a short list of *tiers* (one per priority and host kind, usually one
 tier in all), and a tier indexes its routes: exact paths in a dict; regexes in a list (the only routes that run a
 regex, compiled once here, and skipped without running when the path does not start with the regex's literal
 start, ``/v1/`` of ``^/v1/(.*)``); prefixes in a dict keyed by the prefix, looked up only at the tier's distinct
@@ -93,9 +96,15 @@ class Route:
         return _EXACT_PATH if self.path is not None else _REGEX if self.regex is not None else _PREFIX
 
     @property
-    def sort_key(self) -> tuple[int, int, int, int, int]:
+    def host_rank(self) -> tuple[int, int]:
+        """The host's specificity: its kind, then (for wildcards) the longer suffix first."""
+        kind = self.host_kind
+        return (kind, -len(self.host or b"") if kind == _WILDCARD_HOST else 0)
+
+    @property
+    def sort_key(self) -> tuple[int, int, int, int, int, int]:
         """Precedence: the route with the smallest key among those that match wins."""
-        return (-self.priority, self.host_kind, self.path_kind, -len(self.prefix or b""), self.index)
+        return (-self.priority, *self.host_rank, self.path_kind, -len(self.prefix or b""), self.index)
 
     def upstream_target(self, target: bytes, path: bytes | None = None) -> bytes:
         """The target to send upstream: ``strip_prefix``, then ``rewrite``, applied to the path; the query is kept.
@@ -154,10 +163,10 @@ class _Tier:
 
 def _tiers(routes: list[Route]) -> tuple[_Tier, ...]:
     tiers: list[_Tier] = []
-    current: tuple[int, int] | None = None
+    current: tuple[int, tuple[int, int]] | None = None
     for route in sorted(routes, key=lambda r: r.sort_key):
-        if (route.priority, route.host_kind) != current:
-            current = (route.priority, route.host_kind)
+        if (route.priority, route.host_rank) != current:
+            current = (route.priority, route.host_rank)
             tiers.append(_Tier())
         tier = tiers[-1]
         if route.path is not None:
@@ -202,12 +211,16 @@ class RouteTable:
                     wildcards.setdefault(route.host[2:], []).append(route)
                 else:
                     exact.setdefault(route.host, []).append(route)
+
+        def covering(name: bytes) -> list[Route]:
+            # the routes of every wildcard matching a host ``name`` (or a wildcard suffix ``name``): its suffixes
+            return [r for suffix, hosted in wildcards.items() if name.endswith(b"." + suffix) for r in hosted]
+
         self._any_host = _tiers(any_host)
-        self._wildcard_hosts = {suffix: _tiers(hosted + any_host) for suffix, hosted in wildcards.items()}
-        self._exact_hosts = {
-            host: _tiers(hosted + wildcards.get(host.partition(b".")[2], []) + any_host)
-            for host, hosted in exact.items()
+        self._wildcard_hosts = {
+            suffix: _tiers(hosted + covering(suffix) + any_host) for suffix, hosted in wildcards.items()
         }
+        self._exact_hosts = {host: _tiers(hosted + covering(host) + any_host) for host, hosted in exact.items()}
         self.uses_host = bool(wildcards or exact)
 
         # one catch-all route (``fastgate proxy``): no matching at all on the hot path
@@ -227,9 +240,12 @@ class RouteTable:
         if self.uses_host and host:
             name = host_name(host)
             found = self._exact_hosts.get(name)
-            if found is None:
+            if found is None and self._wildcard_hosts:
+                # the longest wildcard suffix first: its bucket holds the shorter ones that match too
                 dot = name.find(b".")
-                found = self._wildcard_hosts.get(name[dot + 1 :]) if dot > 0 else None
+                while dot > 0 and found is None:
+                    found = self._wildcard_hosts.get(name[dot + 1 :])
+                    dot = name.find(b".", dot + 1)
             if found is not None:
                 tiers = found
         parsed: list[dict[str, list[str]]] = []
@@ -285,7 +301,7 @@ def _covers(a: Route, b: Route) -> bool:
     if a.host is not None and a.host != b.host:
         if not (a.host.startswith(b"*.") and b.host is not None and b.host_kind == _EXACT_HOST):
             return False
-        if b.host.partition(b".")[2] != a.host[2:]:
+        if not b.host.endswith(a.host[1:]):  # "*.example.com" matches "a.example.com", "a.b.example.com"
             return False
     if a.prefix is not None:
         if b.regex is not None:

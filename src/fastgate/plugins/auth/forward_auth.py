@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from ...exceptions import UpstreamError
 from ...observability.logging import error_logger
 from ...observability.safe_url import safe_url
+from ...proxy.paths import PATH_KEY
 from ..base import PROTECTED_HEADERS, Answer, Plugin, RequestContext
 from ._common import header_name, refusal
 from ._http import OutboundClient
@@ -83,7 +84,8 @@ class ForwardAuth(Plugin):
         raw = request.headers.raw
         headers = [pair for pair in raw if pair[0] not in _NOT_SENT]
         scope = request.scope or {}
-        uri = scope.get("raw_path") or request.path.encode("latin-1", "replace") or b"/"
+        # the canonical path the route matched (proxy/paths.py), so the auth server's rules see what fastgate routed
+        uri = scope.get(PATH_KEY) or scope.get("raw_path") or request.path.encode("latin-1", "replace") or b"/"
         query = scope.get("query_string", b"")
         forwarded = {k: v for k, v in raw if k.startswith(b"x-forwarded-")}
         client = request.client[0].encode("latin-1") if request.client else b""
