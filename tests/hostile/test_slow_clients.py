@@ -640,3 +640,120 @@ def _unread_bytes(sock: socket.socket) -> int:
     with contextlib.suppress(OSError):
         fcntl.ioctl(sock.fileno(), termios.FIONREAD, buffer)
     return int.from_bytes(buffer, "little")
+
+
+def _pattern(size: int) -> bytes:
+    """``size`` bytes in which every 8-byte word is its own index: any piece out of order or lost shows."""
+    return b"".join(b"%08x" % i for i in range(size // 8 + 1))[:size]
+
+
+async def test_a_slow_reader_gets_the_whole_body_in_order_after_the_upstream_connection_went_back_to_the_pool(
+    tmp_path: Path,
+) -> None:
+    """Read ahead through memory and the temporary file: the upstream finishes and its connection is reused while
+    the client has read almost nothing; the client then reads every byte, in order."""
+    size = 6 << 20
+    body = _pattern(size)
+    connections: list[int] = []
+    finished = anyio.Event()
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        connections.append(1)
+        received = b""
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                while True:
+                    while b"\r\n\r\n" not in received:
+                        received += await stream.receive()
+                    head, _, received = received.partition(b"\r\n\r\n")
+                    if head.startswith(b"GET /big "):
+                        await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                        for at in range(0, size, 65536):
+                            await stream.send(body[at : at + 65536])
+                        finished.set()
+                    else:
+                        await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        settings = {
+            "server": {"log_level": "warning", "response_buffer_memory_bytes": 65536},
+            "upstreams": {"default": {"url": f"http://127.0.0.1:{port}"}},
+            "routes": [{"prefix": "/", "upstream": "default"}],
+        }
+        with gateway_process(settings, tmp_path) as gw:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+                await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                with anyio.fail_after(10 + SLACK):
+                    await finished.wait()  # the upstream sent it all while the client read nothing
+                async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
+                    assert (await client.get("/other")).status_code == 200
+                reused = len(connections) == 1  # the pool handed the /big connection to /other
+                received = b""
+                with anyio.fail_after(30 + SLACK):
+                    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < size:
+                        data = await loop.sock_recv(sock, 1 << 20)
+                        assert data, "the gateway closed before the whole body"
+                        received += data
+            finally:
+                sock.close()
+            log = gw.log()
+        tg.cancel_scope.cancel()
+    head, _, got = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert len(got) == size
+    assert got == body, "the body came back out of order or changed"
+    assert reused, f"the upstream opened {len(connections)} connections: /big's was not back in the pool"
+    assert "Traceback" not in log
+
+
+async def test_a_client_that_leaves_during_read_ahead_frees_everything(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path
+) -> None:
+    """A client behind on a response that does not fit the read-ahead leaves: the upstream request is aborted and
+    the gateway logs no error; the next request is served."""
+    with gateway_process(config(upstream, {"response_buffer_file_bytes": 1 << 20}), tmp_path) as gw:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+            await loop.sock_sendall(sock, b"GET /big?size=%d HTTP/1.1\r\nHost: example.test\r\n\r\n" % (64 << 20))
+            with anyio.fail_after(5):
+                await recorder.started.wait()
+            # Let the spool fill (memory, then the 1 MiB file; backpressure holds the rest). What is asserted holds
+            # whenever the client leaves; this only makes the read-ahead path the likely one.
+            await anyio.sleep(0.5)
+        finally:
+            sock.close()
+        await wait_until(lambda: upstream_connections(upstream) == 0, limit=5 + SLACK)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
+            assert (await client.get("/echo")).status_code == 200
+        log = gw.log()
+    assert "Traceback" not in log
+    assert "ERROR" not in log
+
+
+async def test_request_prebuffer_bytes_0_streams_a_body_from_its_first_byte(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path
+) -> None:
+    """The key through ``fastgate run``: with 0, the upstream gets the first bytes of a body still arriving (the
+    default holds them back: test_530_slow_request_bodies_take_no_upstream_connection...)."""
+    with gateway_process(config(upstream, {"request_prebuffer_bytes": 0}), tmp_path) as gw:
+        async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+            await stream.send(b"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 20\r\n\r\nfirst")
+            await wait_until(lambda: recorder.first_body_byte_at is not None, limit=5 + SLACK)
+            await stream.send(b"-and-the-rest-15")
+            received = b""
+            with anyio.fail_after(5 + SLACK):
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive()
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert recorder.last()["body_size"] == 20

@@ -617,7 +617,7 @@ async def forward_http(
                             # The client is behind: read the upstream ahead of it and free the upstream when done.
                             spool = ResponseSpool(read_ahead)
                             try:
-                                await relay_ahead(response, send, chunk, spool, _releaser(response))
+                                await relay_ahead(response, send, chunk, spool, _releaser(response), hooks)
                             finally:
                                 sent += spool.received
                             break

@@ -43,6 +43,7 @@ from typing import IO, Any
 import anyio
 
 from .._types import Send
+from ..serving.cycle import ServerHooks
 from ..upstream.transport import UpstreamResponse
 
 MEMORY, FILE, WAIT = "memory", "file", "wait"
@@ -108,6 +109,11 @@ class ResponseSpool:
     @property
     def empty(self) -> bool:
         return not self._memory and self._file_start == self._file_end
+
+    @property
+    def idle(self) -> bool:
+        """Empty, and the consumer is not waiting for the client: everything put has been sent."""
+        return not self._waiting_since and not self._memory and self._file_start == self._file_end
 
     def _notify(self) -> None:
         self._changed.set()
@@ -193,10 +199,13 @@ async def relay_ahead(
     first: bytes,
     spool: ResponseSpool,
     release: Callable[[], Awaitable[Any]] | None,
+    client: ServerHooks,
 ) -> None:
     """Relay the rest of ``response``'s body (``first`` is its next piece) to a client that is behind.
 
     Every body piece is sent with ``more_body: True``; the end-of-body message is the caller's, as on the fast path.
+    Whenever the client has caught up (the spool is idle and ``client.write_paused`` is false) a piece is sent
+    directly, as on the fast path (that send does not wait), so a client only momentarily behind costs little.
     ``release`` (if any) is awaited as soon as the upstream body is complete: the connection goes back to the pool
     while the client is still taking the spool. ``spool.received`` counts the bytes relayed. An upstream error is
     raised as it comes (the pump stops); so is an ``OSError`` from ``send`` (an ASGI 2.4 server after a
@@ -220,7 +229,11 @@ async def relay_ahead(
             try:
                 await spool.put(first)
                 while chunk := await response.read():
-                    await spool.put(chunk)
+                    if spool.idle and not client.write_paused:
+                        spool.received += len(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    else:
+                        await spool.put(chunk)
                 if release is not None:
                     await release()
                 spool.end()
