@@ -536,7 +536,8 @@ async def forward_http(
                         first = await prebuffer(receive, options.prebuffer_bytes, limit)
                         if first.complete:  # the whole body: upstream in one piece, with its length
                             read_whole = True
-                            request.body_length = first.length
+                            if chain is None or not chain.wants_body:  # a request_body hook may change its length
+                                request.body_length = first.length
                             body = first.then()
                         else:
                             rest = limit - first.length if limit is not None else None
