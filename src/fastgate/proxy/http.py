@@ -534,10 +534,8 @@ async def forward_http(
                     limit = route.max_body if head.body_length == CHUNKED else None
                     if options.prebuffer_bytes:  # no upstream connection until the body's first bytes are here
                         first = await prebuffer(receive, options.prebuffer_bytes, limit)
-                        if first.complete:  # the whole body: upstream in one piece, with its length
+                        if first.complete:  # the whole body: upstream in one piece (framed as the client framed it)
                             read_whole = True
-                            if chain is None or not chain.wants_body:  # a request_body hook may change its length
-                                request.body_length = first.length
                             body = first.then()
                         else:
                             rest = limit - first.length if limit is not None else None
