@@ -1,12 +1,13 @@
 """Request buffering: read a request body, or its beginning, before an upstream connection is taken.
 
-By default a body is *prebuffered* (:func:`prebuffer`, ``server.request_prebuffer_bytes``, 64 KiB): its first
-bytes are read before an upstream connection is taken. A body that ends within the bound (almost every API
-request) goes upstream in one piece (framed as the client framed it: chunked stays chunked, so request trailers
-keep a place to go), and a client that trickles it in holds no upstream connection meanwhile. A longer body is
-streamed once the bound's worth has arrived: the prebuffered bytes first, then the rest as it comes (a slow client
-then holds a connection, bounded by the server's minimum body rate). nginx reads the whole body by default (up to ``client_max_body_size``, 1 MiB);
-Envoy streams from the first byte; the bound keeps streaming for large uploads and costs a small body nothing.
+By default a body is *prebuffered* (:func:`prebuffer`, ``server.request_prebuffer_bytes``, 64 KiB): its first bytes
+are read before an upstream connection is taken. A body that ends within the bound (almost every API request) goes
+upstream in one piece (framed as the client framed it: chunked stays chunked, so request trailers keep a place to
+go), and a client that trickles it in holds no upstream connection meanwhile. A longer body is streamed once the
+bound's worth has arrived: the prebuffered bytes first, then the rest as it comes (a slow client then holds a
+connection, bounded by the server's minimum body rate). nginx reads the whole body by default (up to
+``client_max_body_size``, 1 MiB); Envoy streams from the first byte; the bound keeps streaming for large uploads and
+costs a small body nothing.
 
 A route with ``request_buffering: true`` reads the whole body first (:class:`BufferedBody`), as nginx does by
 default (``proxy_request_buffering on``): up to ``memory_bytes`` in memory, the rest in an anonymous temporary
