@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.hostile.support import gateway_process, raise_fd_limit, split_responses
-from tests.servers import RunningServer, run_server, wait_until
+from tests.servers import RunningServer, free_port, run_server, wait_until
 from tests.upstream_app import Recorder, UpstreamApp
 
 pytestmark = pytest.mark.anyio
@@ -677,10 +677,12 @@ async def test_a_slow_reader_gets_the_whole_body_in_order_after_the_upstream_con
     async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, serve)
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        admin = f"127.0.0.1:{free_port()}"
         settings = {
             "server": {"log_level": "warning", "response_buffer_memory_bytes": 65536},
             "upstreams": {"default": {"url": f"http://127.0.0.1:{port}"}},
             "routes": [{"prefix": "/", "upstream": "default"}],
+            "admin": {"listen": admin},
         }
         with gateway_process(settings, tmp_path) as gw:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -692,8 +694,14 @@ async def test_a_slow_reader_gets_the_whole_body_in_order_after_the_upstream_con
                 await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: example.test\r\n\r\n")
                 with anyio.fail_after(10 + SLACK):
                     await finished.wait()  # the upstream sent it all while the client read nothing
-                async with httpx.AsyncClient(base_url=gw.url, timeout=5) as client:
-                    assert (await client.get("/other")).status_code == 200
+                async with httpx.AsyncClient(timeout=5) as client:
+                    # The gateway has read it all and the connection is idle in the pool (GET /upstreams)...
+                    deadline = time.monotonic() + 10 + SLACK
+                    while (pool := await _pool_state(client, admin)) != (0, 1):
+                        assert time.monotonic() < deadline, f"pool (active, idle) stayed {pool}"
+                        await anyio.sleep(0.05)
+                    # ...and serves the next request.
+                    assert (await client.get(f"{gw.url}/other")).status_code == 200
                 reused = len(connections) == 1  # the pool handed the /big connection to /other
                 received = b""
                 with anyio.fail_after(30 + SLACK):
@@ -711,6 +719,12 @@ async def test_a_slow_reader_gets_the_whole_body_in_order_after_the_upstream_con
     assert got == body, "the body came back out of order or changed"
     assert reused, f"the upstream opened {len(connections)} connections: /big's was not back in the pool"
     assert "Traceback" not in log
+
+
+async def _pool_state(client: httpx.AsyncClient, admin: str) -> tuple[int, int]:
+    """(active, idle) connections of the one upstream target, from the admin API."""
+    target = (await client.get(f"http://{admin}/upstreams")).json()["upstreams"][0]["targets"][0]
+    return target["active"], target["idle"]
 
 
 async def test_a_client_that_leaves_during_read_ahead_frees_everything(
