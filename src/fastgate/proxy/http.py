@@ -6,11 +6,15 @@ How this works
    and never reaches the upstream. A route with plugins (``RouteOptions.plugins``) then runs their ``on_request``
    hooks, before any body byte is read: an early answer ends the exchange here. A route without plugins has no
    chain and takes none of the plugin steps (bench/plugins.py measures both).
-2. The transport sends the head and streams the body from ``receive()`` as it arrives, then waits for the
-   response head. Errors up to here become a JSON 502/503/504 (``errors.error_response``).
+2. The body's first ``request_prebuffer_bytes`` are read (``buffering.prebuffer``: no upstream connection for a
+   body that trickles in); then the transport sends the head and the body (the rest from ``receive()`` as it
+   arrives), then waits for the response head. Errors up to here become a JSON 502/503/504
+   (``errors.error_response``).
 3. The plugins' ``on_response`` hooks may change the status and headers; then the response head goes to the
-   client, then body pieces as the upstream produces them. Backpressure is
-   natural: ``send`` waits while the client is slow, and while we wait nobody reads the upstream socket.
+   client, then body pieces as the upstream produces them. While the client keeps up, ``send`` never waits. Once
+   fastgate's server says the client is behind (``write_paused``), ``readahead.relay_ahead`` reads the upstream
+   ahead of it into a bounded spool and frees the upstream connection when its body ends; past the spool's bounds,
+   and under other ASGI servers, ``send`` waits while the client is slow and nobody reads the upstream socket.
    The upstream's trailers (``response.trailers``, never merged into the head) follow the body as an ASGI
    ``http.response.trailers`` message when the client sent ``TE: trailers`` and the server offers the
    ``http.response.trailers`` extension (fastgate's does, Uvicorn's do not); otherwise they are dropped, and the
