@@ -100,3 +100,17 @@ async def test_a_full_spool_waits_until_the_pump_takes_a_piece() -> None:
     assert await spool.take() == b"b" * 8
     assert await spool.take() == b""
     spool.close()
+
+
+@pytest.mark.anyio
+async def test_idle_means_everything_put_was_sent() -> None:
+    spool = ResponseSpool(ReadAheadLimits(memory_bytes=10, file_bytes=0))
+    assert spool.idle
+    await spool.put(b"a")
+    assert not spool.idle  # not taken yet
+    assert await spool.take() == b"a"
+    spool.sending(True)
+    assert not spool.idle  # taken, but the client has not accepted it
+    spool.sending(False)
+    assert spool.idle
+    spool.close()
