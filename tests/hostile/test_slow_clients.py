@@ -534,7 +534,7 @@ async def _sample_upstream(upstream: RunningServer, peak: list[int], stop: anyio
             await stop.wait()
 
 
-async def test_530_slow_request_bodies_take_no_upstream_connection_and_normal_gets_are_answered_within_1s(
+async def test_issue17_14_530_slow_request_bodies_take_no_upstream_connection_and_normal_gets_answered_within_1s(
     upstream: RunningServer, recorder: Recorder, tmp_path: Path
 ) -> None:
     # No minimum body rate: the trickling clients are never cut, so only the prebuffer can keep the pool free.
@@ -579,7 +579,7 @@ async def _never_read(port: int, target: bytes, sockets: list[socket.socket]) ->
     await loop.sock_sendall(sock, b"GET %s HTTP/1.1\r\nHost: example.test\r\n\r\n" % target)
 
 
-async def test_530_clients_that_never_read_hold_no_upstream_connection_and_normal_gets_are_answered_within_1s(
+async def test_issue17_14_530_clients_that_never_read_hold_no_upstream_connection_and_normal_gets_within_1s(
     upstream: RunningServer, recorder: Recorder, tmp_path: Path
 ) -> None:
     size = 4 << 20  # past what the kernel's buffers take for a client offering a 4 KiB window (2 MiB is not)
@@ -759,7 +759,7 @@ async def test_request_prebuffer_bytes_0_streams_a_body_from_its_first_byte(
     upstream: RunningServer, recorder: Recorder, tmp_path: Path
 ) -> None:
     """The key through ``fastgate run``: with 0, the upstream gets the first bytes of a body still arriving (the
-    default holds them back: test_530_slow_request_bodies_take_no_upstream_connection...)."""
+    default holds them back: test_issue17_14_530_slow_request_bodies_take_no_upstream_connection...)."""
     with gateway_process(config(upstream, {"request_prebuffer_bytes": 0}), tmp_path) as gw:
         async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
             await stream.send(b"POST /upload HTTP/1.1\r\nHost: example.test\r\nContent-Length: 20\r\n\r\nfirst")
