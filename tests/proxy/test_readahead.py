@@ -114,3 +114,33 @@ async def test_idle_means_everything_put_was_sent() -> None:
     spool.sending(False)
     assert spool.idle
     spool.close()
+
+
+class CountingClock(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.now
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("file_bytes", [0, 8])
+async def test_a_full_spool_with_a_stalled_client_waits_without_spinning(file_bytes: int) -> None:
+    """Memory full, the client stalled past SPILL_AFTER, and no room in the file (none, or full): ``put`` waits for
+    the client to take something, it does not poll."""
+    clock = CountingClock()
+    spool = ResponseSpool(ReadAheadLimits(memory_bytes=10, file_bytes=file_bytes), clock)
+    await spool.put(b"a" * 8)
+    spool.sending(True)
+    clock.now += 2 * SPILL_AFTER
+    if file_bytes:
+        await spool.put(b"b" * 8)  # fills the file
+    calls = clock.calls
+    with anyio.move_on_after(0.3) as waited:
+        await spool.put(b"c" * 8)
+    assert waited.cancelled_caught
+    assert clock.calls - calls <= 2, f"put looked {clock.calls - calls} times in 0.3 s"
+    spool.close()

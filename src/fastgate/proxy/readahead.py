@@ -155,12 +155,17 @@ class ResponseSpool:
                 self._notify()
                 return
             changed = self._changed
-            if self._waiting_since:
-                # Full, and the client is behind: look again when it takes something or when it counts as stalled.
-                with anyio.move_on_after(max(SPILL_AFTER - (self._clock() - self._waiting_since), 0.0) + 0.001):
+            stalled_for = self._clock() - since if since else -1.0
+            if 0.0 <= stalled_for < SPILL_AFTER and self._file_start == self._file_end and self._fits_file(len(data)):
+                # Memory is full and the client behind, not yet for long: look again when it takes something, or
+                # when it has been stalled long enough for the file.
+                with anyio.move_on_after(SPILL_AFTER - stalled_for + 0.001):
                     await changed.wait()
             else:
-                await changed.wait()
+                await changed.wait()  # only the client taking something can make room
+
+    def _fits_file(self, size: int) -> bool:
+        return size <= self.limits.file_bytes
 
     def end(self) -> None:
         """The upstream's body is complete: ``take`` returns ``b""`` once the spool is empty."""
