@@ -920,6 +920,13 @@ class ServerConfig(_Model):
     max_connections: int | None = Field(10000, ge=1)
     underscores_in_headers: bool = False
     request_buffer_memory_bytes: int = Field(1024 * 1024, ge=0)
+    # Slow clients hold no upstream connection (proxy/readahead.py, proxy/buffering.py; docs/security.md): a request
+    # body is read up to this many bytes before a connection is taken (0: stream from the first byte, as Envoy)...
+    request_prebuffer_bytes: int = Field(64 * 1024, ge=0)
+    # ...and a response is read ahead of a client that falls behind: this much in memory, then this much in a
+    # temporary file, then backpressure (both 0: no read-ahead, the upstream waits for the client).
+    response_buffer_memory_bytes: int = Field(64 * 1024, ge=0)
+    response_buffer_file_bytes: int = Field(16 * 1024 * 1024, ge=0)
     # Request bodies over this many bytes get 413 (null: no limit, as Envoy and Traefik; see docs/security.md).
     max_body_bytes: int | None = Field(None, ge=0)
     # The client hop of WebSocket sessions (Uvicorn's ws_* settings); the upstream hop is UpstreamConfig.websocket.

@@ -70,7 +70,9 @@ async def test_a_body_exactly_at_the_limit_passes(upstream: RunningServer, recor
 async def test_a_chunked_body_growing_past_the_limit_gets_413_and_the_upstream_request_is_aborted(
     upstream: RunningServer, recorder: Recorder
 ) -> None:
-    async with run_gateway(Gateway(build_config(limited_config(upstream.url)))) as gateway:
+    # Streaming from the first byte (no prebuffer), so the upstream request is under way when the limit is passed.
+    config = limited_config(upstream.url, {"request_prebuffer_bytes": 0})
+    async with run_gateway(Gateway(build_config(config))) as gateway:
         with anyio.fail_after(20):
             async with await anyio.connect_tcp("127.0.0.1", gateway.port) as stream:
                 head = b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -83,6 +85,22 @@ async def test_a_chunked_body_growing_past_the_limit_gets_413_and_the_upstream_r
     assert b'"error":"payload_too_large"' in response.body
     assert "/upload" in recorder.disconnected  # the upstream saw its request cut off
     assert "body_size" not in recorder.last()  # and never a complete body
+
+
+async def test_a_chunked_body_past_the_limit_within_the_prebuffer_gets_413_and_never_reaches_the_upstream(
+    upstream: RunningServer, recorder: Recorder
+) -> None:
+    async with run_gateway(Gateway(build_config(limited_config(upstream.url)))) as gateway:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp("127.0.0.1", gateway.port) as stream:
+                head = b"POST /upload HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n"
+                await stream.send(head + b"258\r\n" + b"x" * 600 + b"\r\n")
+                await anyio.sleep(0.1)  # a second piece, later: the first alone is within the limit
+                await stream.send(b"258\r\n" + b"x" * 600 + b"\r\n")
+                response = parse_response(await read_until_closed(stream))
+    assert response.status == 413
+    assert b'"error":"payload_too_large"' in response.body
+    assert recorder.requests == []  # read in the prebuffer: no upstream connection was taken
 
 
 async def test_the_route_override_wins_over_the_server_default(upstream: RunningServer, recorder: Recorder) -> None:

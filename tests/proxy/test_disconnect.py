@@ -80,7 +80,8 @@ async def test_client_disconnect_during_upload_cancels_upstream_request(
     served: RunningServer, recorder: Recorder
 ) -> None:
     async def ready(stream: Any) -> None:
-        await stream.send(b"5\r\nhello\r\n")
+        # past server.request_prebuffer_bytes (64 KiB), so the body is streaming upstream when the client leaves
+        await stream.send(b"%x\r\n%s\r\n" % (70_000, b"x" * 70_000))
         await wait_until(lambda: recorder.first_body_byte_at is not None)
 
     request = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -96,10 +96,34 @@ async def test_request_body_streams_upstream_before_the_client_finishes(
 ) -> None:
     sent_last_at = 0.0
 
+    first = b"f" * (70 * 1024)  # past server.request_prebuffer_bytes (64 KiB): from there on the body streams
+
+    async def slow_body():  # type: ignore[no-untyped-def]
+        nonlocal sent_last_at
+        yield first
+        await anyio.sleep(0.8)
+        sent_last_at = time.monotonic()
+        yield b"last piece"
+
+    response = await client.post("/upload", content=slow_body())
+    assert response.status_code == 200
+    assert response.json()["size"] == len(first + b"last piece")
+    assert recorder.first_body_byte_at is not None
+    assert recorder.first_body_byte_at < sent_last_at - 0.5
+    # no Content-Length from the client: chunked upstream
+    assert recorder.header("transfer-encoding") == ["chunked"]
+    assert recorder.header("content-length") == []
+
+
+async def test_a_small_request_body_trickling_in_goes_upstream_whole_once_it_has_arrived(
+    client: httpx.AsyncClient, recorder: Recorder
+) -> None:
+    sent_last_at = 0.0
+
     async def slow_body():  # type: ignore[no-untyped-def]
         nonlocal sent_last_at
         yield b"first piece;"
-        await anyio.sleep(0.8)
+        await anyio.sleep(0.5)
         sent_last_at = time.monotonic()
         yield b"last piece"
 
@@ -107,10 +131,9 @@ async def test_request_body_streams_upstream_before_the_client_finishes(
     assert response.status_code == 200
     assert response.json()["size"] == len(b"first piece;last piece")
     assert recorder.first_body_byte_at is not None
-    assert recorder.first_body_byte_at < sent_last_at - 0.5
-    # no Content-Length from the client: chunked upstream
+    # within server.request_prebuffer_bytes: no upstream request until the whole body was here (framed as it came)
+    assert recorder.first_body_byte_at >= sent_last_at
     assert recorder.header("transfer-encoding") == ["chunked"]
-    assert recorder.header("content-length") == []
 
 
 async def test_content_length_is_passed_through(client: httpx.AsyncClient, recorder: Recorder) -> None:
@@ -289,9 +312,12 @@ async def test_connection_closes_after_a_declined_upgrade_offer(gateway: Running
 async def test_request_body_shorter_than_content_length_never_leaves_the_upstream_waiting(
     gateway: RunningServer, recorder: Recorder
 ) -> None:
+    # past server.request_prebuffer_bytes (64 KiB), so the body is under way upstream when the client leaves (a
+    # shorter one never reaches the upstream: tests/hostile/test_slow_clients.py)
     async with await anyio.connect_tcp("127.0.0.1", gateway.port) as stream:
-        await stream.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
-        await anyio.sleep(0.2)
-    # the client left mid-body: the upstream sees its connection close instead of waiting for 5 more bytes
+        await stream.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"h" * 70_000)
+        with anyio.fail_after(5):
+            await recorder.started.wait()
+    # the client left mid-body: the upstream sees its connection close instead of waiting for 30,000 more bytes
     with anyio.fail_after(2):
         await recorder.disconnect_event.wait()

@@ -1,16 +1,25 @@
-"""Request buffering: read a whole request body before an upstream connection is taken (a route's choice).
+"""Request buffering: read a request body, or its beginning, before an upstream connection is taken.
 
-Streaming is the default: a body goes upstream as it arrives, so a slow client holds an upstream connection for as
-long as it takes to send (bounded by the server's minimum body rate). A route with ``request_buffering: true``
-reads the body first, as nginx does by default (``proxy_request_buffering on``): up to ``memory_bytes`` in memory,
-the rest in an anonymous temporary file, so neither a slow client nor a large body costs an upstream connection or
-unbounded memory. The body then goes upstream with a Content-Length, at the upstream's speed.
+By default a body is *prebuffered* (:func:`prebuffer`, ``server.request_prebuffer_bytes``, 64 KiB): its first bytes
+are read before an upstream connection is taken. A body that ends within the bound (almost every API request) goes
+upstream in one piece (framed as the client framed it: chunked stays chunked, so request trailers keep a place to
+go), and a client that trickles it in holds no upstream connection meanwhile. A longer body is streamed once the
+bound's worth has arrived: the prebuffered bytes first, then the rest as it comes (a slow client then holds a
+connection, bounded by the server's minimum body rate). nginx reads the whole body by default (up to
+``client_max_body_size``, 1 MiB); Envoy streams from the first byte; the bound keeps streaming for large uploads and
+costs a small body nothing.
+
+A route with ``request_buffering: true`` reads the whole body first (:class:`BufferedBody`), as nginx does by
+default (``proxy_request_buffering on``): up to ``memory_bytes`` in memory, the rest in an anonymous temporary
+file, so neither a slow client nor a large body costs an upstream connection or unbounded memory. The body then
+goes upstream with a Content-Length, at the upstream's speed.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
 from typing import IO
 
 import anyio.to_thread
@@ -85,3 +94,50 @@ class BufferedBody:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+@dataclass(slots=True)
+class Prebuffered:
+    """The first bytes of a request body: ``pieces`` as they came, ``length`` in all, ``complete`` when that is the
+    whole body."""
+
+    pieces: list[bytes] = field(default_factory=list)
+    length: int = 0
+    complete: bool = False
+
+    async def then(self, rest: AsyncIterator[bytes] | None = None) -> AsyncGenerator[bytes]:
+        """The prebuffered pieces, then ``rest`` (the body still to come), if any."""
+        pieces, self.pieces = self.pieces, []
+        for piece in pieces:
+            yield piece
+        if rest is not None:
+            try:
+                async for piece in rest:
+                    yield piece
+            finally:
+                aclose = getattr(rest, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+
+async def prebuffer(receive: Receive, bound: int, max_bytes: int | None = None) -> Prebuffered:
+    """Read body messages from ``receive`` until the body ends or at least ``bound`` bytes have come.
+
+    Raises :class:`ClientDisconnected` if the client leaves first, and :class:`RequestTooLarge` once the body
+    passes ``max_bytes`` (counted here for a body whose length the server's framing does not hold).
+    """
+    body = Prebuffered()
+    more = True
+    while more and body.length < bound:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("client disconnected during the request body")
+        more = message.get("more_body", False)
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            body.length += len(chunk)
+            if max_bytes is not None and body.length > max_bytes:
+                raise RequestTooLarge(f"request body grew past the limit of {max_bytes} bytes")
+            body.pieces.append(chunk)
+    body.complete = not more
+    return body

@@ -6,11 +6,15 @@ How this works
    and never reaches the upstream. A route with plugins (``RouteOptions.plugins``) then runs their ``on_request``
    hooks, before any body byte is read: an early answer ends the exchange here. A route without plugins has no
    chain and takes none of the plugin steps (bench/plugins.py measures both).
-2. The transport sends the head and streams the body from ``receive()`` as it arrives, then waits for the
-   response head. Errors up to here become a JSON 502/503/504 (``errors.error_response``).
+2. The body's first ``request_prebuffer_bytes`` are read (``buffering.prebuffer``: no upstream connection for a
+   body that trickles in); then the transport sends the head and the body (the rest from ``receive()`` as it
+   arrives), then waits for the response head. Errors up to here become a JSON 502/503/504
+   (``errors.error_response``).
 3. The plugins' ``on_response`` hooks may change the status and headers; then the response head goes to the
-   client, then body pieces as the upstream produces them. Backpressure is
-   natural: ``send`` waits while the client is slow, and while we wait nobody reads the upstream socket.
+   client, then body pieces as the upstream produces them. While the client keeps up, ``send`` never waits. Once
+   fastgate's server says the client is behind (``write_paused``), ``readahead.relay_ahead`` reads the upstream
+   ahead of it into a bounded spool and frees the upstream connection when its body ends; past the spool's bounds,
+   and under other ASGI servers, ``send`` waits while the client is slow and nobody reads the upstream socket.
    The upstream's trailers (``response.trailers``, never merged into the head) follow the body as an ASGI
    ``http.response.trailers`` message when the client sent ``TE: trailers`` and the server offers the
    ``http.response.trailers`` extension (fastgate's does, Uvicorn's do not); otherwise they are dropped, and the
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from time import perf_counter
 from types import TracebackType
@@ -55,12 +59,15 @@ from ..observability.tracing import ExchangeTrace
 from ..plugins.base import Answer, Exchange, HeaderList, RequestContext, ResponseHead, request_context
 from ..plugins.chain import PluginChain, PluginError
 from ..serving.cycle import ServerHooks
-from ..upstream.transport import CHUNKED, Transport, UpstreamRequest
+from ..upstream.transport import CHUNKED, Transport, UpstreamRequest, UpstreamResponse
 from .bodylimit import declared_too_large, request_body
-from .buffering import BufferedBody
+from .buffering import BufferedBody, prebuffer
 from .errors import error_parts, error_response
 from .headers import HeaderRules, new_request_id, response_headers
+from .readahead import ReadAheadLimits, ResponseSpool, relay_ahead
 from .trailers import response_trailers
+
+_DEFAULT_SERVER = ServerConfig()
 
 
 @dataclass(slots=True)
@@ -68,7 +75,8 @@ class ForwardOptions:
     """How requests are forwarded to one upstream: its name, its transport, its header rules, and the
     observability (access line, metrics, tracing) its exchanges report to (propagation and access line only by
     default). ``trailers``: the transport sees the upstream's trailers (the ``httpx`` one drops them, so its
-    upstream is never told ``TE: trailers``)."""
+    upstream is never told ``TE: trailers``). ``prebuffer_bytes`` and ``read_ahead`` keep slow clients from holding
+    upstream connections (``proxy/buffering.py``, ``proxy/readahead.py``; ``read_ahead`` None: off)."""
 
     name: str
     transport: Transport
@@ -76,6 +84,10 @@ class ForwardOptions:
     observability: Observability = field(default_factory=Observability)
     exchanges: set[_DisconnectScope] = field(default_factory=set)  # in flight; expire() ends them (drain_timeout)
     trailers: bool = True
+    prebuffer_bytes: int = _DEFAULT_SERVER.request_prebuffer_bytes
+    read_ahead: ReadAheadLimits | None = ReadAheadLimits(
+        _DEFAULT_SERVER.response_buffer_memory_bytes, _DEFAULT_SERVER.response_buffer_file_bytes
+    )
 
     @classmethod
     def from_config(
@@ -93,8 +105,14 @@ class ForwardOptions:
         rules = HeaderRules.from_config(upstream, server, strip=strip)
         trailers = upstream.transport != "httpx"
         if observability is None:
-            return cls(name, transport, rules, trailers=trailers)
-        return cls(name, transport, rules, observability, trailers=trailers)
+            options = cls(name, transport, rules, trailers=trailers)
+        else:
+            options = cls(name, transport, rules, observability, trailers=trailers)
+        if server is not None:
+            options.prebuffer_bytes = server.request_prebuffer_bytes
+            memory, file = server.response_buffer_memory_bytes, server.response_buffer_file_bytes
+            options.read_ahead = ReadAheadLimits(memory, file) if memory or file else None
+        return options
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +277,12 @@ class _WatcherScope:
 
 
 _DisconnectScope = _HookScope | _WatcherScope
+
+
+def _releaser(response: UpstreamResponse) -> Callable[[], Awaitable[object]] | None:
+    """How read-ahead gives ``response``'s connection back as soon as its body is read: ``aclose`` when it cannot
+    suspend; None for a transport whose close waits (it is closed in ``forward_http``'s shielded ``finally``)."""
+    return None if response.aclose_waits else response.aclose
 
 
 def _upstream_at(name: str, exc: FastgateError) -> str:
@@ -503,6 +527,7 @@ async def forward_http(
                 request.headers = context.headers.raw
             body: AsyncGenerator[bytes] | None = None
             piped: AsyncIterator[bytes] | None = None
+            read_whole = buffer_body is not None
             try:
                 if head.body_length and buffer_body is not None:
                     buffered = await BufferedBody.read(receive, memory_bytes=buffer_body, max_bytes=route.max_body)
@@ -510,8 +535,18 @@ async def forward_http(
                     body = buffered.pieces()
                 elif head.body_length:
                     # counted against max_body_bytes only when chunked: the server's framing holds a Content-Length
-                    body = request_body(receive, disconnect, route.max_body if head.body_length == CHUNKED else None)
-                if body is None or buffer_body is not None:
+                    limit = route.max_body if head.body_length == CHUNKED else None
+                    if options.prebuffer_bytes:  # no upstream connection until the body's first bytes are here
+                        first = await prebuffer(receive, options.prebuffer_bytes, limit)
+                        if first.complete:  # the whole body: upstream in one piece (framed as the client framed it)
+                            read_whole = True
+                            body = first.then()
+                        else:
+                            rest = limit - first.length if limit is not None else None
+                            body = first.then(request_body(receive, disconnect, rest))
+                    else:
+                        body = request_body(receive, disconnect, limit)
+                if body is None or read_whole:
                     disconnect.watch()
                 piped = body
                 if body is not None and chain is not None and chain.wants_body:
@@ -579,7 +614,16 @@ async def forward_http(
                     sent += len(data)
                     await send({"type": "http.response.body", "body": data, "more_body": not done})
                 if not done:
+                    read_ahead = options.read_ahead
                     while chunk := await response.read():
+                        if read_ahead is not None and hooks is not None and hooks.write_paused:
+                            # The client is behind: read the upstream ahead of it and free the upstream when done.
+                            spool = ResponseSpool(read_ahead)
+                            try:
+                                await relay_ahead(response, send, chunk, spool, _releaser(response), hooks)
+                            finally:
+                                sent += spool.received
+                            break
                         sent += len(chunk)
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})

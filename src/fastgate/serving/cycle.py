@@ -20,7 +20,8 @@ last chunk's trailer section (RFC 9112 §7.1.2), checked for CR/LF as the head i
 
 The cycle is also the ``fastgate.server`` extension (:class:`ServerHooks`): the raw request target, a disconnect
 callback run by the connection the moment the client goes (so an exchange needs no watcher task), and ``abort()``
-to cut the client off when the upstream dies mid-body (the client then sees an incomplete response).
+to cut the client off when the upstream dies mid-body (the client then sees an incomplete response), and
+``write_paused``, which the proxy's read-ahead watches (``proxy/readahead.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class ServerHooks(Protocol):
     raw_target: bytes
     disconnected: bool
     on_disconnect: Callable[[], object] | None
+
+    @property
+    def write_paused(self) -> bool:
+        """Whether the client's transport holds more than its high-water mark (a send would wait)."""
+        ...
 
     def abort(self) -> None: ...
 
@@ -146,6 +152,10 @@ class RequestCycle:
         callback, self.on_disconnect = self.on_disconnect, None
         if callback is not None and self.disconnected:
             callback()
+
+    @property
+    def write_paused(self) -> bool:
+        return self.conn.write_paused
 
     def abort(self) -> None:
         self.disconnected = True
