@@ -26,14 +26,16 @@ so that request limits and deadlines live in one place and cost nothing per requ
 Client errors found here get fastgate's JSON error body, a fresh ``x-request-id``, ``connection: close``, and one
 access-log line; they never reach the app.
 
-**Lingering close** (nginx's): an answer sent while the client may still be sending (an early 413 or 401 on an
-unfinished upload, an error found mid-head) must not be followed by a plain close, because closing a socket with
-unread input makes the kernel send RST, which can destroy the answer before a client that reads only after sending
-(httpx, requests) has read it. So the answer is followed by FIN (``write_eof``; over TLS there is none), and what
-the client still sends is read and dropped, never parsed or kept, until it closes, sends nothing for
-``lingering_timeout``, has sent ``max_lingering_bytes``, or ``lingering_time`` has passed since the answer went out;
-then the socket is closed. The deadlines are checked by the sweep like the others. A response that ends with the
-request finished closes (or is kept alive) as before: nothing of this runs on that path.
+**Lingering close** (nginx's): an answer sent while the client may still be sending its request body (an early
+413 or 401 on an unfinished upload, a 408 for a body too slow) must not be followed by a plain close, because
+closing a socket with unread input makes the kernel send RST, which can destroy the answer before a client that
+reads only after sending (httpx, requests) has read it. So the answer is followed by FIN (``write_eof``; over TLS
+there is none), and what the client still sends is read and dropped, never parsed or kept, until it closes, sends
+nothing for ``lingering_timeout``, has sent ``max_lingering_bytes``, or ``lingering_time`` has passed; then the
+socket is closed. The deadlines are checked by the sweep like the others. A response that ends with the request
+finished closes (or is kept alive) as before: nothing of this runs on that path. After an error in a request head
+(431, 414, 408...) the socket gets FIN and stays open ``LINGER_SECONDS`` without reading: a hostile head costs no
+further reads, and the part of it sent past the limit fits in the socket buffers.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from .head import check_host, check_target, check_version
 from .limits import ServerLimits
 from .sweeper import Sweeper
 
+LINGER_SECONDS = 1.0  # after an error in a request head, how long the socket is left open (reading nothing)
 # Requests waiting behind the one being answered. llhttp parses a whole read at once, so without a bound one 256 KiB
 # read of tiny pipelined requests would queue thousands of them before reading pauses.
 MAX_PIPELINED = 16
@@ -622,8 +625,17 @@ class HttpProtocol(asyncio.Protocol):
             )
         )
         self.transport.write(head + body)
-        if linger:
-            self._linger()  # the client may still be sending (an oversized head, say): see the module docstring
+        if linger and self._parsing is not None:
+            self._linger()  # a request body was arriving: the rest is read and dropped (module docstring)
+        elif linger and self.transport.can_write_eof():
+            # An error in a head (431, 414, 408...): FIN after the answer, and the socket is left open a moment,
+            # reading nothing: a hostile head costs no further reads, and what was sent of it (at most about
+            # max_header_bytes past the answer) sits in the socket buffers meanwhile.
+            self.closed = True
+            self.transport.write_eof()
+            self._reading = False
+            self.transport.pause_reading()
+            self._linger_until = self._linger_idle = self.loop.time() + LINGER_SECONDS
         else:
             self.closed = True
             self.transport.close()
@@ -665,10 +677,13 @@ class HttpProtocol(asyncio.Protocol):
             self._linger_idle = self.loop.time() + self.limits.lingering_timeout
 
     def _end_linger(self) -> None:
-        # No more reads; whatever the client still sends gets RST. close(), not abort(): an answer still in the write
-        # buffer (a client reading a long response slowly) goes out first, as it did before lingering existed.
+        # No more reads; whatever the client still sends gets RST. After a body, close(), not abort(): an answer
+        # still in the write buffer (a client reading a long response slowly) goes out first, as it did before.
         self._linger_until = 0.0
-        self.transport.close()
+        if self._reading:
+            self.transport.close()
+        else:
+            self.transport.abort()  # after a head error: nothing was read meanwhile, nothing more will be
 
     def _refuse(self, error: FastgateError) -> None:
         self._respond_error(error, method="-", target=b"-", linger=False)
