@@ -182,3 +182,30 @@ async def test_shutdown_ends_a_linger_at_once() -> None:
     assert not transport.ended
     protocol.shutdown()
     assert transport.ended
+
+
+async def test_a_body_too_slow_is_answered_408_and_the_rest_of_it_read_and_dropped() -> None:
+    # The server's own answer to a request whose body was arriving lingers by reading, like the app's early answers.
+    limits = ServerLimits(min_body_rate=1000, body_grace_period=1, lingering_timeout=5)
+    protocol, transport = connect(Echo(), limits)
+    protocol.data_received(b"POST /up HTTP/1.1\r\nHost: x\r\ncontent-length: 100000\r\n\r\n" + b"x" * 10)
+    await settle()
+    now = protocol.loop.time()
+    protocol.check(now + 10)
+    assert status_of(transport.written) == 408
+    assert transport.eof and transport.reading and not transport.ended
+    protocol.data_received(b"x" * 4096)  # dropped (the linger's clock started when the 408 went, about `now`)
+    protocol.check(now + 4)
+    assert not transport.ended
+    protocol.check(protocol.loop.time() + 5.5)
+    assert transport.ended and not transport.aborted
+
+
+async def test_an_error_in_a_head_reads_nothing_more() -> None:
+    # A hostile head costs no further reads: FIN, reading stays paused, the socket is cut a moment later.
+    protocol, transport = connect(Echo(), ServerLimits(max_header_bytes=4096))
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 1000)
+    assert status_of(transport.written) == 431
+    assert transport.eof and not transport.reading and not transport.ended
+    protocol.check(protocol.loop.time() + 1.5)
+    assert transport.aborted
