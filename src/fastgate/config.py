@@ -918,6 +918,12 @@ class ServerConfig(_Model):
     min_request_body_rate: BodyRate | None = Field(default_factory=BodyRate)
     max_requests_per_connection: int | None = Field(1000, ge=1)
     max_connections: int | None = Field(10000, ge=1)
+    # After an answer that leaves request bytes unread (an early 413, 401, 429...): FIN, then what the client still
+    # sends is read and dropped until it closes, for at most lingering_time seconds in all, lingering_timeout without
+    # a byte, and max_lingering_bytes (nginx's lingering close; 0 s closes at once, nginx's lingering_close off).
+    lingering_time: float = Field(30.0, ge=0)
+    lingering_timeout: float = Field(5.0, gt=0)
+    max_lingering_bytes: int = Field(4 * 1024 * 1024, ge=0)
     underscores_in_headers: bool = False
     request_buffer_memory_bytes: int = Field(1024 * 1024, ge=0)
     # Slow clients hold no upstream connection (proxy/readahead.py, proxy/buffering.py; docs/security.md): a request

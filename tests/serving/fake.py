@@ -23,6 +23,7 @@ class FakeTransport:
     closed: bool = False  # the server ended its side: close, abort, or FIN (write_eof)
     eof: bool = False
     aborted: bool = False
+    ended: bool = False  # the socket is gone (close or abort), not only its sending side (write_eof)
     reading: bool = True
     protocol: Any = None
 
@@ -35,7 +36,7 @@ class FakeTransport:
             self.write(piece)
 
     def close(self) -> None:
-        self.closed = True
+        self.closed = self.ended = True
 
     def can_write_eof(self) -> bool:
         return True
@@ -44,7 +45,7 @@ class FakeTransport:
         self.closed = self.eof = True
 
     def abort(self) -> None:
-        self.closed = self.aborted = True
+        self.closed = self.aborted = self.ended = True
 
     def is_closing(self) -> bool:
         return self.closed

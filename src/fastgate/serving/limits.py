@@ -26,6 +26,9 @@ class ServerLimits:
     body_grace_period: float = 5.0
     max_requests_per_connection: int | None = 1000
     max_connections: int | None = 10000
+    lingering_time: float = 30.0
+    lingering_timeout: float = 5.0
+    max_lingering_bytes: int = 4 * 1024 * 1024
     underscores_in_headers: bool = False
 
     @classmethod
@@ -42,12 +45,19 @@ class ServerLimits:
             body_grace_period=rate.grace_period if rate else 0.0,
             max_requests_per_connection=server.max_requests_per_connection,
             max_connections=server.max_connections,
+            lingering_time=server.lingering_time,
+            lingering_timeout=server.lingering_timeout,
+            max_lingering_bytes=server.max_lingering_bytes,
             underscores_in_headers=server.underscores_in_headers,
         )
 
     @property
     def sweep_interval(self) -> float:
-        """How often deadlines are checked: a tenth of the shortest, between 50 ms and 1 s."""
+        """How often deadlines are checked: a tenth of the shortest, between 50 ms and 1 s.
+
+        The lingering deadlines are left out (they only run after an early answer): a closing socket lingers up to
+        one interval longer than ``lingering_timeout`` says, rather than every connection being swept more often.
+        """
         times = [t for t in (self.header_timeout, self.keepalive_timeout, self.send_timeout) if t]
         if self.min_body_rate:
             times.append(max(self.body_grace_period, 1.0))

@@ -25,6 +25,17 @@ so that request limits and deadlines live in one place and cost nothing per requ
 
 Client errors found here get fastgate's JSON error body, a fresh ``x-request-id``, ``connection: close``, and one
 access-log line; they never reach the app.
+
+**Lingering close** (nginx's): an answer sent while the client may still be sending its request body (an early
+413 or 401 on an unfinished upload, a 408 for a body too slow) must not be followed by a plain close, because
+closing a socket with unread input makes the kernel send RST, which can destroy the answer before a client that
+reads only after sending (httpx, requests) has read it. So the answer is followed by FIN (``write_eof``; over TLS
+there is none), and what the client still sends is read and dropped, never parsed or kept, until it closes, sends
+nothing for ``lingering_timeout``, has sent ``max_lingering_bytes``, or ``lingering_time`` has passed; then the
+socket is closed. The deadlines are checked by the sweep like the others. A response that ends with the request
+finished closes (or is kept alive) as before: nothing of this runs on that path. After an error in a request head
+(431, 414, 408...) the socket gets FIN and stays open ``LINGER_SECONDS`` without reading: a hostile head costs no
+further reads, and the part of it sent past the limit fits in the socket buffers.
 """
 
 from __future__ import annotations
@@ -58,7 +69,7 @@ from .head import check_host, check_target, check_version
 from .limits import ServerLimits
 from .sweeper import Sweeper
 
-LINGER_SECONDS = 1.0  # after an error answer, how long input is drained before the socket is closed
+LINGER_SECONDS = 1.0  # after an error in a request head, how long the socket is left open (reading nothing)
 # Requests waiting behind the one being answered. llhttp parses a whole read at once, so without a bound one 256 KiB
 # read of tiny pipelined requests would queue thousands of them before reading pauses.
 MAX_PIPELINED = 16
@@ -141,7 +152,10 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._framing_bytes = 0
         self._line_bytes = 0  # the unfinished line of a head being received
-        self._linger_until = 0.0
+        self._linger_until = 0.0  # lingering close: the deadline of the whole linger, and of a silence in it
+        self._linger_idle = 0.0
+        self._linger_left = 0  # bytes still to be dropped before the socket is closed anyway
+        self._stopping = False  # a graceful shutdown came while a request was being answered
         self._pending_error: ClientError | None = None
 
     @property
@@ -204,7 +218,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
-            return  # lingering after an error answer: input already read is dropped
+            if self._linger_until:
+                self._discard(len(data))  # lingering close: dropped, never parsed
+            return
         if self.phase == _IDLE or self.phase == _FIRST:
             # self._arm(_HEAD, header_timeout), inline: a call less on every request
             self.phase = _HEAD
@@ -307,7 +323,11 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._cycle = None
         if not cycle.keep_alive or self.closed:
-            if not self.closed:
+            if self.closed:
+                return
+            if cycle.more_body or self._parsing is not None or self._pipeline or self.phase == _HEAD:
+                self._linger()  # the client may still be sending: its request body, or requests after this one
+            else:
                 self.closed = True
                 self.transport.close()  # for a close-delimited body the close is its end
             return
@@ -337,14 +357,14 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._cycle.keep_alive = False
             self._pipeline.clear()
+            self._stopping = True
 
     # -- deadlines (called by the sweeper) --------------------------------------------------------------------
 
     def check(self, now: float) -> None:
         if self.closed:
-            if self._linger_until and now >= self._linger_until:
-                self._linger_until = 0.0
-                self.transport.abort()
+            if self._linger_until and (now >= self._linger_until or now >= self._linger_idle):
+                self._end_linger()
             return
         if self.deadline and now >= self.deadline:
             if self.phase == _IDLE:
@@ -611,18 +631,20 @@ class HttpProtocol(asyncio.Protocol):
                 b"connection: close\r\n\r\n",
             )
         )
-        self.closed = True
         self.transport.write(head + body)
-        if linger and self.transport.can_write_eof():
-            # A lingering close: closing a socket with unread input makes the kernel send RST at once, which can
-            # destroy the answer before the client reads it (a client still sending an oversized head, say). So the
-            # answer is followed by FIN, and the socket is left open for a moment before it is closed. Unlike
-            # nginx, nothing more is read meanwhile: a hostile client costs no further reads.
+        if linger and self._parsing is not None:
+            self._linger()  # a request body was arriving: the rest is read and dropped (module docstring)
+        elif linger and self.transport.can_write_eof():
+            # An error in a head (431, 414, 408...): FIN after the answer, and the socket is left open a moment,
+            # reading nothing: a hostile head costs no further reads, and what was sent of it (at most about
+            # max_header_bytes past the answer) sits in the socket buffers meanwhile.
+            self.closed = True
             self.transport.write_eof()
             self._reading = False
             self.transport.pause_reading()
-            self._linger_until = self.loop.time() + LINGER_SECONDS
+            self._linger_until = self._linger_idle = self.loop.time() + LINGER_SECONDS
         else:
+            self.closed = True
             self.transport.close()
         if access_logger.isEnabledFor(logging.INFO):
             access_logger.info(
@@ -635,6 +657,40 @@ class HttpProtocol(asyncio.Protocol):
                 error.code,
                 error.detail,
             )
+
+    def _linger(self) -> None:
+        """Close after an answer the client may not have read yet, while it may still be sending (module docstring)."""
+        self.closed = True
+        limits = self.limits
+        transport = self.transport
+        if not limits.lingering_time:
+            transport.close()  # lingering_time: 0, nginx's lingering_close off
+            return
+        if transport.can_write_eof():
+            transport.write_eof()  # FIN once the answer has gone; without it (TLS) the client reads by the length
+        now = self.loop.time()
+        self._linger_until = now + (limits.lingering_timeout if self._stopping else limits.lingering_time)
+        self._linger_idle = now + limits.lingering_timeout
+        self._linger_left = limits.max_lingering_bytes
+        if not self._reading:
+            self._reading = True
+            transport.resume_reading()
+
+    def _discard(self, size: int) -> None:
+        self._linger_left -= size
+        if self._linger_left < 0:
+            self._end_linger()
+        else:
+            self._linger_idle = self.loop.time() + self.limits.lingering_timeout
+
+    def _end_linger(self) -> None:
+        # No more reads; whatever the client still sends gets RST. After a body, close(), not abort(): an answer
+        # still in the write buffer (a client reading a long response slowly) goes out first, as it did before.
+        self._linger_until = 0.0
+        if self._reading:
+            self.transport.close()
+        else:
+            self.transport.abort()  # after a head error: nothing was read meanwhile, nothing more will be
 
     def _refuse(self, error: FastgateError) -> None:
         self._respond_error(error, method="-", target=b"-", linger=False)
