@@ -414,8 +414,8 @@ async def chunks(size: int, piece: int = 64 * 1024) -> AsyncIterator[bytes]:
 async def post_raw(port: int, path: str, size: int, *, chunked: bool, piece: int = 64 * 1024) -> tuple[int, bytes]:
     """POST ``size`` bytes (declared or chunked) on a raw socket, reading the answer while the body goes out.
 
-    A client that reads only after sending (httpx) may lose an early 413 to the reset of the lingering close; this
-    one reads as curl does, so it sees what the gateway answered.
+    It reads as curl does, while the body goes out, so what the gateway answered is seen however early it came
+    (tests/proxy/test_lingering*.py cover clients that read only after sending, as httpx does).
     """
     framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % size
     received = b""
