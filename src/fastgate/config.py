@@ -284,6 +284,12 @@ class OutlierDetection(_Model):
 # A request_buffering route's body limit when neither it nor the server gives one: the body is spooled to a temporary
 # file, so it needs a bound (nginx's client_max_body_size default, 1 MiB). Streamed routes have none by default.
 BUFFERED_BODY_LIMIT = 1024 * 1024
+# The slow-client defaults (server.request_prebuffer_bytes, response_buffer_memory_bytes, response_buffer_file_bytes),
+# named so that proxy/http.py's ForwardOptions takes them without building a ServerConfig (and its validator) in a
+# worker handed the manager's config (tests/test_lazy_imports.py).
+REQUEST_PREBUFFER_BYTES = 64 * 1024
+RESPONSE_BUFFER_MEMORY_BYTES = 64 * 1024
+RESPONSE_BUFFER_FILE_BYTES = 16 * 1024 * 1024
 
 RETRY_ON_CONDITIONS = ("connect_error", "timeout", "reset")
 
@@ -928,11 +934,11 @@ class ServerConfig(_Model):
     request_buffer_memory_bytes: int = Field(1024 * 1024, ge=0)
     # Slow clients hold no upstream connection (proxy/readahead.py, proxy/buffering.py; docs/security.md): a request
     # body is read up to this many bytes before a connection is taken (0: stream from the first byte, as Envoy)...
-    request_prebuffer_bytes: int = Field(64 * 1024, ge=0)
+    request_prebuffer_bytes: int = Field(REQUEST_PREBUFFER_BYTES, ge=0)
     # ...and a response is read ahead of a client that falls behind: this much in memory, then this much in a
     # temporary file, then backpressure (both 0: no read-ahead, the upstream waits for the client).
-    response_buffer_memory_bytes: int = Field(64 * 1024, ge=0)
-    response_buffer_file_bytes: int = Field(16 * 1024 * 1024, ge=0)
+    response_buffer_memory_bytes: int = Field(RESPONSE_BUFFER_MEMORY_BYTES, ge=0)
+    response_buffer_file_bytes: int = Field(RESPONSE_BUFFER_FILE_BYTES, ge=0)
     # Request bodies over this many bytes get 413 (null: no limit, as Envoy and Traefik; see docs/security.md).
     max_body_bytes: int | None = Field(None, ge=0)
     # The client hop of WebSocket sessions (Uvicorn's ws_* settings); the upstream hop is UpstreamConfig.websocket.

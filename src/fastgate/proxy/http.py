@@ -50,7 +50,15 @@ import anyio.lowlevel
 from anyio.abc import AsyncBackend
 
 from .._types import Receive, Scope, Send
-from ..config import RetryPolicy, ServerConfig, Timeouts, UpstreamConfig
+from ..config import (
+    REQUEST_PREBUFFER_BYTES,
+    RESPONSE_BUFFER_FILE_BYTES,
+    RESPONSE_BUFFER_MEMORY_BYTES,
+    RetryPolicy,
+    ServerConfig,
+    Timeouts,
+    UpstreamConfig,
+)
 from ..exceptions import ClientDisconnected, FastgateError, UpstreamError, UpstreamOverflow
 from ..observability.exchange import Observability
 from ..observability.logging import error_logger
@@ -67,8 +75,6 @@ from .headers import HeaderRules, new_request_id, response_headers
 from .readahead import ReadAheadLimits, ResponseSpool, relay_ahead
 from .trailers import response_trailers
 
-_DEFAULT_SERVER = ServerConfig()
-
 
 @dataclass(slots=True)
 class ForwardOptions:
@@ -84,10 +90,8 @@ class ForwardOptions:
     observability: Observability = field(default_factory=Observability)
     exchanges: set[_DisconnectScope] = field(default_factory=set)  # in flight; expire() ends them (drain_timeout)
     trailers: bool = True
-    prebuffer_bytes: int = _DEFAULT_SERVER.request_prebuffer_bytes
-    read_ahead: ReadAheadLimits | None = ReadAheadLimits(
-        _DEFAULT_SERVER.response_buffer_memory_bytes, _DEFAULT_SERVER.response_buffer_file_bytes
-    )
+    prebuffer_bytes: int = REQUEST_PREBUFFER_BYTES
+    read_ahead: ReadAheadLimits | None = ReadAheadLimits(RESPONSE_BUFFER_MEMORY_BYTES, RESPONSE_BUFFER_FILE_BYTES)
 
     @classmethod
     def from_config(
