@@ -30,6 +30,20 @@ from ..exceptions import ClientDisconnected, RequestTooLarge
 _PIECE = 256 * 1024
 
 
+async def _next_piece(receive: Receive) -> tuple[bytes, bool]:
+    """The next body message's bytes and whether more follow; raises ClientDisconnected if the client left."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnected("client disconnected during the request body")
+    return message.get("body", b""), message.get("more_body", False)
+
+
+def _check_limit(length: int, max_bytes: int | None) -> None:
+    """Raise :class:`RequestTooLarge` when a body of ``length`` bytes is past ``max_bytes`` (None: no limit)."""
+    if max_bytes is not None and length > max_bytes:
+        raise RequestTooLarge(f"request body grew past the limit of {max_bytes} bytes")
+
+
 class BufferedBody:
     """A request body held in memory and, past ``memory_bytes``, in a temporary file.
 
@@ -53,14 +67,9 @@ class BufferedBody:
         try:
             more = True
             while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnected("client disconnected during the request body")
-                more = message.get("more_body", False)
-                chunk: bytes = message.get("body", b"")
+                chunk, more = await _next_piece(receive)
                 if chunk:
-                    if max_bytes is not None and body.length + len(chunk) > max_bytes:
-                        raise RequestTooLarge(f"request body grew past the limit of {max_bytes} bytes")
+                    _check_limit(body.length + len(chunk), max_bytes)
                     await body._add(chunk)
         except BaseException:
             body.close()
@@ -129,15 +138,10 @@ async def prebuffer(receive: Receive, bound: int, max_bytes: int | None = None) 
     body = Prebuffered()
     more = True
     while more and body.length < bound:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected("client disconnected during the request body")
-        more = message.get("more_body", False)
-        chunk: bytes = message.get("body", b"")
+        chunk, more = await _next_piece(receive)
         if chunk:
             body.length += len(chunk)
-            if max_bytes is not None and body.length > max_bytes:
-                raise RequestTooLarge(f"request body grew past the limit of {max_bytes} bytes")
+            _check_limit(body.length, max_bytes)
             body.pieces.append(chunk)
     body.complete = not more
     return body
