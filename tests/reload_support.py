@@ -17,7 +17,7 @@ import anyio
 import yaml
 
 from fastgate._types import Receive, Scope, Send
-from tests.servers import GatewayProcess, free_port, wait_for_port
+from tests.servers import GatewayProcess, answer_lifespan, free_port, wait_for_port
 
 
 @dataclass
@@ -32,9 +32,7 @@ class NamedUpstream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return

@@ -23,6 +23,13 @@ from fastgate._types import ASGIApp, Message, Receive, Scope, Send
 from fastgate._ws_protocol import FastgateWebSocketProtocol
 
 
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI lifespan conversation: startup complete, then shutdown complete (for the tests' small apps)."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 def bind_socket(host: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -38,7 +38,7 @@ from fastgate.admin.redaction import redacted_config
 from fastgate.config import build_config
 from tests.auth.helpers import SigningKey, jwks, rsa_key
 from tests.redis_server import RedisServer
-from tests.servers import GatewayProcess, RunningServer, free_port, run_server, wait_for_port
+from tests.servers import GatewayProcess, RunningServer, answer_lifespan, free_port, run_server, wait_for_port
 
 pytestmark = pytest.mark.anyio
 
@@ -118,9 +118,7 @@ class DocUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return

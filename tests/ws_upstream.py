@@ -39,7 +39,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.utils import accept_key
 
 from fastgate._types import Receive, Scope, Send
-from tests.servers import bind_socket
+from tests.servers import answer_lifespan, bind_socket
 
 
 def close_code_of(frame: bytes) -> int:
@@ -82,9 +82,7 @@ class WebSocketUpstreamApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "websocket":
             await send({"type": "http.response.start", "status": 404, "headers": []})

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fastgate._types import Receive, Scope, Send
 from tests.integrations.conftest import EXAMPLES, load_example, send_then_disconnect, serve
-from tests.servers import REFUSED_PORT, RunningServer, free_port, run_server, wait_until
+from tests.servers import REFUSED_PORT, RunningServer, answer_lifespan, free_port, run_server, wait_until
 from tests.upstream_app import Recorder
 from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
 
@@ -43,9 +43,7 @@ class Service:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         await receive()  # the (empty) body
         self.paths.append(scope["path"])

@@ -18,7 +18,7 @@ from fastgate.config import build_config
 from fastgate.observability.metrics import metrics_mapping
 from fastgate.upstream.cluster import Cluster
 from fastgate.upstream.guarded import GuardedCluster
-from tests.servers import RunningServer, run_gateway, run_server, wait_until
+from tests.servers import RunningServer, answer_lifespan, run_gateway, run_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -36,9 +36,7 @@ class HoldingApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await answer_lifespan(receive, send)
             return
         more = True
         while more:
