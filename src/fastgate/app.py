@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 import anyio
@@ -33,9 +33,11 @@ from .observability.logging import access_logger, apply_log_level, error_logger
 from .observability.metrics import Metrics
 from .plugins.chain import PluginChain
 from .process_signals import on_shutdown_signal, reload_on_sighup
-from .proxy.errors import error_response
+from .proxy.asgi import AsgiDownstream, request_target
+from .proxy.downstream import Downstream
+from .proxy.errors import answer_error
 from .proxy.headers import new_request_id
-from .proxy.http import ForwardOptions, forward_http, request_target
+from .proxy.http import ForwardOptions, exchange
 from .proxy.paths import PATH_KEY, plain_target, resolve_target
 from .proxy.websocket import forward_websocket, refuse_websocket
 from .reloading import ConfigSource, check_reloadable, diff_upstreams
@@ -45,6 +47,9 @@ from .snapshot import HeldTransport, Snapshot
 from .upstream.transport import Transport
 
 # Whether the gateway serves: "starting" until the lifespan opened everything, "draining" once SIGTERM/SIGINT came.
+# "asgi": fastgate's server serves the gateway through the ASGI adapter rather than calling Gateway.handle directly.
+DRIVER_ENV = "FASTGATE_DRIVER"
+
 Readiness = Literal["starting", "ready", "draining"]
 
 
@@ -65,6 +70,11 @@ class Gateway:
         self._snapshots: set[Snapshot] = set()  # started and not yet shut down (the current one, draining ones)
         self._reload_lock: anyio.Lock | None = None
         self.readiness: Readiness = "starting"
+        # What fastgate's HTTP/1.1 server calls for each request (the exchange core, driven with no ASGI). None makes
+        # it serve the gateway as an ASGI app, through the adapter (FASTGATE_DRIVER=asgi: the tests run both).
+        self.handler: Callable[[Downstream], Awaitable[None]] | None = (
+            None if os.environ.get(DRIVER_ENV) == "asgi" else self.handle
+        )
 
     @property
     def metrics(self) -> Metrics | None:
@@ -244,56 +254,58 @@ class Gateway:
             await self._lifespan(receive, send)
 
     @staticmethod
-    def _route(snapshot: Snapshot, scope: Scope, method: bytes, target: bytes) -> tuple[Route, bytes]:
-        """The route for a request and the target to send upstream; raises a :class:`ClientError` (400, 404).
+    def _route(
+        snapshot: Snapshot, headers: list[tuple[bytes, bytes]], method: bytes, target: bytes
+    ) -> tuple[Route, bytes, bytes]:
+        """The route for a request, the target to send upstream and the canonical path the route matched (kept for
+        ``X-Forwarded-Uri``); raises a :class:`ClientError` (400, 404).
 
         proxy/paths.py decides: the route the canonical path picks, the target as sent when every reading of the
         path picks that route too, the canonical path (query kept) when the readings differed only by RFC 3986
-        normalisation, else 400. The canonical path is kept in the scope (``PATH_KEY``) for ``X-Forwarded-Uri``.
+        normalisation, else 400.
         """
         routes = snapshot.routes
         host = b""
         if routes.uses_host:
-            for name, value in scope["headers"]:
+            for name, value in headers:
                 if name == b"host":
                     host = value
                     break
         if plain_target(target) is None:  # one reading and no query: what resolve_target would do, a call less
-            route, path = routes.match(method, host, target, scope["headers"], b""), target
+            route, path = routes.match(method, host, target, headers, b""), target
         else:
-            route, target, path, _ = resolve_target(
-                target, routes, method, host, scope["headers"], snapshot.merge_slashes
-            )
+            route, target, path, _ = resolve_target(target, routes, method, host, headers, snapshot.merge_slashes)
         if route is None:
             raise RouteNotFound(f"no route for {target[:200].decode('latin-1')}")
-        scope[PATH_KEY] = path
-        return route, route.upstream_target(target, path)
+        return route, route.upstream_target(target, path), path
 
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An ASGI HTTP request: the exchange core driven through the ASGI adapter."""
+        await self.handle(AsgiDownstream(scope, receive, send))
+
+    async def handle(self, down: Downstream) -> None:
+        """One HTTP request from any driver (fastgate's HTTP/1.1 server calls this directly, with no ASGI)."""
         snapshot = self._snapshot  # taken once: a reload meanwhile does not change this request's config
-        target = request_target(scope)
         try:
-            route, target = self._route(snapshot, scope, scope["method"].encode("ascii"), target)
+            route, target, down.matched_path = self._route(snapshot, down.headers, down.method.encode(), down.target)
         except ClientError as exc:
-            await error_response(send, exc, new_request_id())
+            await answer_error(down, exc, new_request_id())
             return
         options = snapshot.options.get(route.upstream)
         if options is None:
             error_logger.error("request before the gateway's lifespan started (mounted without entering it?)")
-            await error_response(send, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
+            await answer_error(down, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
             return
         snapshot.inflight += 1  # its transports and plugins stay up until this request ends
         try:
-            await forward_http(scope, receive, send, options, target, route=snapshot.route_options[route.index])
+            await exchange(down, options, target, route=snapshot.route_options[route.index])
         except Exception:
             # A bug of ours: the traceback goes to the log, the client gets a short JSON 500 (or, when the response
             # had already started, an aborted connection).
             request_id = new_request_id()
-            error_logger.exception(
-                "internal error on %s %s (request_id %s)", scope["method"], scope["path"], request_id
-            )
+            error_logger.exception("internal error on %s %s (request_id %s)", down.method, down.path, request_id)
             with contextlib.suppress(Exception):
-                await error_response(send, FastgateError("internal error"), request_id)
+                await answer_error(down, FastgateError("internal error"), request_id)
         finally:
             snapshot.leave()
 
@@ -301,7 +313,7 @@ class Gateway:
         snapshot = self._snapshot  # the session keeps its snapshot (and so its upstream's transport) to the end
         refusal: FastgateError
         try:
-            route, target = self._route(snapshot, scope, b"GET", request_target(scope))
+            route, target, scope[PATH_KEY] = self._route(snapshot, scope["headers"], b"GET", request_target(scope))
         except ClientError as exc:
             refusal = exc
         else:

@@ -1,5 +1,5 @@
-"""``proxy/buffering.prebuffer``: what is read before an upstream connection is taken, without sockets (the ASGI
-``receive`` here is a list of messages; the behaviour through a real gateway is in test_http_forwarding.py and
+"""``proxy/buffering.prebuffer``: what is read before an upstream connection is taken, without sockets (the
+downstream's ``read_body`` here reads a list of ASGI-style messages; the behaviour through a real gateway is in test_http_forwarding.py and
 tests/hostile/test_slow_clients.py)."""
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ def receiver(*messages: dict[str, Any]) -> Any:
     queue = list(messages)
     taken: list[dict[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
+    async def read_body() -> tuple[bytes, bool]:
         taken.append(queue.pop(0))
-        return taken[-1]
+        if taken[-1]["type"] == "http.disconnect":
+            raise ClientDisconnected("client disconnected during the request body")
+        return taken[-1]["body"], taken[-1]["more_body"]
 
-    receive.taken = taken  # type: ignore[attr-defined]
-    return receive
+    read_body.taken = taken  # type: ignore[attr-defined]
+    return read_body
 
 
 def piece(body: bytes, more: bool = True) -> dict[str, Any]:
@@ -46,9 +48,9 @@ async def test_reading_stops_once_the_bound_is_reached_and_the_rest_follows() ->
 
     async def rest() -> AsyncGenerator[bytes]:
         while True:
-            message = await receive()
-            yield message["body"]
-            if not message["more_body"]:
+            body, more = await receive()
+            yield body
+            if not more:
                 return
 
     assert b"".join([p async for p in first.then(rest())]) == b"a" * 60 + b"b" * 60 + b"c" * 10 + b"d"

@@ -32,9 +32,10 @@ from ..config import UpstreamConfig
 from ..exceptions import UpstreamUnavailable
 from ..observability.logging import error_logger
 from ..observability.safe_url import safe_url
+from ..proxy.asgi import request_target
 from ..proxy.errors import error_response
 from ..proxy.headers import new_request_id
-from ..proxy.http import forward_http, request_target
+from ..proxy.http import forward_http
 from ..proxy.websocket import forward_websocket as forward_ws
 from ..proxy.websocket import refuse_websocket
 from .client import UpstreamClient

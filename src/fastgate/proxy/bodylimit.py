@@ -12,10 +12,9 @@ answers (the transport stops sending when the response head arrives, and the con
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
-from .._types import Receive
 from ..exceptions import ClientDisconnected, RequestTooLarge
 
 
@@ -32,20 +31,22 @@ def declared_too_large(length: int | None, limit: int) -> RequestTooLarge | None
     return None
 
 
-async def request_body(receive: Receive, scope: _Scope, limit: int | None = None) -> AsyncGenerator[bytes]:
-    """The request body from ``receive``; with ``limit``, :class:`RequestTooLarge` once more than that came.
+async def request_body(
+    read: Callable[[], Awaitable[tuple[bytes, bool]]], scope: _Scope, limit: int | None = None
+) -> AsyncGenerator[bytes]:
+    """The request body from ``read`` (a downstream's ``read_body``); with ``limit``, :class:`RequestTooLarge` once
+    more than that came.
 
     ``scope.watch()`` is called with the last piece (the body is read: a disconnect watcher may take ``receive``).
     """
     seen = 0
     more = True
     while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
+        try:
+            chunk, more = await read()
+        except ClientDisconnected:
             scope.disconnected = True
-            raise ClientDisconnected("client disconnected during the request body")
-        more = message.get("more_body", False)
-        chunk: bytes = message.get("body", b"")
+            raise
         if limit is not None:
             seen += len(chunk)
             if seen > limit:

@@ -18,24 +18,18 @@ goes upstream with a Content-Length, at the upstream's speed.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO
 
 import anyio.to_thread
 
-from .._types import Receive
-from ..exceptions import ClientDisconnected, RequestTooLarge
+from ..exceptions import RequestTooLarge
 
 _PIECE = 256 * 1024
 
-
-async def _next_piece(receive: Receive) -> tuple[bytes, bool]:
-    """The next body message's bytes and whether more follow; raises ClientDisconnected if the client left."""
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnected("client disconnected during the request body")
-    return message.get("body", b""), message.get("more_body", False)
+# A downstream's ``read_body``: the next body piece and whether more follows; raises ClientDisconnected.
+ReadBody = Callable[[], Awaitable[tuple[bytes, bool]]]
 
 
 def _check_limit(length: int, max_bytes: int | None) -> None:
@@ -47,7 +41,7 @@ def _check_limit(length: int, max_bytes: int | None) -> None:
 class BufferedBody:
     """A request body held in memory and, past ``memory_bytes``, in a temporary file.
 
-    >>> body = await BufferedBody.read(receive, memory_bytes=1 << 20)
+    >>> body = await BufferedBody.read(downstream.read_body, memory_bytes=1 << 20)
     >>> body.length, [piece async for piece in body.pieces()]
     """
 
@@ -58,8 +52,8 @@ class BufferedBody:
         self._file: IO[bytes] | None = None
 
     @classmethod
-    async def read(cls, receive: Receive, *, memory_bytes: int, max_bytes: int | None = None) -> BufferedBody:
-        """Read every body message from ``receive``; raises ClientDisconnected if the client leaves first.
+    async def read(cls, read: ReadBody, *, memory_bytes: int, max_bytes: int | None = None) -> BufferedBody:
+        """Read every body piece from ``read``; raises ClientDisconnected if the client leaves first.
 
         ``max_bytes``: raise :class:`RequestTooLarge` as soon as the body passes it (nothing more is kept).
         """
@@ -67,7 +61,7 @@ class BufferedBody:
         try:
             more = True
             while more:
-                chunk, more = await _next_piece(receive)
+                chunk, more = await read()
                 if chunk:
                     _check_limit(body.length + len(chunk), max_bytes)
                     await body._add(chunk)
@@ -129,8 +123,8 @@ class Prebuffered:
                     await aclose()
 
 
-async def prebuffer(receive: Receive, bound: int, max_bytes: int | None = None) -> Prebuffered:
-    """Read body messages from ``receive`` until the body ends or at least ``bound`` bytes have come.
+async def prebuffer(read: ReadBody, bound: int, max_bytes: int | None = None) -> Prebuffered:
+    """Read body pieces from ``read`` until the body ends or at least ``bound`` bytes have come.
 
     Raises :class:`ClientDisconnected` if the client leaves first, and :class:`RequestTooLarge` once the body
     passes ``max_bytes`` (counted here for a body whose length the server's framing does not hold).
@@ -138,7 +132,7 @@ async def prebuffer(receive: Receive, bound: int, max_bytes: int | None = None) 
     body = Prebuffered()
     more = True
     while more and body.length < bound:
-        chunk, more = await _next_piece(receive)
+        chunk, more = await read()
         if chunk:
             body.length += len(chunk)
             _check_limit(body.length, max_bytes)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from .._types import Send
 from ..exceptions import FastgateError
+
+if TYPE_CHECKING:
+    from .downstream import Downstream
 
 
 def error_parts(exc: FastgateError, request_id: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -31,3 +35,15 @@ async def error_response(
     headers, body = parts if parts is not None else error_parts(exc, request_id)
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def answer_error(
+    down: Downstream,
+    exc: FastgateError,
+    request_id: bytes,
+    parts: tuple[list[tuple[bytes, bytes]], bytes] | None = None,
+) -> None:
+    """:func:`error_response` through the exchange core's downstream (head and body in one write where it can)."""
+    headers, body = parts if parts is not None else error_parts(exc, request_id)
+    await down.send_head(exc.status_code, headers, defer=True)
+    await down.send_body(body, False)

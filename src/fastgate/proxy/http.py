@@ -1,13 +1,19 @@
-"""One HTTP exchange through the gateway.
+"""One HTTP exchange through the gateway: the exchange core, which knows no ASGI and no wire format.
 
 How this works
 --------------
+:func:`exchange` runs one request given its client side as a :class:`~fastgate.proxy.downstream.Downstream`: the
+request head as the driver holds it, the body through ``read_body``, the response through ``send_head`` /
+``send_body`` / ``send_trailers``, the disconnect through ``disconnect_scope``. fastgate's HTTP/1.1 server drives it
+directly (``serving/cycle.py``: head and bytes, no scope or message dicts); :func:`forward_http` drives it through
+the ASGI adapter (``proxy/asgi.py``) for the library and other servers. One implementation, two drivers.
+
 1. The request head is checked and rewritten (``headers.request_headers``); bad input is answered 400/431 here
    and never reaches the upstream. A route with plugins (``RouteOptions.plugins``) then runs their ``on_request``
    hooks, before any body byte is read: an early answer ends the exchange here. A route without plugins has no
    chain and takes none of the plugin steps (bench/plugins.py measures both).
 2. The body's first ``request_prebuffer_bytes`` are read (``buffering.prebuffer``: no upstream connection for a
-   body that trickles in); then the transport sends the head and the body (the rest from ``receive()`` as it
+   body that trickles in); then the transport sends the head and the body (the rest from ``read_body()`` as it
    arrives), then waits for the response head. Errors up to here become a JSON 502/503/504
    (``errors.error_response``).
 3. The plugins' ``on_response`` hooks may change the status and headers; then the response head goes to the
@@ -35,19 +41,12 @@ tolerated in both ASGI flavours: spec 2.3 servers ignore them, 2.4 servers raise
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from time import perf_counter
-from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import anyio
-import anyio.abc
-import anyio.lowlevel
-from anyio.abc import AsyncBackend
 
 from .._types import Receive, Scope, Send
 from ..config import (
@@ -66,11 +65,12 @@ from ..observability.record import ExchangeRecord
 from ..observability.tracing import ExchangeTrace
 from ..plugins.base import Answer, Exchange, HeaderList, RequestContext, ResponseHead, request_context
 from ..plugins.chain import PluginChain, PluginError
-from ..serving.cycle import ServerHooks
 from ..upstream.transport import CHUNKED, Transport, UpstreamRequest, UpstreamResponse
+from .asgi import AsgiDownstream
 from .bodylimit import declared_too_large, request_body
 from .buffering import BufferedBody, prebuffer
-from .errors import error_parts, error_response
+from .downstream import Downstream
+from .errors import answer_error, error_parts
 from .headers import HeaderRules, new_request_id, response_headers
 from .readahead import ReadAheadLimits, ResponseSpool, relay_ahead
 from .trailers import response_trailers
@@ -88,7 +88,7 @@ class ForwardOptions:
     transport: Transport
     rules: HeaderRules
     observability: Observability = field(default_factory=Observability)
-    exchanges: set[_DisconnectScope] = field(default_factory=set)  # in flight; expire() ends them (drain_timeout)
+    exchanges: set[Any] = field(default_factory=set)  # in flight; expire() ends them (drain_timeout)
     trailers: bool = True
     prebuffer_bytes: int = REQUEST_PREBUFFER_BYTES
     read_ahead: ReadAheadLimits | None = ReadAheadLimits(RESPONSE_BUFFER_MEMORY_BYTES, RESPONSE_BUFFER_FILE_BYTES)
@@ -141,148 +141,6 @@ class RouteOptions:
 NO_ROUTE = RouteOptions()
 
 
-@functools.cache
-def _backend() -> type[AsyncBackend]:
-    """The running async backend (asyncio: fastgate runs nowhere else), found once per process."""
-    return anyio.lowlevel.current_token().backend_class
-
-
-def _cancel_scope() -> anyio.CancelScope:
-    """``anyio.CancelScope()``, without finding the backend again: the public constructor asks sniffio on every call,
-    and runs the scope's ``__init__`` twice (bench/instructions.py: 7k instructions a request saved)."""
-    return _backend().create_cancel_scope()
-
-
-class _HookScope:
-    """Disconnect handling under fastgate's server protocol: the server calls this object when the client goes.
-
-    The exchange runs in an anyio :class:`~anyio.CancelScope` entered by ``async with``; the callback cancels it
-    (``scope.cancel()``). A raw ``Task.cancel`` would pierce anyio's shielded scopes: the one around
-    ``to_thread.run_sync`` (a bcrypt check) would let the exchange go while its thread kept hashing, and a client
-    that disconnects at once could start unbounded CPU work past the plugin's limiter. Through the scope, a
-    shielded await finishes first and the cancellation lands at the next unshielded one. The scope costs about 30k
-    instructions a request (bench/instructions.py), where the raw ``Task.cancel`` of before cost next to nothing:
-    the price of honouring shields. After ``finish`` (the last byte is sent, or the upstream response is being
-    closed) a disconnect is recorded but cancels nothing.
-
-    ``expire`` (a retired config's ``server.drain_timeout`` passed) ends the exchange the same way and cuts the
-    client off, so that a response it had started is seen as incomplete.
-    """
-
-    __slots__ = ("disconnected", "expired", "_hooks", "_cancel", "_finished", "_exchanges")
-
-    def __init__(self, hooks: ServerHooks, exchanges: set[_DisconnectScope]) -> None:
-        self._hooks = hooks
-        self._exchanges = exchanges
-        self._cancel = _cancel_scope()
-        self._finished = False
-        self.disconnected = False
-        self.expired = False
-
-    def __call__(self) -> None:
-        self.disconnected = True
-        if not self._finished:
-            self._cancel.cancel()
-
-    def expire(self) -> None:
-        if not self._finished and not self.disconnected:
-            self.expired = True
-            self._cancel.cancel()
-
-    async def __aenter__(self) -> _HookScope:
-        self._cancel.__enter__()
-        self._exchanges.add(self)
-        if self._hooks.disconnected:
-            # Gone before the exchange began (the server found its body broken, or it left): nothing to cancel;
-            # the caller sees ``disconnected`` and sends nothing upstream.
-            self.disconnected = True
-        else:
-            self._hooks.on_disconnect = self
-        return self
-
-    def watch(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        self._finished = True
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        self._hooks.on_disconnect = None
-        self._exchanges.discard(self)
-        if self.expired:
-            self._hooks.abort()  # a started response must not look complete; one not started has nobody to wait
-        return self._cancel.__exit__(exc_type, exc, tb)
-
-
-class _WatcherScope:
-    """Disconnect handling under any ASGI server: a watcher task reads ``receive()`` for ``http.disconnect``.
-
-    ``receive`` has one reader at a time, so the watcher starts (``watch``) only once the request body is read. On a
-    disconnect it cancels the exchange's cancel scope, as ``_HookScope`` does. The watcher is owned by this scope: it
-    runs in a cancel scope of its own, cancelled and awaited when the block ends, so it never outlives the exchange.
-    (A plain task rather than an anyio task group: the group cost about 100 µs a request, the task a tenth of that.)
-    Once the exchange has sent its last byte (``finish``), a ``http.disconnect`` is only the server saying the
-    response is complete. ``expire`` ends the exchange as ``_HookScope.expire`` does (the server then closes the
-    connection of a response left incomplete).
-    """
-
-    __slots__ = ("disconnected", "expired", "_receive", "_cancel", "_watcher", "_watching", "_finished", "_exchanges")
-
-    def __init__(self, receive: Receive, exchanges: set[_DisconnectScope]) -> None:
-        self._receive = receive
-        self._exchanges = exchanges
-        self._cancel = _cancel_scope()
-        self._watcher: asyncio.Task[None] | None = None
-        self._watching: anyio.CancelScope | None = None
-        self._finished = False
-        self.disconnected = False
-        self.expired = False
-
-    async def __aenter__(self) -> _WatcherScope:
-        self._cancel.__enter__()
-        self._exchanges.add(self)
-        return self
-
-    def watch(self) -> None:
-        self._watching = watching = _cancel_scope()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(watching))
-
-    def finish(self) -> None:
-        self._finished = True
-
-    def expire(self) -> None:
-        if not self._finished and not self.disconnected:
-            self.expired = True
-            self._cancel.cancel()
-
-    async def _watch(self, watching: anyio.CancelScope) -> None:
-        with watching:
-            while (await self._receive())["type"] != "http.disconnect":
-                pass
-            if not self._finished:
-                self.disconnected = True
-                self._cancel.cancel()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        self._finished = True
-        self._exchanges.discard(self)
-        try:
-            return self._cancel.__exit__(exc_type, exc, tb)
-        finally:
-            watcher, watching = self._watcher, self._watching
-            if watcher is not None and watching is not None and not watcher.done():
-                watching.cancel()
-                with anyio.CancelScope(shield=True):  # the watcher ends at its next await: wait for it
-                    await watcher
-
-
-_DisconnectScope = _HookScope | _WatcherScope
-
-
 def _releaser(response: UpstreamResponse) -> Callable[[], Awaitable[object]] | None:
     """How read-ahead gives ``response``'s connection back as soon as its body is read: ``aclose`` when it cannot
     suspend; None for a transport whose close waits (it is closed in ``forward_http``'s shielded ``finally``)."""
@@ -295,56 +153,18 @@ def _upstream_at(name: str, exc: FastgateError) -> str:
     return f"{name} at {target}" if target else name
 
 
-def _host(scope: Scope) -> bytes:
+def _host(headers: list[tuple[bytes, bytes]]) -> bytes:
     """The client's Host header (for the SERVER span's ``server.address``), ``b""`` without one."""
-    for name, value in scope["headers"]:
+    for name, value in headers:
         if name == b"host":
             return bytes(value)
     return b""
 
 
-def _sends_trailers(scope: Scope) -> bool:
-    """Whether the server offers ASGI's HTTP Trailers extension for this request."""
-    return "http.response.trailers" in (scope.get("extensions") or ())
-
-
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
-
-
-def request_target(scope: Scope) -> bytes:
-    """The request target to forward: what the client sent, less the mount prefix (``root_path``) if any.
-
-    Under fastgate's server protocol the target is taken byte for byte from the request line (so ``/p?`` keeps
-    its ``?``); elsewhere it is rebuilt from ``raw_path`` and ``query_string``. When the app is mounted (Starlette's
-    ``app.mount("/api", gateway)`` sets ``root_path``), the prefix is taken off, so ``/api/x`` goes upstream as ``/x``.
-    """
-    hooks = scope.get("extensions", {}).get("fastgate.server")
-    target: bytes
-    if hooks is not None and hooks.raw_target.startswith(b"/"):
-        target = hooks.raw_target
-    else:
-        raw_path: bytes = scope.get("raw_path") or quote(scope["path"], safe=_PATH_SAFE).encode("ascii")
-        query: bytes = scope.get("query_string", b"")
-        target = raw_path + b"?" + query if query else raw_path
-    root: str = scope.get("root_path", "")
-    if not root:
-        return target
-    for prefix in (root.encode("utf-8"), quote(root, safe=_PATH_SAFE).encode("ascii")):
-        if target.startswith(prefix) and target[len(prefix) : len(prefix) + 1] in (b"", b"/", b"?"):
-            rest = target[len(prefix) :]
-            return rest if rest.startswith(b"/") else b"/" + rest
-    # The target does not carry the prefix (a server's --root-path): rebuild it from the routed path.
-    path: str = scope["path"]
-    if path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
-        path = path[len(root) :] or "/"
-    query = scope.get("query_string", b"")
-    return quote(path, safe=_PATH_SAFE).encode("ascii") + (b"?" + query if query else b"")
-
-
-async def send_answer(send: Send, answer: Answer, request_id: bytes) -> None:
+async def send_answer(down: Downstream, answer: Answer, request_id: bytes) -> None:
     """Send a plugin's early :class:`Answer` (content-length and x-request-id added)."""
-    await send({"type": "http.response.start", "status": answer.status, "headers": answer.raw_headers(request_id)})
-    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+    await down.send_head(answer.status, answer.raw_headers(request_id), defer=True)
+    await down.send_body(answer.body, False)
 
 
 async def _early_head(
@@ -404,7 +224,21 @@ async def forward_http(
     buffer_body: int | None = None,
     route: RouteOptions = NO_ROUTE,
 ) -> None:
-    """Forward one HTTP request to ``options``'s upstream at ``target`` and relay its response.
+    """Forward one ASGI HTTP request to ``options``'s upstream at ``target`` and relay its response: :func:`exchange`
+    driven through the ASGI adapter (``proxy/asgi.py``)."""
+    await exchange(AsgiDownstream(scope, receive, send, target), options, target, buffer_body=buffer_body, route=route)
+
+
+async def exchange(
+    down: Downstream,
+    options: ForwardOptions,
+    target: bytes,
+    *,
+    buffer_body: int | None = None,
+    route: RouteOptions = NO_ROUTE,
+) -> None:
+    """Forward one HTTP request (``down``: its client side, from any driver) to ``options``'s upstream at ``target``
+    and relay its response.
 
     ``buffer_body``: read the whole request body first (that many bytes in memory, the rest in a temporary file), so
     no upstream connection is taken while a client is still sending (``proxy/buffering.py``). ``route``: the
@@ -416,7 +250,6 @@ async def forward_http(
     ``Observability.finish``: span, metrics, live stats, access line).
     """
     started_at = perf_counter()
-    hooks: Any = scope.get("extensions", {}).get("fastgate.server")
     status = 0
     sent = 0
     request_id = b"-"
@@ -426,8 +259,8 @@ async def forward_http(
     chain = route.plugins
     context: RequestContext | None = None
     observability = options.observability
-    method: str = scope["method"]
-    client = scope.get("client")
+    method = down.method
+    client = down.client
     # positional, as everything built per request here
     record = ExchangeRecord(
         route.label,
@@ -435,7 +268,7 @@ async def forward_http(
         "",
         method,
         "",
-        scope.get("http_version", "1.1"),
+        down.http_version,
         f"{client[0]}:{client[1]}" if client else "-",
     )
     trace: ExchangeTrace | None = None
@@ -445,14 +278,12 @@ async def forward_http(
     address = client[0].encode("latin-1") if client else b"unknown"
     try:
         try:
-            head = options.rules.apply(
-                scope["headers"], client=address, scheme=scope.get("scheme", "http").encode("ascii")
-            )
+            head = options.rules.apply(down.headers, client=address, scheme=down.scheme.encode("ascii"))
         except FastgateError as exc:
             status = exc.status_code
             outcome = f"{exc.code}: {exc.detail}"
             request_id = new_request_id()
-            await error_response(send, exc, request_id)
+            await answer_error(down, exc, request_id)
             return
         request_id = head.request_id
         if head.client is not None:  # from a trusted proxy: the client its X-Forwarded-For names (port unknown: 0)
@@ -461,21 +292,21 @@ async def forward_http(
             address = head.client.encode("latin-1")
         relay_trailers = False
         if head.trailers:
-            relay_trailers = options.trailers and _sends_trailers(scope)
+            relay_trailers = options.trailers and down.offers_trailers
             if not relay_trailers:
                 head.headers.remove((b"te", b"trailers"))  # we would drop them: the upstream must not count on them
         if observability.tracing:
             record.target = target.decode("latin-1")
-            trace = observability.begin(head.headers, record, scheme=scope.get("scheme", "http"), host=_host(scope))
+            trace = observability.begin(head.headers, record, scheme=down.scheme, host=_host(down.headers))
         else:  # the traceparent (client's or new) and the trace id for the log only
             observability.begin(head.headers, record)
         if route.max_body is not None and (too_large := declared_too_large(head.body_length, route.max_body)):
             status, outcome = too_large.status_code, f"{too_large.code}: {too_large.detail}"
-            await error_response(send, too_large, request_id)
+            await answer_error(down, too_large, request_id)
             return
         # positional: a few dozen ns cheaper than keywords, on every request
         request = UpstreamRequest(
-            scope["method"].encode("ascii"),
+            method.encode("ascii"),
             target,
             head.headers,
             head.body_length,
@@ -486,9 +317,7 @@ async def forward_http(
         if observability.tracing:
             request.trace = trace
         exchanges = options.exchanges
-        async with (
-            _HookScope(hooks, exchanges) if hooks is not None else _WatcherScope(receive, exchanges) as disconnect
-        ):
+        async with down.disconnect_scope(exchanges) as disconnect:
             if disconnect.disconnected:
                 return
             if chain is not None:
@@ -497,22 +326,22 @@ async def forward_http(
                     method,
                     target,
                     head.headers,
-                    scope["path"],
+                    down.path,
                     client,
                     request_id.decode("latin-1"),
                     options.name,
                     route.index,
                     bool(head.body_length),
-                    scope,
+                    down.scope,
                 )
                 try:
                     answered = await chain.request(context)
                 except FastgateError as exc:
-                    status, outcome = _refused_by_plugin(exc, scope["method"], target, request_id)
+                    status, outcome = _refused_by_plugin(exc, method, target, request_id)
                     parts = error_parts(exc, request_id)
                     if chain.has_early and context.answered_at > 0:
                         parts = (await _early_head(chain, context, exc.status_code, parts[0], request_id), parts[1])
-                    await error_response(send, exc, request_id, parts)
+                    await answer_error(down, exc, request_id, parts)
                     return
                 if answered is not None:
                     answer = answered[1]
@@ -521,10 +350,10 @@ async def forward_http(
                     if chain.has_early and context.answered_at > 0:
                         early = answer.raw_headers(request_id)
                         early = await _early_head(chain, context, status, early, request_id)
-                        await send({"type": "http.response.start", "status": status, "headers": early})
-                        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+                        await down.send_head(status, early, defer=True)
+                        await down.send_body(answer.body, False)
                     else:
-                        await send_answer(send, answer, request_id)
+                        await send_answer(down, answer, request_id)
                     sent = len(answer.body)
                     return
                 target = request.target = context.target
@@ -534,22 +363,24 @@ async def forward_http(
             read_whole = buffer_body is not None
             try:
                 if head.body_length and buffer_body is not None:
-                    buffered = await BufferedBody.read(receive, memory_bytes=buffer_body, max_bytes=route.max_body)
+                    buffered = await BufferedBody.read(
+                        down.read_body, memory_bytes=buffer_body, max_bytes=route.max_body
+                    )
                     request.body_length = buffered.length
                     body = buffered.pieces()
                 elif head.body_length:
                     # counted against max_body_bytes only when chunked: the server's framing holds a Content-Length
                     limit = route.max_body if head.body_length == CHUNKED else None
                     if options.prebuffer_bytes:  # no upstream connection until the body's first bytes are here
-                        first = await prebuffer(receive, options.prebuffer_bytes, limit)
+                        first = await prebuffer(down.read_body, options.prebuffer_bytes, limit)
                         if first.complete:  # the whole body: upstream in one piece (framed as the client framed it)
                             read_whole = True
                             body = first.then()
                         else:
                             rest = limit - first.length if limit is not None else None
-                            body = first.then(request_body(receive, disconnect, rest))
+                            body = first.then(request_body(down.read_body, disconnect, rest))
                     else:
-                        body = request_body(receive, disconnect, limit)
+                        body = request_body(down.read_body, disconnect, limit)
                 if body is None or read_whole:
                     disconnect.watch()
                 piped = body
@@ -564,9 +395,9 @@ async def forward_http(
             except PluginError as exc:
                 status = exc.status_code
                 outcome = f"plugin {exc.plugin} failed"
-                log_plugin_error(exc, scope["method"], target, request_id)
+                log_plugin_error(exc, method, target, request_id)
                 if not disconnect.disconnected:
-                    await error_response(send, exc, request_id)
+                    await answer_error(down, exc, request_id)
                 return
             except FastgateError as exc:
                 status = exc.status_code
@@ -575,7 +406,7 @@ async def forward_http(
                 if not isinstance(exc, UpstreamOverflow) or _first_of_burst(options.transport, exc):
                     error_logger.warning(
                         "%s %s -> %d %s: %s (upstream %s, request_id %s)",
-                        scope["method"],
+                        method,
                         target.decode("latin-1"),
                         status,
                         exc.code,
@@ -584,7 +415,7 @@ async def forward_http(
                         request_id.decode("latin-1"),
                     )
                 if not disconnect.disconnected:
-                    await error_response(send, exc, request_id)
+                    await answer_error(down, exc, request_id)
                 return
             finally:
                 if piped is not None and piped is not body:
@@ -602,54 +433,47 @@ async def forward_http(
                     try:
                         await chain.response(context, response_head)
                     except FastgateError as exc:  # nothing was sent yet: the client gets this error instead
-                        status, outcome = _refused_by_plugin(exc, scope["method"], target, request_id)
-                        await error_response(send, exc, request_id)
+                        status, outcome = _refused_by_plugin(exc, method, target, request_id)
+                        await answer_error(down, exc, request_id)
                         return
                     status, headers = response_head.status, response_head.headers.raw
-                start = {"type": "http.response.start", "status": status, "headers": headers}
-                if relay_trailers:
-                    start["trailers"] = True
                 # A body that is already here goes out with the head: under fastgate's protocol, in one write.
                 data, done = response.read_buffered()
-                if data or done:
-                    start["fastgate.defer"] = True
-                await send(start)
+                await down.send_head(status, headers, trailers=relay_trailers, defer=bool(data or done))
                 if data or done:
                     sent += len(data)
-                    await send({"type": "http.response.body", "body": data, "more_body": not done})
+                    await down.send_body(data, not done)
                 if not done:
                     read_ahead = options.read_ahead
                     while chunk := await response.read():
-                        if read_ahead is not None and hooks is not None and hooks.write_paused:
+                        if read_ahead is not None and down.write_paused:
                             # The client is behind: read the upstream ahead of it and free the upstream when done.
                             spool = ResponseSpool(read_ahead)
                             try:
-                                await relay_ahead(response, send, chunk, spool, _releaser(response), hooks)
+                                await relay_ahead(response, down, chunk, spool, _releaser(response))
                             finally:
                                 sent += spool.received
                             break
                         sent += len(chunk)
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        await down.send_body(chunk, True)
+                    await down.send_body(b"", False)
                 if relay_trailers:
                     fields = response.trailers
-                    trailers = response_trailers(fields, response.headers) if fields else []
-                    await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
+                    await down.send_trailers(response_trailers(fields, response.headers) if fields else [])
                 disconnect.finish()
             except UpstreamError as exc:
                 outcome = f"{exc.code} after the response started: {exc.detail}"
                 failed_at = exc.target
                 error_logger.warning(
                     "%s %s: upstream %s broke off the response after %d bytes: %s (request_id %s)",
-                    scope["method"],
+                    method,
                     target.decode("latin-1"),
                     _upstream_at(options.name, exc),
                     sent,
                     exc.detail,
                     request_id.decode("latin-1"),
                 )
-                if hooks is not None:
-                    hooks.abort()
+                down.abort()
             except OSError:
                 disconnect.disconnected = True  # ASGI spec 2.4 servers raise on send after a disconnect
             finally:

@@ -4,7 +4,7 @@ How this works
 --------------
 The relay (``proxy/http.py``) sends each body piece as the upstream gives it; as long as the client keeps up, that
 is all it does (no copy, no task, no buffer: one attribute test per piece). Once the client's transport holds more
-than its high-water mark (``ServerHooks.write_paused``), the relay hands the rest of the response to
+than its high-water mark (``Downstream.write_paused``), the relay hands the rest of the response to
 :func:`relay_ahead`: the upstream is then read as fast as it gives, into a :class:`ResponseSpool`, while one pump
 task sends the spool to the client at the client's pace. When the upstream's body ends, the upstream response is
 released (its connection goes back to the pool) and only the pump is left, draining the spool. nginx's
@@ -42,9 +42,8 @@ from typing import IO, Any
 
 import anyio
 
-from .._types import Send
-from ..serving.cycle import ServerHooks
 from ..upstream.transport import UpstreamResponse
+from .downstream import Downstream
 
 MEMORY, FILE, WAIT = "memory", "file", "wait"
 SPILL_AFTER = 0.05  # seconds the client has taken nothing before pieces go to the file
@@ -200,11 +199,10 @@ class ResponseSpool:
 
 async def relay_ahead(
     response: UpstreamResponse,
-    send: Send,
+    client: Downstream,
     first: bytes,
     spool: ResponseSpool,
     release: Callable[[], Awaitable[Any]] | None,
-    client: ServerHooks,
 ) -> None:
     """Relay the rest of ``response``'s body (``first`` is its next piece) to a client that is behind.
 
@@ -213,7 +211,7 @@ async def relay_ahead(
     directly, as on the fast path (that send does not wait), so a client only momentarily behind costs little.
     ``release`` (if any) is awaited as soon as the upstream body is complete: the connection goes back to the pool
     while the client is still taking the spool. ``spool.received`` counts the bytes relayed. An upstream error is
-    raised as it comes (the pump stops); so is an ``OSError`` from ``send`` (an ASGI 2.4 server after a
+    raised as it comes (the pump stops); so is an ``OSError`` from ``client.send_body`` (an ASGI 2.4 server after a
     disconnect). The spool is closed on the way out.
     """
     failed: list[BaseException] = []
@@ -222,7 +220,7 @@ async def relay_ahead(
         try:
             while data := await spool.take():
                 spool.sending(True)
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+                await client.send_body(data, True)
                 spool.sending(False)
         except OSError as exc:
             failed.append(exc)
@@ -236,7 +234,7 @@ async def relay_ahead(
                 while chunk := await response.read():
                     if spool.idle and not client.write_paused:
                         spool.received += len(chunk)
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        await client.send_body(chunk, True)
                     else:
                         await spool.put(chunk)
                 if release is not None:

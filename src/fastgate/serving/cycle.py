@@ -28,8 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import http
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
+
+from ..exceptions import ClientDisconnected
+from ..proxy.disconnect import HookScope
+from ..proxy.paths import PATH_KEY
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -65,11 +70,20 @@ STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
 
 
 class RequestCycle:
+    """One request on a connection. It is the exchange core's :class:`~fastgate.proxy.downstream.Downstream` (the
+    HTTP/1.1 driver: head as parsed, body pieces as received, response as bytes) and, for an ASGI app, its
+    ``receive``/``send`` (thin wrappers over the same methods) with ``scope``."""
+
     __slots__ = (
         "conn",
-        "scope",
         "loop",
-        "raw_target",
+        "method",
+        "target",
+        "headers",
+        "http_version",
+        "scheme",
+        "client",
+        "matched_path",
         "keep_alive",
         "expect_100",
         "disconnected",
@@ -82,6 +96,7 @@ class RequestCycle:
         "body_taken",
         "response_started",
         "response_complete",
+        "_scope",
         "_waiter",
         "_chunked",
         "_remaining",
@@ -93,11 +108,26 @@ class RequestCycle:
         "_trailer_parts",
     )
 
-    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], raw_target: bytes, keep_alive: bool) -> None:
+    def __init__(
+        self,
+        conn: HttpProtocol,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http_version: str,
+        keep_alive: bool,
+        scope: dict[str, Any] | None = None,
+    ) -> None:
         self.conn = conn
-        self.scope = scope
         self.loop = conn.loop
-        self.raw_target = raw_target
+        self.method = method
+        self.target = target  # the raw request target, byte for byte
+        self.headers = headers
+        self.http_version = http_version
+        self.scheme = conn.scheme
+        self.client = conn.client
+        self.matched_path: bytes | None = None
+        self._scope = scope  # an ASGI app's (built by the connection); for the gateway, only if a plugin asks
         self.keep_alive = keep_alive
         self.expect_100 = False
         self.disconnected = False
@@ -121,6 +151,33 @@ class RequestCycle:
         # _trailers (the app said it will send trailers) is set by _start, _trailer_parts (the trailer section
         # being built) when the body ends: neither is read before.
         self._trailers_due = False  # the body has ended: only http.response.trailers may come
+
+    # -- the request head, as the exchange core reads it ------------------------------------------------------
+
+    @property
+    def raw_target(self) -> bytes:
+        """``ServerHooks.raw_target``: the request target as sent."""
+        return self.target
+
+    @property
+    def path(self) -> str:
+        """The target's path, percent-decoded (as ASGI's ``scope["path"]``)."""
+        path = self.target.partition(b"?")[0].decode("latin-1")
+        return unquote(path) if "%" in path else path
+
+    @property
+    def offers_trailers(self) -> bool:
+        return self.http_version == "1.1"  # a chunked response can carry trailers (an HTTP/1.0 client never gets one)
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """The request as an ASGI scope: an ASGI app's, or, for the gateway's plugins that read one, built now."""
+        scope = self._scope
+        if scope is None:
+            self._scope = scope = self.conn.asgi_scope(self)
+            if self.matched_path is not None:
+                scope[PATH_KEY] = self.matched_path
+        return scope
 
     # -- fed by the connection ------------------------------------------------------------------------------
 
@@ -162,9 +219,14 @@ class RequestCycle:
         self._head = None
         self.conn.abort()
 
-    # -- ASGI -----------------------------------------------------------------------------------------------
+    def disconnect_scope(self, exchanges: set[Any]) -> HookScope:
+        """The exchange's cancel scope: cancelled from ``connection_lost`` (no watcher task)."""
+        return HookScope(self, exchanges)
 
-    async def receive(self) -> dict[str, Any]:
+    # -- the request body -----------------------------------------------------------------------------------
+
+    async def read_body(self) -> tuple[bytes, bool]:
+        """The body pieces received since the last call, joined, and whether more follows; ClientDisconnected."""
         if self.body_since == 0.0:
             self.body_since = self.loop.time()
             if self.expect_100 and self.more_body and not self.response_started and not self.disconnected:
@@ -178,8 +240,18 @@ class RequestCycle:
             finally:
                 self._waiter = None
         if self.disconnected or (self.response_complete and not self.chunks):
-            return {"type": "http.disconnect"}
-        if not self.chunks and not self.more_body and self.body_taken:
+            raise ClientDisconnected("client disconnected during the request body")
+        chunks = self.chunks
+        body = (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if chunks else b""
+        chunks.clear()
+        self.body_taken = not self.more_body
+        self.buffered = 0
+        self.conn.resume_reading()
+        return body, self.more_body
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``."""
+        if self.body_taken and not self.chunks and not self.more_body:
             # The body was all taken: what is left to say is that the client went, once it does.
             while not self.disconnected and not self.response_complete:
                 self._waiter = self.loop.create_future()
@@ -188,15 +260,43 @@ class RequestCycle:
                 finally:
                     self._waiter = None
             return {"type": "http.disconnect"}
-        chunks = self.chunks
-        body = (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if chunks else b""
-        chunks.clear()
-        self.body_taken = not self.more_body
-        self.buffered = 0
-        self.conn.resume_reading()
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+        try:
+            body, more = await self.read_body()
+        except ClientDisconnected:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    # -- the response ---------------------------------------------------------------------------------------
+
+    async def send_head(
+        self, status: int, headers: Iterable[tuple[bytes, bytes]], *, trailers: bool = False, defer: bool = False
+    ) -> None:
+        if self.conn.write_paused and not self.disconnected:
+            await self.conn.drain()
+        if self.disconnected:
+            return
+        if self.response_started:
+            raise RuntimeError("Unexpected response start, after the response already started.")
+        self._start(status, headers, trailers, defer)
+
+    async def send_body(self, data: bytes, more: bool) -> None:
+        if self.conn.write_paused and not self.disconnected:
+            await self.conn.drain()
+        if self.disconnected:
+            return
+        if not self.response_started or self.response_complete or self._trailers_due:
+            raise RuntimeError("Unexpected response body: the response has not started, or has ended.")
+        self._body(data, more)
+
+    async def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        if self.disconnected:
+            return
+        if not self._trailers_due:
+            raise RuntimeError("Unexpected response trailers: the body has not ended, or none were announced.")
+        self._trailer_section(fields, False)
 
     async def send(self, message: Any) -> None:
+        """ASGI ``send``."""
         conn = self.conn
         if conn.write_paused and not self.disconnected:
             await conn.drain()
@@ -206,7 +306,12 @@ class RequestCycle:
         if not self.response_started:
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
-            self._start(message)
+            self._start(
+                message["status"],
+                message.get("headers", ()),
+                message.get("trailers", False),
+                message.get("fastgate.defer", False),
+            )
         elif self.response_complete:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
         elif kind != "http.response.body" or self._trailers_due:
@@ -218,9 +323,7 @@ class RequestCycle:
         else:
             self._body(message.get("body", b""), message.get("more_body", False))
 
-    def _start(self, message: Any) -> None:
-        status: int = message["status"]
-        headers = message.get("headers", ())
+    def _start(self, status: int, headers: Iterable[tuple[bytes, bytes]], trailers: bool, defer: bool) -> None:
         parts = [STATUS_LINES.get(status) or _status_line(status)]
         length: int | None = None
         chunked = False
@@ -238,12 +341,12 @@ class RequestCycle:
                 has_close = True
             parts += (name, b": ", value, b"\r\n")
             count += 1
-        self._no_body = self.scope["method"] == "HEAD" or status in (204, 304) or status < 200
+        self._no_body = self.method == "HEAD" or status in (204, 304) or status < 200
         if chunked:
             self._chunked = True
         elif length is not None or self._no_body:
             self._remaining = length or 0
-        elif self.scope["http_version"] == "1.0":
+        elif self.http_version == "1.0":
             # RFC 9112 §6.3 (8): no chunked for an HTTP/1.0 client; the body ends when the connection closes.
             self._close_delimited = True
             self.keep_alive = False
@@ -263,8 +366,8 @@ class RequestCycle:
             raise RuntimeError("Invalid HTTP header name or value.")
         self.response_started = True
         self.expect_100 = False
-        self._trailers: bool = message.get("trailers", False)
-        if message.get("fastgate.defer"):
+        self._trailers: bool = trailers
+        if defer:
             self._head = head
         else:
             self.conn.write(head)

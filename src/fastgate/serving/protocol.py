@@ -44,6 +44,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -99,6 +100,13 @@ def _limits_for(app: Any) -> ServerLimits:
         if app is None:
             break
     return ServerLimits()
+
+
+def _handler_of(app: Any) -> Callable[[RequestCycle], Awaitable[None]] | None:
+    """The app's own request handler, when the app served is the gateway itself (no middleware around it) and offers
+    one (``Gateway.handler``: None when ``FASTGATE_DRIVER=asgi`` asks for the ASGI adapter)."""
+    handler = getattr(app, "handler", None)
+    return handler if callable(handler) else None
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -157,6 +165,11 @@ class HttpProtocol(asyncio.Protocol):
         self._linger_left = 0  # bytes still to be dropped before the socket is closed anyway
         self._stopping = False  # a graceful shutdown came while a request was being answered
         self._pending_error: ClientError | None = None
+        # The gateway's handler (fastgate's exchange core driven directly, no ASGI), or None to serve the ASGI app.
+        self.handler = _handler_of(self.app) if not self.root_path else None
+        self._task: asyncio.Task[None] | None = None  # the connection's task, under the handler
+        self._next: asyncio.Future[RequestCycle | None] | None = None  # the task waits here for the next request
+        self._queued: RequestCycle | None = None  # a request started while the task finished the one before
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -209,6 +222,10 @@ class HttpProtocol(asyncio.Protocol):
             if cycle is not None:
                 cycle.lost()
         self._pipeline.clear()
+        self._queued = None
+        waiter = self._next
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the connection's task ends
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -399,7 +416,7 @@ class HttpProtocol(asyncio.Protocol):
         if cycle.response_started:
             self.abort()
         else:
-            self._respond_error(error, method=cycle.scope["method"], target=cycle.raw_target)
+            self._respond_error(error, method=cycle.method, target=cycle.target)
         cycle.lost()
 
     # -- httptools callbacks ----------------------------------------------------------------------------------
@@ -474,40 +491,14 @@ class HttpProtocol(asyncio.Protocol):
         if upgrade and self._upgrade == b"websocket" and self.config.ws_protocol_class:
             self._parsing = None
             return  # handed over in data_received, where HttpParserUpgrade arrives
-        path, query = target, b""
-        if target.find(b"?") >= 0:  # not `in`: see on_header
-            path, _, query = target.partition(b"?")
-        decoded = path.decode("latin-1")
-        if "%" in decoded:
-            decoded = unquote(decoded)
-        root = self.root_path
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": version,
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": method.decode("ascii"),
-            "root_path": root,
-            "path": root + decoded if root else decoded,
-            "raw_path": root.encode("ascii") + path if root else path,
-            "query_string": query,
-            "headers": headers,
-            "state": self.app_state.copy(),
-        }
         keep_alive = version == "1.1" and parser.should_keep_alive()
         limit = self.limits.max_requests_per_connection
         if limit is not None and self.requests >= limit:
             keep_alive = False
         if upgrade:
             keep_alive = False  # an upgrade we do not speak (h2c): llhttp stops at it, so nothing more can follow
-        cycle = RequestCycle(self, scope, target, keep_alive)
+        cycle = RequestCycle(self, method.decode("ascii"), target, headers, version, keep_alive)
         cycle.expect_100 = self._expect_100
-        if version == "1.1":  # a chunked response can carry trailers (an HTTP/1.0 client never gets chunked)
-            scope["extensions"] = {"fastgate.server": cycle, "http.response.trailers": _NO_OPTIONS}
-        else:
-            scope["extensions"] = {"fastgate.server": cycle}
         self._parsing = cycle
         if upgrade and _declares_body(headers):
             raise _Reject(BadRequest("a request body cannot be sent with an upgrade offer"))
@@ -549,10 +540,94 @@ class HttpProtocol(asyncio.Protocol):
             # The rate counts the client's bytes whether or not the app reads them yet (a request queued for an
             # upstream connection must not keep its place by trickling); only time we stop reading is not counted.
             cycle.body_since = self.loop.time()
-        task = self.loop.create_task(self._run(cycle))
+        if self.handler is not None:
+            # The gateway's own handler: one task per connection, woken for each request (no task per request).
+            if self._task is None:
+                self._task = task = self.loop.create_task(self._serve(cycle))
+            elif (waiter := self._next) is not None:
+                self._next = None
+                waiter.set_result(cycle)
+                return
+            else:
+                self._queued = cycle  # the task is finishing the request before: it takes this one next
+                return
+        else:
+            task = self.loop.create_task(self._run(cycle))
         tasks = self.server_state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def asgi_scope(self, cycle: RequestCycle) -> dict[str, Any]:
+        """The ASGI scope of ``cycle``'s request (``RequestCycle.scope`` builds it once, when asked)."""
+        target = cycle.target
+        path, query = target, b""
+        if target.find(b"?") >= 0:  # not `in`: see on_header
+            path, _, query = target.partition(b"?")
+        decoded = path.decode("latin-1")
+        if "%" in decoded:
+            decoded = unquote(decoded)
+        root = self.root_path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": cycle.http_version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": cycle.method,
+            "root_path": root,
+            "path": root + decoded if root else decoded,
+            "raw_path": root.encode("ascii") + path if root else path,
+            "query_string": query,
+            "headers": cycle.headers,
+            "state": self.app_state.copy(),
+        }
+        if cycle.http_version == "1.1":  # a chunked response can carry trailers (an HTTP/1.0 client never gets one)
+            scope["extensions"] = {"fastgate.server": cycle, "http.response.trailers": _NO_OPTIONS}
+        else:
+            scope["extensions"] = {"fastgate.server": cycle}
+        return scope
+
+    async def _serve(self, cycle: RequestCycle | None) -> None:
+        """The connection's one task under the gateway's own handler (no ASGI): its requests, one after another."""
+        handler = self.handler
+        assert handler is not None
+        try:
+            while cycle is not None:
+                if not await self._handle(handler, cycle):
+                    return
+                cycle, self._queued = self._queued, None
+                if cycle is None and not self.closed:
+                    self._next = waiter = self.loop.create_future()
+                    cycle = await waiter
+        finally:
+            self._task = None
+            self._next = None
+
+    async def _handle(self, handler: Callable[[RequestCycle], Awaitable[None]], cycle: RequestCycle) -> bool:
+        """Run ``handler`` on one request, as ``_run`` runs an ASGI app; False when the connection's task must end."""
+        try:
+            await handler(cycle)
+        except BaseException as exc:
+            error_logger.error("Exception in the request handler", exc_info=exc)
+            if not cycle.response_started and not cycle.disconnected:
+                self._respond_error(FastgateError("internal error"), method=cycle.method)
+            else:
+                self.abort()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return isinstance(exc, Exception)
+        else:
+            if not cycle.response_started and not cycle.disconnected:
+                error_logger.error("The request handler returned without starting a response.")
+                self._respond_error(FastgateError("internal error"), method=cycle.method)
+            elif not cycle.response_complete and not cycle.disconnected:
+                self.abort()  # the handler logged why (an internal error once the response had started)
+        finally:
+            cycle.on_disconnect = None
+            if not cycle.response_complete and self._cycle is cycle:
+                self._cycle = None
+        return True
 
     async def _run(self, cycle: RequestCycle) -> None:
         try:
@@ -560,7 +635,7 @@ class HttpProtocol(asyncio.Protocol):
         except BaseException as exc:
             error_logger.error("Exception in ASGI application", exc_info=exc)
             if not cycle.response_started and not cycle.disconnected:
-                self._respond_error(FastgateError("internal error"), method=cycle.scope["method"])
+                self._respond_error(FastgateError("internal error"), method=cycle.method)
             else:
                 self.abort()
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -568,7 +643,7 @@ class HttpProtocol(asyncio.Protocol):
         else:
             if not cycle.response_started and not cycle.disconnected:
                 error_logger.error("ASGI callable returned without starting response.")
-                self._respond_error(FastgateError("internal error"), method=cycle.scope["method"])
+                self._respond_error(FastgateError("internal error"), method=cycle.method)
             elif not cycle.response_complete and not cycle.disconnected:
                 error_logger.error("ASGI callable returned without completing response.")
                 self.abort()
