@@ -528,7 +528,8 @@ def main() -> None:
     if args.requests <= 0 or args.warmup < 0 or args.connections <= 0:
         sys.exit("--requests and --connections must be positive, --warmup not negative")
     instructions.RESPONSE = instructions.response(args.size)
-    total, costs = args.instructions, {}
+    total: int | None = args.instructions
+    costs: dict[tuple[str, str], int] = {}
     if args.measure_instructions:
         if shutil.which("valgrind") is None:
             sys.exit("--measure-instructions needs valgrind (apt-get install valgrind)")
