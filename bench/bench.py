@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--proxies",
         type=lambda v: _csv(v, PROXIES + OPTIONAL_PROXIES),
         default=list(PROXIES),
-        help=f"default {','.join(PROXIES)}; also {','.join(OPTIONAL_PROXIES)} (2 workers on CPUs 0,1)",
+        help=f"default {','.join(PROXIES)}; also {','.join(OPTIONAL_PROXIES)} (*-w2: 2 workers on CPUs 0,1)",
     )
     p.add_argument(
         "--nginx-buffer-kib",
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "nginx_proxy_buffer_kib": args.nginx_buffer_kib,
-        "pinning": "upstream nginx (1 worker) + wrk (1 thread) on CPU 0; proxy on CPU 1 (fastgate-w2: CPUs 0,1)",
+        "pinning": "upstream nginx (1 worker) + wrk (1 thread) on CPU 0; proxy on CPU 1 (*-w2: CPUs 0,1)",
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "cpu": _cpu_model(), "fd_limit": fd_limit},
         "versions": harness.tool_versions(),
         "interpreter": interp,

@@ -42,6 +42,7 @@ FEATURE_ARMS = (
 # fastgate-routes100: 100 routes, the benchmark's paths matching the last (the traffic issue's rows).
 OPTIONAL_PROXIES = (
     "fastgate-w2",
+    "nginx-w2",
     "fastgate-base",
     "fastgate-granian",
     "fastgate-uvicorn",
@@ -195,7 +196,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0, h
 # --- nginx -------------------------------------------------------------------------------------------------------
 
 _NGINX_MAIN = """\
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile 65536;
 daemon off;
 master_process on;
@@ -259,7 +260,8 @@ ROUTES = 100  # the "100 routes" rows: 99 prefixes that do not match the benchma
 
 def nginx_variant_body(variant: str, port: int, upstream: int, buffer_kib: int) -> str:
     """nginx as the proxy under test: one upstream server and one location, or what a fastgate variant does: two
-    servers in the upstream block (rr2), or 100 locations (routes100)."""
+    servers in the upstream block (rr2), 100 locations (routes100), or a ``reuseport`` listener (w2: one listener per
+    worker, balanced by the kernel, as fastgate's ``--workers N`` does)."""
     location = _PROXY_LOCATION.format(buffer=f"{buffer_kib}k", busy=f"{2 * buffer_kib}k")
     servers = f"server 127.0.0.1:{upstream};"
     if variant == "rr2":
@@ -269,9 +271,10 @@ def nginx_variant_body(variant: str, port: int, upstream: int, buffer_kib: int) 
         locations = "".join(
             f"        location /api/v1/service{i}/ {{\n{location}        }}\n" for i in range(ROUTES - 1)
         )
+    reuseport = " reuseport" if variant == "w2" else ""
     return (
         f"    upstream backend {{ {servers} keepalive 64; keepalive_requests 1000000; }}\n"
-        f"    server {{\n        listen 127.0.0.1:{port} backlog=4096;\n{locations}"
+        f"    server {{\n        listen 127.0.0.1:{port} backlog=4096{reuseport};\n{locations}"
         f"        location / {{\n{location}        }}\n    }}\n"
     )
 
@@ -300,11 +303,11 @@ def nginx_binary() -> str:
     return found
 
 
-def write_nginx_conf(prefix: Path, body: str) -> Path:
+def write_nginx_conf(prefix: Path, body: str, workers: int = 1) -> Path:
     prefix.mkdir(parents=True, exist_ok=True)
     prefix.chmod(0o755)  # the worker runs as nobody when we are root
     conf = prefix / "nginx.conf"
-    conf.write_text(_NGINX_MAIN.format(prefix=prefix, body=body))
+    conf.write_text(_NGINX_MAIN.format(prefix=prefix, body=body, workers=workers))
     return conf
 
 
@@ -367,6 +370,10 @@ def proxy_command(
     if name == "nginx":
         conf = write_nginx_conf(root / f"proxy-nginx-{port}", nginx_variant_body("", port, upstream, nginx_buffer_kib))
         return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], PROXY_CPU
+    if name == "nginx-w2":  # as fastgate-w2: 2 workers on CPUs 0,1, sharing CPU 0 with wrk and the upstream
+        body = nginx_variant_body("w2", port, upstream, nginx_buffer_kib)
+        conf = write_nginx_conf(root / f"proxy-{name}-{port}", body, workers=2)
+        return [nginx_binary(), "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"], f"{UPSTREAM_CPU},{PROXY_CPU}"
     if name in ("nginx-rr2", "nginx-routes100"):
         body = nginx_variant_body(name.split("-", 1)[1], port, upstream, nginx_buffer_kib)
         conf = write_nginx_conf(root / f"proxy-{name}-{port}", body)
