@@ -521,6 +521,7 @@ def main() -> None:
     p.add_argument("--instructions", type=int, help="instructions per request (bench/instructions.py) to apportion")
     p.add_argument("--measure-instructions", action="store_true", help="run bench/instructions.py first for them")
     p.add_argument("--instructions-requests", type=int, default=3000, help="requests counted under callgrind")
+    p.add_argument("--keep-stats", help="copy the proxy's pstats file here (for pstats / snakeviz)")
     p.add_argument("--top", type=int, default=25, help="functions listed (default 25)")
     p.add_argument("--top-files", type=int, default=15, help="fastgate files listed (default 15)")
     p.add_argument("--out", type=Path, help="also write the tables (markdown) here")
@@ -538,6 +539,8 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="fastgate-profile-"))
     try:
         run = profile(args, directory)
+        if args.keep_stats:
+            shutil.copyfile(directory / "proxy.pstats", args.keep_stats)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     text = report(args, run, total) + ("\n" + objects_report(args, costs, total) if costs and total else "")

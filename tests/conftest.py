@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -8,10 +9,42 @@ import httpx
 import pytest
 
 from fastgate import Gateway, GatewayConfig
+from fastgate.app import DRIVER_ENV
 from tests.redis_server import RedisServer
 from tests.servers import RunningServer, run_gateway, run_server
 from tests.upstream_app import Recorder, UpstreamApp
 from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
+
+
+# The two drivers of the gateway's exchange core: fastgate's HTTP/1.1 server calling Gateway.handle directly, and the
+# same server serving the gateway as an ASGI app through the adapter (FASTGATE_DRIVER=asgi, read by Gateway()).
+DRIVERS = ("native", "asgi")
+# What marks a test as serving a gateway (in process or as a `fastgate` process): it runs once per driver.
+_GATEWAY_FIXTURES = frozenset({"gateway", "client", "gateway_for"})
+_GATEWAY_HELPERS = ("run_gateway", "fastgate_run", "fastgate_process", "gateway_process", "GatewayProcess")
+
+
+def _serves_a_gateway(metafunc: pytest.Metafunc) -> bool:
+    if _GATEWAY_FIXTURES.intersection(metafunc.fixturenames):
+        return True
+    return any(hasattr(metafunc.module, name) for name in _GATEWAY_HELPERS)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "gateway_driver" in metafunc.fixturenames and _serves_a_gateway(metafunc):
+        metafunc.parametrize("gateway_driver", DRIVERS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def gateway_driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The driver a gateway-serving test runs with (``[native]`` / ``[asgi]`` in its id); other tests keep the
+    environment's (``FASTGATE_DRIVER=asgi scripts/test`` runs everything through the adapter)."""
+    driver: str | None = getattr(request, "param", None)
+    if driver == "asgi":
+        monkeypatch.setenv(DRIVER_ENV, "asgi")
+    elif driver == "native":
+        monkeypatch.delenv(DRIVER_ENV, raising=False)
+    return driver or ("asgi" if os.environ.get(DRIVER_ENV) == "asgi" else "native")
 
 
 @pytest.fixture(scope="session")

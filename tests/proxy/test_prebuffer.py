@@ -1,6 +1,6 @@
 """``proxy/buffering.prebuffer``: what is read before an upstream connection is taken, without sockets (the
-downstream's ``read_body`` here reads a list of ASGI-style messages; the behaviour through a real gateway is in test_http_forwarding.py and
-tests/hostile/test_slow_clients.py)."""
+downstream's ``read_body`` here reads a list of ASGI-style messages; the behaviour through a real gateway is in
+test_http_forwarding.py and tests/hostile/test_slow_clients.py)."""
 
 from __future__ import annotations
 
