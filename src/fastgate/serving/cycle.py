@@ -329,7 +329,8 @@ class RequestCycle:
         chunked = False
         has_close = False
         count = 0
-        for name, value in (*self.conn.default_headers, *headers):
+        defaults = self.conn.server_state.default_headers  # Server and Date: none under fastgate run
+        for name, value in (*defaults, *headers) if defaults else headers:
             name = name.lower()
             if name == b"content-length":
                 if length is None and not chunked:

@@ -589,13 +589,32 @@ class HttpProtocol(asyncio.Protocol):
         return scope
 
     async def _serve(self, cycle: RequestCycle | None) -> None:
-        """The connection's one task under the gateway's own handler (no ASGI): its requests, one after another."""
+        """The connection's one task under the gateway's own handler (no ASGI): its requests, one after another,
+        each handled as ``_run`` runs an ASGI app (inline: this frame is resumed at every await of every request)."""
         handler = self.handler
         assert handler is not None
         try:
             while cycle is not None:
-                if not await self._handle(handler, cycle):
-                    return
+                try:
+                    await handler(cycle)
+                except BaseException as exc:
+                    error_logger.error("Exception in the request handler", exc_info=exc)
+                    if not cycle.response_started and not cycle.disconnected:
+                        self._respond_error(FastgateError("internal error"), method=cycle.method)
+                    else:
+                        self.abort()
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled (a shutdown past its grace period), or the process is exiting
+                else:
+                    if not cycle.response_started and not cycle.disconnected:
+                        error_logger.error("The request handler returned without starting a response.")
+                        self._respond_error(FastgateError("internal error"), method=cycle.method)
+                    elif not cycle.response_complete and not cycle.disconnected:
+                        self.abort()  # the handler logged why (an internal error once the response had started)
+                finally:
+                    cycle.on_disconnect = None
+                    if not cycle.response_complete and self._cycle is cycle:
+                        self._cycle = None
                 cycle, self._queued = self._queued, None
                 if cycle is None and not self.closed:
                     self._next = waiter = self.loop.create_future()
@@ -603,31 +622,6 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self._task = None
             self._next = None
-
-    async def _handle(self, handler: Callable[[RequestCycle], Awaitable[None]], cycle: RequestCycle) -> bool:
-        """Run ``handler`` on one request, as ``_run`` runs an ASGI app; False when the connection's task must end."""
-        try:
-            await handler(cycle)
-        except BaseException as exc:
-            error_logger.error("Exception in the request handler", exc_info=exc)
-            if not cycle.response_started and not cycle.disconnected:
-                self._respond_error(FastgateError("internal error"), method=cycle.method)
-            else:
-                self.abort()
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            return isinstance(exc, Exception)
-        else:
-            if not cycle.response_started and not cycle.disconnected:
-                error_logger.error("The request handler returned without starting a response.")
-                self._respond_error(FastgateError("internal error"), method=cycle.method)
-            elif not cycle.response_complete and not cycle.disconnected:
-                self.abort()  # the handler logged why (an internal error once the response had started)
-        finally:
-            cycle.on_disconnect = None
-            if not cycle.response_complete and self._cycle is cycle:
-                self._cycle = None
-        return True
 
     async def _run(self, cycle: RequestCycle) -> None:
         try:
