@@ -158,3 +158,10 @@ def test_a_worker_without_the_handoff_validates_the_json_config() -> None:
 
 def test_a_worker_that_proxied_no_websocket_has_not_imported_the_websocket_client() -> None:
     assert run_worker(GatewayConfig.single("http://127.0.0.1:9"))["ws_client"] is False
+
+
+def test_a_worker_that_proxied_no_websocket_has_not_imported_websockets_at_all() -> None:
+    # The server side too: Uvicorn's ws_protocol_class is fastgate.server.websocket_protocol, which imports
+    # fastgate._ws_protocol (and websockets, importlib.metadata, zipfile with it) on the first upgrade (~1.2 MB).
+    _, modules = worker_modules(GatewayConfig.single("http://127.0.0.1:9"))
+    assert "websockets" not in modules

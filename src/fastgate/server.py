@@ -14,6 +14,7 @@ sends the process SIGHUP whenever the file changes.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 import logging
@@ -31,7 +32,6 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from ._protocol import FastgateHttpProtocol
-from ._ws_protocol import FastgateWebSocketProtocol
 from .admin.app import MANAGER_PID_ENV
 from .app import Gateway
 from .config import GatewayConfig
@@ -46,8 +46,26 @@ CONFIG_ENV = "FASTGATE_CONFIG_JSON"
 # fastgate's server protocols under public names, for apps that embed fastgate and run on Uvicorn themselves:
 #   uvicorn app:app --http fastgate.server:HttpProtocol --ws fastgate.server:WebSocketProtocol
 # They give forward() a disconnect callback instead of a watcher task, and WebSocket denials no false ERROR.
+# WebSocketProtocol is fastgate._ws_protocol.FastgateWebSocketProtocol, imported on first access (__getattr__).
 HttpProtocol = FastgateHttpProtocol
-WebSocketProtocol = FastgateWebSocketProtocol
+
+
+def __getattr__(name: str) -> object:
+    if name == "WebSocketProtocol":
+        from ._ws_protocol import FastgateWebSocketProtocol
+
+        return FastgateWebSocketProtocol
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:
+    """Uvicorn's ``ws_protocol_class`` for the gateway: a :class:`~fastgate._ws_protocol.FastgateWebSocketProtocol`,
+    its module imported on the worker's first WebSocket upgrade. ``websockets`` (with ``importlib.metadata`` and
+    ``zipfile``, which it imports) is ~1.6 MB of RSS that a worker never seeing a WebSocket does not pay
+    (tests/test_lazy_imports.py)."""
+    from ._ws_protocol import FastgateWebSocketProtocol
+
+    return FastgateWebSocketProtocol(**kwargs)
 
 
 def create_app() -> Gateway:
@@ -190,7 +208,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "http": FastgateHttpProtocol,
         # uvloop, accepting every queued connection per loop turn (serving/accept.py: libuv accepts one per turn).
         "loop": "fastgate.serving.accept:new_event_loop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "ws": FastgateWebSocketProtocol,
+        "ws": websocket_protocol,
         # The client hop of WebSocket sessions; the upstream hop's pings and limits are per upstream.
         "ws_max_size": server.ws_client_max_size,
         "ws_ping_interval": server.ws_client_ping_interval,
