@@ -165,3 +165,12 @@ def test_a_worker_that_proxied_no_websocket_has_not_imported_websockets_at_all()
     # fastgate._ws_protocol (and websockets, importlib.metadata, zipfile with it) on the first upgrade (~1.2 MB).
     _, modules = worker_modules(GatewayConfig.single("http://127.0.0.1:9"))
     assert "websockets" not in modules
+
+
+def test_a_worker_never_scraped_has_not_imported_prometheus_client() -> None:
+    # Metrics are on by default; in a single process their families are plain numbers (local_metrics.py) and
+    # prometheus-client, with the HTTP exposition server its package imports, loads at the first scrape (~2.8 MB).
+    config = GatewayConfig.single("http://127.0.0.1:9")
+    assert config.metrics.enabled
+    _, modules = worker_modules(config)
+    assert "prometheus_client" not in modules
