@@ -32,12 +32,12 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from ._protocol import FastgateHttpProtocol
-from .admin.app import MANAGER_PID_ENV
 from .app import Gateway
 from .config import GatewayConfig
 from .exceptions import ConfigError
 from .handoff import export_validated, import_validated
 from .observability.logging import access_logger, apply_log_level, error_logger, logging_config
+from .process_signals import MANAGER_PID_ENV
 from .reloading import ConfigSource, check_reloadable
 from .serving import listeners, tls
 
