@@ -227,19 +227,26 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
 
 
 def run(
-    config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False, digest: str | None = None
+    config: GatewayConfig,
+    *,
+    source: ConfigSource | None = None,
+    watch: bool = False,
+    digest: str | None = None,
+    dump: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. Exits 3 when the server cannot start (port in use, say).
 
     ``source``: the file ``config`` came from, reloaded on SIGHUP (and on change with ``watch``). ``digest``: the
     file's :meth:`ConfigSource.digest` taken before ``config`` was loaded from it; workers starting while the file
-    still matches it use ``config`` as it is instead of reading the file again.
+    still matches it use ``config`` as it is instead of reading the file again. ``dump``: ``config``'s
+    ``model_dump_json()`` when the caller has it (the CLI validates apart: handoff.validate_apart).
     """
     # The config is resolved (every route holds the values it inherits: GatewayConfig._resolve_inheritance), so
     # its dump says every decision and a worker validates it back to an equal config (tests/test_config.py).
-    os.environ[CONFIG_ENV] = config.model_dump_json()
+    os.environ[CONFIG_ENV] = dump if dump is not None else config.model_dump_json()
     cleanup = None
-    remove_handoff = None
+    # Workers, and create_app() of a single process, take the config as it is instead of validating it again.
+    remove_handoff = export_validated(config, os.environ)
     if config.server.workers > 1 and config.metrics.enabled:
         # Before the workers start: they inherit PROMETHEUS_MULTIPROC_DIR, so one scrape sees every worker.
         from .observability.metrics import prepare_multiprocess_dir
@@ -254,7 +261,6 @@ def run(
     try:
         if server_config.workers > 1:
             os.environ[MANAGER_PID_ENV] = str(os.getpid())
-            remove_handoff = export_validated(config, os.environ)  # workers skip validating it again
             sockets, own = _worker_sockets(server_config)
             Supervisor(server_config, sockets=sockets, own_sockets=own).run()
         else:
@@ -268,8 +274,7 @@ def run(
             stop_watching()
         if cleanup is not None:
             cleanup()
-        if remove_handoff is not None:
-            remove_handoff()
+        remove_handoff()
     if not server.started and server_config.workers == 1:
         sys.exit(STARTUP_FAILURE)
 
