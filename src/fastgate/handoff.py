@@ -18,6 +18,7 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, MutableMapping
 from contextlib import suppress
 from pathlib import Path
@@ -70,11 +71,12 @@ def validate_apart(build: Callable[[_Arg], GatewayConfig], arg: _Arg) -> tuple[G
     """``build(arg)`` and its result's JSON form (``model_dump_json``), made in a forked child process.
 
     This process gets the config unpickled, which builds no validator; a :class:`ConfigError` raised by ``build``
-    is raised here with the same message. On a platform without a safe ``fork`` (anything but Linux), or when the
-    child fails otherwise (a result that cannot be pickled, a crash), ``build(arg)`` runs here instead, so an
+    is raised here with the same message. On a platform without a safe ``fork`` (anything but Linux), in a process
+    that runs other threads (the CLI runs none: a test runner or an embedding program might), or when the child
+    fails otherwise (a result that cannot be pickled, a crash), ``build(arg)`` runs here instead, so an
     unexpected error shows as it always did.
     """
-    if sys.platform != "linux":
+    if sys.platform != "linux" or threading.active_count() > 1:  # a thread could hold a lock the child needs
         return _validate_here(build, arg)
     read_end, write_end = os.pipe()
     pid = os.fork()
