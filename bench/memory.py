@@ -8,8 +8,8 @@ like bench.py (upstream and wrk on CPU 0, the gateway on CPU 1). Idle RSS is rea
 one request; each load is one bounded `wrk` run while the RSS of the gateway's process tree is sampled every
 50 ms. Then, in this process, it imports what a worker imports (`fastgate.server` and one built `Gateway`) step
 by step and prints the RSS each step adds, and which optional packages a worker without those features has
-loaded (none should be: tests/test_lazy_imports.py pins it). Targets (issue 12): idle <= 35 MB, peak during
-S2-S4 <= 45 MB.
+loaded (none should be: tests/test_lazy_imports.py pins it; prometheus_client is imported here by the first
+scrape's exposition only). Targets (issues 12, 19): idle <= 35 MB, peak during S2-S4 <= 45 MB.
 """
 
 from __future__ import annotations
@@ -26,15 +26,24 @@ from pathlib import Path
 MB = 1_000_000
 LOADS = (("S1", "/256b", 64, 2.0), ("S4", "/1m", 16, 5.0), ("S2", "/64m", 4, 10.0))
 # Imported by a worker only when the feature that needs them is configured (yaml: only to read a YAML file, which
-# a worker given its config by the manager never does; websockets' asyncio client: on the first WebSocket).
-OPTIONAL = ("httpx", "opentelemetry", "redis", "jwt", "cryptography", "yaml", "websockets.asyncio.client")
+# a worker given its config by the manager never does; websockets: on the first WebSocket; prometheus_client: at
+# the first scrape of a single process, at startup with --workers N, whose multiprocess files need it).
+OPTIONAL = (
+    "httpx",
+    "opentelemetry",
+    "redis",
+    "jwt",
+    "cryptography",
+    "yaml",
+    "websockets",
+    "prometheus_client",
+    "fastgate.admin",
+)
 STEPS = (
     "asyncio",  # with ssl, which asyncio.base_events imports (OpenSSL's libraries)
     "uvloop",
     "httptools",
     "uvicorn",  # with click, multiprocessing and watchfiles (uvicorn.main imports them)
-    "prometheus_client",  # metrics are on by default
-    "websockets.server",  # Uvicorn's WebSocket protocol
     "pydantic",
     "pydantic.main",
     "fastgate.config",  # the config model classes (validators are built on first use: defer_build)
@@ -147,7 +156,7 @@ def import_steps() -> None:
     create_app()
     now = _status()
     print(f"  {'create_app()':28s} +{now['VmRSS'] - prev['VmRSS']:4.1f} MB; total {now['VmRSS']:.1f} MB")
-    print("  (create_app() validates the JSON config here; a --workers N worker unpickles the manager's: ~0 MB)")
+    print("  (create_app() validates the JSON config here; a served worker unpickles the CLI's: ~0 MB)")
     loaded = [m for m in OPTIONAL if m in sys.modules]
     print(f"optional packages loaded without their feature: {', '.join(loaded) or 'none'}")
 

@@ -195,7 +195,7 @@ class GatewayProcess:
     def rss_bytes(self, include_children: bool = True) -> int:
         pids = [self.process.pid]
         if include_children:
-            pids += _children(self.process.pid)
+            pids += self.children()
         total = 0
         for pid in pids:
             with contextlib.suppress(OSError):
@@ -203,6 +203,10 @@ class GatewayProcess:
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1]) * 1024
         return total
+
+    def children(self) -> list[int]:
+        """The process ids of its children and theirs (``--workers N``: the workers, multiprocessing's tracker)."""
+        return _children(self.process.pid)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.process.poll() is None:

@@ -65,7 +65,8 @@ import pydantic, fastgate.config as models
 built = sorted(name for name, model in vars(models).items()
                if isinstance(model, type) and issubclass(model, pydantic.BaseModel) and model.__pydantic_complete__)
 print(json.dumps({"statuses": statuses, "modules": sorted({m.split(".")[0] for m in sys.modules}), "built": built,
-                  "ws_client": "websockets.asyncio.client" in sys.modules}))
+                  "ws_client": "websockets.asyncio.client" in sys.modules,
+                  "fastgate": sorted(m for m in sys.modules if m.startswith("fastgate."))}))
 """
 
 
@@ -83,7 +84,8 @@ def run_worker(
     handoff: bool = False,
 ) -> dict[str, Any]:
     """What a worker did: ``statuses`` of one request to ``/x``, the top-level packages it imported (``modules``),
-    the config models whose validators it built (``built``), and whether it loaded the WebSocket client.
+    the config models whose validators it built (``built``), whether it loaded the WebSocket client, and the
+    modules of fastgate it imported (``fastgate``).
 
     ``source`` and ``digest``: the worker was started by ``fastgate run FILE``, whose manager loaded ``config`` from
     the file when it had that digest. ``handoff``: the manager exports its validated ``config`` as with
@@ -158,3 +160,24 @@ def test_a_worker_without_the_handoff_validates_the_json_config() -> None:
 
 def test_a_worker_that_proxied_no_websocket_has_not_imported_the_websocket_client() -> None:
     assert run_worker(GatewayConfig.single("http://127.0.0.1:9"))["ws_client"] is False
+
+
+def test_a_worker_that_proxied_no_websocket_has_not_imported_websockets_at_all() -> None:
+    # The server side too: Uvicorn's ws_protocol_class is fastgate.server.websocket_protocol, which imports
+    # fastgate._ws_protocol (and websockets, importlib.metadata, zipfile with it) on the first upgrade (~1.2 MB).
+    _, modules = worker_modules(GatewayConfig.single("http://127.0.0.1:9"))
+    assert "websockets" not in modules
+
+
+def test_a_worker_never_scraped_has_not_imported_prometheus_client() -> None:
+    # Metrics are on by default; in a single process their families are plain numbers (local_metrics.py) and
+    # prometheus-client, with the HTTP exposition server its package imports, loads at the first scrape (~2.8 MB).
+    config = GatewayConfig.single("http://127.0.0.1:9")
+    assert config.metrics.enabled
+    _, modules = worker_modules(config)
+    assert "prometheus_client" not in modules
+
+
+def test_a_worker_without_an_admin_listener_has_not_imported_the_admin_package() -> None:
+    out = run_worker(GatewayConfig.single("http://127.0.0.1:9"))
+    assert not [name for name in out["fastgate"] if name.startswith("fastgate.admin")]

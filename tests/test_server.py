@@ -10,11 +10,12 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
+import fastgate.server
 from fastgate import GatewayConfig
 from fastgate._ws_protocol import FastgateWebSocketProtocol
 from fastgate.cli import main
 from fastgate.config import ServerConfig
-from fastgate.server import uvicorn_options
+from fastgate.server import uvicorn_options, websocket_protocol
 
 UPSTREAM = "http://127.0.0.1:9"
 CLIENT_HOP_DEFAULTS = {
@@ -27,7 +28,10 @@ CLIENT_HOP_DEFAULTS = {
 
 def test_uvicorn_serves_websockets_with_fastgates_protocol_and_client_hop_defaults() -> None:
     options = uvicorn_options(GatewayConfig.single(UPSTREAM))
-    assert options["ws"] is FastgateWebSocketProtocol
+    # The factory that imports FastgateWebSocketProtocol on the first upgrade (tests/test_lazy_imports.py); the
+    # public name for `uvicorn --ws` is the class itself.
+    assert options["ws"] is websocket_protocol
+    assert fastgate.server.WebSocketProtocol is FastgateWebSocketProtocol
     assert {key: options[key] for key in CLIENT_HOP_DEFAULTS} == CLIENT_HOP_DEFAULTS
     assert set(options) <= set(inspect.signature(uvicorn.Config).parameters)  # every option is one Uvicorn takes
 

@@ -12,6 +12,7 @@ import click
 from . import __version__
 from .config import GatewayConfig, build_config, load_config
 from .exceptions import ConfigError
+from .handoff import validate_apart
 from .observability.logging import LOG_LEVELS
 from .plugins.registry import route_plugins
 from .reloading import ConfigSource
@@ -151,7 +152,8 @@ def proxy(listen: str, upstream: str, **options: Any) -> None:
                 ws_per_message_deflate=options.pop("ws_per_message_deflate"),
             ),
         }
-        config = build_config(
+        config, dump = validate_apart(
+            build_config,
             {
                 "server": server,
                 "upstreams": {
@@ -183,11 +185,11 @@ def proxy(listen: str, upstream: str, **options: Any) -> None:
                     }
                 },
                 "routes": [{"prefix": "/", "upstream": "default"}],
-            }
+            },
         )
     except ConfigError as exc:
         _fail(exc)
-    _serve(config)
+    _serve(config, dump=dump)
 
 
 @main.command()
@@ -202,12 +204,17 @@ def run(config_file: str, watch: bool, **overrides: Any) -> None:
     source = ConfigSource(Path(config_file), _server_overrides(**overrides))
     digest = source.digest()  # before loading: a change in between makes workers read the file anew
     try:
-        config = source.load()
-        for index, route in enumerate(config.routes):
-            route_plugins(route, index)  # a plugin rejecting its options: exit 2 here, not a traceback per worker
+        config, dump = validate_apart(_load_checked, source)
     except ConfigError as exc:
         _fail(exc)
-    _serve(config, source=source, watch=watch, digest=digest)
+    _serve(config, source=source, watch=watch, digest=digest, dump=dump)
+
+
+def _load_checked(source: ConfigSource) -> GatewayConfig:
+    config = source.load()
+    for index, route in enumerate(config.routes):
+        route_plugins(route, index)  # a plugin rejecting its options: exit 2 here, not a traceback per worker
+    return config
 
 
 @main.command()
@@ -230,8 +237,13 @@ def check(config_file: str) -> None:
 
 
 def _serve(
-    config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False, digest: str | None = None
+    config: GatewayConfig,
+    *,
+    source: ConfigSource | None = None,
+    watch: bool = False,
+    digest: str | None = None,
+    dump: str | None = None,
 ) -> None:
     from .server import run as run_server
 
-    run_server(config, source=source, watch=watch, digest=digest)
+    run_server(config, source=source, watch=watch, digest=digest, dump=dump)

@@ -17,6 +17,10 @@ from types import FrameType
 import anyio
 from anyio.abc import TaskGroup
 
+# Set by the process manager (server.py) in the workers' environment: the admin API's POST /reload signals it to
+# reload them all. Here, not in admin/app.py: a worker without ``admin:`` never imports the admin package.
+MANAGER_PID_ENV = "FASTGATE_MANAGER_PID"
+
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()

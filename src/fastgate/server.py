@@ -14,6 +14,7 @@ sends the process SIGHUP whenever the file changes.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 import logging
@@ -31,13 +32,12 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from ._protocol import FastgateHttpProtocol
-from ._ws_protocol import FastgateWebSocketProtocol
-from .admin.app import MANAGER_PID_ENV
 from .app import Gateway
 from .config import GatewayConfig
 from .exceptions import ConfigError
 from .handoff import export_validated, import_validated
 from .observability.logging import access_logger, apply_log_level, error_logger, logging_config
+from .process_signals import MANAGER_PID_ENV
 from .reloading import ConfigSource, check_reloadable
 from .serving import listeners, tls
 
@@ -46,8 +46,26 @@ CONFIG_ENV = "FASTGATE_CONFIG_JSON"
 # fastgate's server protocols under public names, for apps that embed fastgate and run on Uvicorn themselves:
 #   uvicorn app:app --http fastgate.server:HttpProtocol --ws fastgate.server:WebSocketProtocol
 # They give forward() a disconnect callback instead of a watcher task, and WebSocket denials no false ERROR.
+# WebSocketProtocol is fastgate._ws_protocol.FastgateWebSocketProtocol, imported on first access (__getattr__).
 HttpProtocol = FastgateHttpProtocol
-WebSocketProtocol = FastgateWebSocketProtocol
+
+
+def __getattr__(name: str) -> object:
+    if name == "WebSocketProtocol":
+        from ._ws_protocol import FastgateWebSocketProtocol
+
+        return FastgateWebSocketProtocol
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:
+    """Uvicorn's ``ws_protocol_class`` for the gateway: a :class:`~fastgate._ws_protocol.FastgateWebSocketProtocol`,
+    its module imported on the worker's first WebSocket upgrade. ``websockets`` (with ``importlib.metadata`` and
+    ``zipfile``, which it imports) is ~1.6 MB of RSS that a worker never seeing a WebSocket does not pay
+    (tests/test_lazy_imports.py)."""
+    from ._ws_protocol import FastgateWebSocketProtocol
+
+    return FastgateWebSocketProtocol(**kwargs)
 
 
 def create_app() -> Gateway:
@@ -190,7 +208,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "http": FastgateHttpProtocol,
         # uvloop, accepting every queued connection per loop turn (serving/accept.py: libuv accepts one per turn).
         "loop": "fastgate.serving.accept:new_event_loop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "ws": FastgateWebSocketProtocol,
+        "ws": websocket_protocol,
         # The client hop of WebSocket sessions; the upstream hop's pings and limits are per upstream.
         "ws_max_size": server.ws_client_max_size,
         "ws_ping_interval": server.ws_client_ping_interval,
@@ -209,19 +227,26 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
 
 
 def run(
-    config: GatewayConfig, *, source: ConfigSource | None = None, watch: bool = False, digest: str | None = None
+    config: GatewayConfig,
+    *,
+    source: ConfigSource | None = None,
+    watch: bool = False,
+    digest: str | None = None,
+    dump: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. Exits 3 when the server cannot start (port in use, say).
 
     ``source``: the file ``config`` came from, reloaded on SIGHUP (and on change with ``watch``). ``digest``: the
     file's :meth:`ConfigSource.digest` taken before ``config`` was loaded from it; workers starting while the file
-    still matches it use ``config`` as it is instead of reading the file again.
+    still matches it use ``config`` as it is instead of reading the file again. ``dump``: ``config``'s
+    ``model_dump_json()`` when the caller has it (the CLI validates apart: handoff.validate_apart).
     """
     # The config is resolved (every route holds the values it inherits: GatewayConfig._resolve_inheritance), so
     # its dump says every decision and a worker validates it back to an equal config (tests/test_config.py).
-    os.environ[CONFIG_ENV] = config.model_dump_json()
+    os.environ[CONFIG_ENV] = dump if dump is not None else config.model_dump_json()
     cleanup = None
-    remove_handoff = None
+    # Workers, and create_app() of a single process, take the config as it is instead of validating it again.
+    remove_handoff = export_validated(config, os.environ)
     if config.server.workers > 1 and config.metrics.enabled:
         # Before the workers start: they inherit PROMETHEUS_MULTIPROC_DIR, so one scrape sees every worker.
         from .observability.metrics import prepare_multiprocess_dir
@@ -236,7 +261,6 @@ def run(
     try:
         if server_config.workers > 1:
             os.environ[MANAGER_PID_ENV] = str(os.getpid())
-            remove_handoff = export_validated(config, os.environ)  # workers skip validating it again
             sockets, own = _worker_sockets(server_config)
             Supervisor(server_config, sockets=sockets, own_sockets=own).run()
         else:
@@ -250,8 +274,7 @@ def run(
             stop_watching()
         if cleanup is not None:
             cleanup()
-        if remove_handoff is not None:
-            remove_handoff()
+        remove_handoff()
     if not server.started and server_config.workers == 1:
         sys.exit(STARTUP_FAILURE)
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from fastgate.observability.local_metrics import LocalCollector, LocalCounter, LocalHistogram
+from fastgate.observability.local_metrics import LocalCollector, LocalCounter, LocalGauge, LocalHistogram
 from fastgate.observability.metrics import DURATION_BUCKETS
 
 OBSERVATIONS = [0.0005, 0.001, 0.0010001, 0.0025, 0.003, 0.1, 29.9, 30.0, 31.0, 1e9, 0.0]
@@ -44,6 +44,26 @@ def test_local_families_render_like_prometheus_clients_own(encoder: Callable[[Co
             each.labels("0").observe(value)
         each.labels("users")
     assert _without_created(encoder(ours).decode()) == _without_created(encoder(theirs).decode())
+
+
+@pytest.mark.parametrize("encoder", [generate_latest, generate_openmetrics], ids=["text", "openmetrics"])
+def test_local_gauges_render_like_prometheus_clients_own(encoder: Callable[[CollectorRegistry], bytes]) -> None:
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    gauge = Gauge("fastgate_conns", "Connections.", ["upstream", "state"], registry=theirs)
+    stamp = Gauge("fastgate_stamp_seconds", "A time.", registry=theirs)
+    local_gauge = LocalGauge("fastgate_conns", "Connections.", ["upstream", "state"])
+    local_stamp = LocalGauge("fastgate_stamp_seconds", "A time.", [])
+    LocalCollector([local_gauge, local_stamp], ours)
+    assert encoder(ours) == encoder(theirs)  # the label-less gauge shows 0 before it is set, as theirs does
+    for each in (gauge, local_gauge):
+        each.labels("api", "active").set(3)
+        each.labels("api", "idle").inc()
+        each.labels("api", "idle").inc(2.5)
+        each.labels("api", "idle").dec()
+        each.labels('we"ird\\', "active")  # created, never set: shows 0
+    for each in (stamp, local_stamp):
+        each.set(1765000000.25)
+    assert encoder(ours) == encoder(theirs)
 
 
 def test_a_value_on_a_bound_counts_in_that_bucket() -> None:

@@ -25,6 +25,7 @@ from .._types import Receive, Scope, Send
 from ..exceptions import ConfigError
 from ..observability.metrics import metrics_app
 from ..observability.record import route_label
+from ..process_signals import MANAGER_PID_ENV
 from ..upstream.cluster import Cluster
 from .redaction import redacted_config
 
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from ..app import Gateway
     from ..config import RouteConfig
 
-# Set by the process manager (server.py) in the workers' environment: POST /reload signals it to reload them all.
-MANAGER_PID_ENV = "FASTGATE_MANAGER_PID"
 STATIC_TYPES = {
     ".html": b"text/html; charset=utf-8",
     ".js": b"text/javascript; charset=utf-8",

@@ -15,6 +15,10 @@ child created before it and each child's value at some moment of the scrape.
 
 With ``--workers N`` (prometheus-client's multiprocess mode) values must reach the shared files on every update,
 so :class:`~fastgate.observability.metrics.Metrics` uses prometheus-client's own classes there.
+
+In a single process every family is local (counters, gauges, the histogram), so prometheus-client itself, whose
+package imports its HTTP exposition server (``http.server``, ``wsgiref``, ``email``, ``urllib.request``), is
+imported only when the first scrape renders them: ~2.8 MB of a worker's idle RSS (tests/test_lazy_imports.py).
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
+if TYPE_CHECKING:  # imported where a scrape renders the families
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
 
 
 def _created_series() -> bool:
@@ -65,7 +69,25 @@ class HistogramChild:
         self.sum += value
 
 
-_Child = TypeVar("_Child", CountChild, HistogramChild)
+class GaugeChild:
+    """One label combination of a :class:`LocalGauge`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+
+_Child = TypeVar("_Child", CountChild, HistogramChild, GaugeChild)
 
 
 class _Family(Generic[_Child]):
@@ -96,6 +118,8 @@ class LocalCounter(_Family[CountChild]):
         return CountChild()
 
     def family(self, created: bool) -> Metric:
+        from prometheus_client.metrics_core import Metric
+
         metric = Metric(self.name, self.documentation, "counter")
         for values, child in list(self.children.items()):
             labels = dict(zip(self.labelnames, values, strict=True))
@@ -113,12 +137,17 @@ class LocalHistogram(_Family[HistogramChild]):
         self.bounds = tuple(float(bound) for bound in buckets if bound != float("inf"))
         if list(self.bounds) != sorted(set(self.bounds)):
             raise ValueError(f"{self.name}: buckets must be ascending and distinct, got {buckets!r}")
-        self._le = [floatToGoString(bound) for bound in (*self.bounds, float("inf"))]  # type: ignore[no-untyped-call]
+        self._le: list[str] | None = None  # the bounds as "le" label values: at the first scrape
 
     def _new_child(self) -> HistogramChild:
         return HistogramChild(self.bounds)
 
     def family(self, created: bool) -> Metric:
+        from prometheus_client.metrics_core import Metric
+        from prometheus_client.utils import floatToGoString
+
+        if self._le is None:
+            self._le = [floatToGoString(bound) for bound in (*self.bounds, float("inf"))]  # type: ignore[no-untyped-call]
         metric = Metric(self.name, self.documentation, "histogram")
         for values, child in list(self.children.items()):
             labels = dict(zip(self.labelnames, values, strict=True))
@@ -134,13 +163,42 @@ class LocalHistogram(_Family[HistogramChild]):
         return metric
 
 
-class LocalCollector(Collector):
-    """Renders local families in a registry, in the order given."""
+class LocalGauge(_Family[GaugeChild]):
+    """A gauge family: ``labels(*values)`` gives the child to ``set``, ``inc`` or ``dec``. Without label names it
+    has its one child from the start, and ``set`` on the family sets it, as prometheus-client's ``Gauge``."""
 
-    def __init__(self, families: Sequence[LocalCounter | LocalHistogram], registry: CollectorRegistry) -> None:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        super().__init__(name, documentation, labelnames)
+        if not self.labelnames:
+            self.labels()
+
+    def _new_child(self) -> GaugeChild:
+        return GaugeChild()
+
+    def set(self, value: float) -> None:
+        """Set the child of a gauge without label names."""
+        self.labels().set(value)
+
+    def family(self, created: bool) -> Metric:
+        from prometheus_client.metrics_core import Metric
+
+        metric = Metric(self.name, self.documentation, "gauge")
+        for values, child in list(self.children.items()):
+            metric.add_sample(self.name, dict(zip(self.labelnames, values, strict=True)), child.value)
+        return metric
+
+
+LocalFamily = LocalCounter | LocalHistogram | LocalGauge
+
+
+class LocalCollector:
+    """Renders local families in a registry, in the order given (a prometheus-client collector: ``collect``)."""
+
+    def __init__(self, families: Sequence[LocalFamily], registry: CollectorRegistry | None = None) -> None:
         self.families = tuple(families)
         self._created = _created_series()
-        registry.register(self)
+        if registry is not None:
+            registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         for family in self.families:

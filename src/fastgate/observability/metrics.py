@@ -8,8 +8,9 @@ own cache, creating them with ``.labels()`` only the first time a combination is
 bounded: routes and upstreams come from the config, methods are the standard ones or ``other``, codes are status
 codes the gateway answered (or a fastgate error code for an upstream try that got no status).
 
-In a single process the per-request families (requests, durations, upstream tries, retries) are plain numbers
-rendered at scrape time (``local_metrics.py``): the same exposition for a third of prometheus-client's cost.
+In a single process every family is plain numbers rendered at scrape time (``local_metrics.py``): the same
+exposition for a third of prometheus-client's cost on the request path, and prometheus-client is not imported
+until the first scrape (its package brings its HTTP exposition server: ~2.8 MB of an idle worker's RSS).
 
 With ``--workers N`` the workers are separate processes, so prometheus-client's multiprocess mode is used: the
 manager sets ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before the workers start
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,23 +35,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    values,
-)
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.process_collector import ProcessCollector
 
 from .._types import Receive, Scope, Send
 from ..policies.breaker import MAX_CONNECTIONS, MAX_PENDING_REQUESTS, MAX_REQUESTS, MAX_RETRIES
-from .local_metrics import LocalCollector, LocalCounter, LocalHistogram
+from .local_metrics import LocalCollector, LocalCounter, LocalFamily, LocalGauge, LocalHistogram
 from .record import STANDARD_METHODS, ExchangeRecord, route_label
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ..config import GatewayConfig
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -58,6 +52,7 @@ BREAKER_THRESHOLDS = (MAX_CONNECTIONS, MAX_PENDING_REQUESTS, MAX_REQUESTS, MAX_R
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ReloadResult = Literal["success", "error"]
 _Mode = Literal["livesum", "livemax", "livemin"]
+_GaugeMode = Literal["livesum", "livemax", "livemin", "max"]
 # Process metrics in multiprocess mode: how each combines over workers.
 _PROCESS_GAUGES: dict[str, tuple[str, _Mode]] = {
     "process_virtual_memory_bytes": ("Virtual memory size in bytes, summed over live workers.", "livesum"),
@@ -69,7 +64,15 @@ _PROCESS_GAUGES: dict[str, tuple[str, _Mode]] = {
 
 
 def multiprocess_active() -> bool:
-    """Whether prometheus-client writes values to ``PROMETHEUS_MULTIPROC_DIR`` in this process."""
+    """Whether prometheus-client writes values to ``PROMETHEUS_MULTIPROC_DIR`` in this process.
+
+    prometheus-client chooses when it is first imported, from that variable: not imported yet, the variable says
+    what it will choose.
+    """
+    if "prometheus_client" not in sys.modules:
+        return bool(os.environ.get(MULTIPROC_ENV))
+    from prometheus_client import values
+
     active = bool(getattr(values.ValueClass, "_multiprocess", False))
     if not active and os.environ.get(MULTIPROC_ENV):
         raise RuntimeError(
@@ -89,94 +92,114 @@ class _Exchange:
         self.retries = retries
 
 
+class _LocalFamilies:
+    """Makes the single-process families (local_metrics.py) and lists them in the order they render."""
+
+    def __init__(self) -> None:
+        self.made: list[LocalFamily] = []
+
+    def counter(self, name: str, documentation: str, labels: list[str]) -> LocalCounter:
+        family = LocalCounter(name, documentation, labels)
+        self.made.append(family)
+        return family
+
+    def histogram(self, name: str, documentation: str, labels: list[str]) -> LocalHistogram:
+        family = LocalHistogram(name, documentation, labels, DURATION_BUCKETS)
+        self.made.append(family)
+        return family
+
+    def gauge(self, name: str, documentation: str, labels: list[str], mode: _GaugeMode) -> LocalGauge:
+        family = LocalGauge(name, documentation, labels)
+        self.made.append(family)
+        return family
+
+
+class _MultiprocessFamilies:
+    """Makes prometheus-client's own metrics, registered nowhere: their values go to the multiprocess files."""
+
+    def counter(self, name: str, documentation: str, labels: list[str]) -> Any:
+        from prometheus_client import Counter
+
+        return Counter(name, documentation, labels, registry=None)
+
+    def histogram(self, name: str, documentation: str, labels: list[str]) -> Any:
+        from prometheus_client import Histogram
+
+        return Histogram(name, documentation, labels, buckets=DURATION_BUCKETS, registry=None)
+
+    def gauge(self, name: str, documentation: str, labels: list[str], mode: _GaugeMode) -> Any:
+        from prometheus_client import Gauge
+
+        return Gauge(name, documentation, labels, registry=None, multiprocess_mode=mode)
+
+
+_Families = _LocalFamilies | _MultiprocessFamilies
+
+
 class Metrics:
     """Every fastgate collector, with cached label children; one per worker process.
 
     >>> metrics = Metrics.from_config(config)
     >>> metrics.observe(record)  # in forward_http's finally, beside the access line
 
-    ``registry``: where to register in single-process mode (a new one by default, never the global registry,
-    so several gateways in one process do not collide). ``process_metrics``: add CPU/memory/fd metrics.
+    ``registry``: where to register in single-process mode (by default a new one, made at the first scrape, never
+    the global registry, so several gateways in one process do not collide). ``process_metrics``: add
+    CPU/memory/fd metrics.
     """
 
     def __init__(self, *, registry: CollectorRegistry | None = None, process_metrics: bool = True) -> None:
         self.multiprocess = multiprocess_active()
-        # Multiprocess mode registers nothing but the collector that reads every worker's files (registering the
-        # metrics too would expose this worker's values twice).
-        own: CollectorRegistry | None = None
-        if self.multiprocess:
-            self.registry = CollectorRegistry()
-            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
-        else:
-            self.registry = own = registry if registry is not None else CollectorRegistry()
-        # The per-request families (requests, duration, tries, retries): plain numbers rendered at scrape time in a
-        # single process (local_metrics.py: no lock, no Python bucket walk); prometheus-client's classes when the
-        # values must reach the multiprocess files on every update.
-        self.requests: Any
-        self.duration: Any
-        self.upstream_requests: Any
-        self.retries: Any
-        requests_doc = "Requests answered, by route, upstream, method and status code."
-        duration_doc = "Time from a request's start to its response's last byte, by route and upstream."
-        tries_doc = "Upstream tries, by upstream, target and status code (or fastgate error code when none came)."
-        retries_doc = "Upstream tries beyond the first, by upstream."
-        if own is None:
-            self.requests = Counter(
-                "fastgate_requests", requests_doc, ["route", "upstream", "method", "code"], registry=None
-            )
-            self.duration = Histogram(
-                "fastgate_request_duration_seconds",
-                duration_doc,
-                ["route", "upstream"],
-                buckets=DURATION_BUCKETS,
-                registry=None,
-            )
-            self.upstream_requests = Counter(
-                "fastgate_upstream_requests", tries_doc, ["upstream", "target", "code"], registry=None
-            )
-            self.retries = Counter("fastgate_retries", retries_doc, ["upstream"], registry=None)
-        else:
-            self.requests = LocalCounter("fastgate_requests", requests_doc, ["route", "upstream", "method", "code"])
-            self.duration = LocalHistogram(
-                "fastgate_request_duration_seconds", duration_doc, ["route", "upstream"], DURATION_BUCKETS
-            )
-            self.upstream_requests = LocalCounter(
-                "fastgate_upstream_requests", tries_doc, ["upstream", "target", "code"]
-            )
-            self.retries = LocalCounter("fastgate_retries", retries_doc, ["upstream"])
-            LocalCollector([self.requests, self.duration, self.upstream_requests, self.retries], own)
-        self.connect_errors = Counter(
+        # In a single process every family is local (local_metrics.py): plain numbers rendered at scrape time, no
+        # lock, no Python bucket walk, and prometheus-client not imported until then. With workers, values must
+        # reach the multiprocess files on every update: prometheus-client's classes, registered nowhere (the
+        # registry holds only the collector that reads every worker's files; registering the metrics too would
+        # expose this worker's values twice).
+        families: _Families = _MultiprocessFamilies() if self.multiprocess else _LocalFamilies()
+        self._families = families
+        self._registry: CollectorRegistry | None = None
+        self._process_metrics = process_metrics
+        self.requests: Any = families.counter(
+            "fastgate_requests",
+            "Requests answered, by route, upstream, method and status code.",
+            ["route", "upstream", "method", "code"],
+        )
+        self.duration: Any = families.histogram(
+            "fastgate_request_duration_seconds",
+            "Time from a request's start to its response's last byte, by route and upstream.",
+            ["route", "upstream"],
+        )
+        self.upstream_requests: Any = families.counter(
+            "fastgate_upstream_requests",
+            "Upstream tries, by upstream, target and status code (or fastgate error code when none came).",
+            ["upstream", "target", "code"],
+        )
+        self.retries: Any = families.counter(
+            "fastgate_retries", "Upstream tries beyond the first, by upstream.", ["upstream"]
+        )
+        self.connect_errors: Any = families.counter(
             "fastgate_upstream_connect_errors",
             "Failed connection attempts to an upstream target.",
             ["upstream", "target"],
-            registry=own,
         )
-        self.connections = Gauge(
+        self.connections: Any = families.gauge(
             "fastgate_upstream_connections",
             "Upstream connections by state (active: in an exchange; idle: kept alive in the pool).",
             ["upstream", "target", "state"],
-            registry=own,
-            multiprocess_mode="livesum",
+            "livesum",
         )
-        self.health = Gauge(
+        self.health: Any = families.gauge(
             "fastgate_health_status",
             "1 when an upstream target is healthy (for every worker), 0 when not.",
             ["upstream", "target"],
-            registry=own,
-            multiprocess_mode="livemin",
+            "livemin",
         )
-        self.ejections = Counter(
+        self.ejections: Any = families.counter(
             "fastgate_ejections",
             "Targets taken out of rotation by health checks or outlier detection.",
             ["upstream", "target"],
-            registry=own,
         )
-        self.websocket_sessions = Gauge(
-            "fastgate_websocket_sessions",
-            "Open WebSocket sessions, by upstream.",
-            ["upstream"],
-            registry=own,
-            multiprocess_mode="livesum",
+        self.websocket_sessions: Any = families.gauge(
+            "fastgate_websocket_sessions", "Open WebSocket sessions, by upstream.", ["upstream"], "livesum"
         )
         breaker_gauges = (
             ("requests", "Requests in flight through an upstream's circuit breaker (max_requests)."),
@@ -184,30 +207,24 @@ class Metrics:
             ("connections", "Connections open to an upstream's targets together (max_connections)."),
             ("retries", "Retries in flight to an upstream (the circuit breaker's max_retries)."),
         )
-        self.breaker = {
-            what: Gauge(
-                f"fastgate_circuit_breaker_{what}",
-                help_text,
-                ["upstream"],
-                registry=own,
-                multiprocess_mode="livesum",  # each worker has its own breaker: the sum is the gateway's
-            )
+        self.breaker: dict[str, Any] = {
+            # each worker has its own breaker: the sum is the gateway's
+            what: families.gauge(f"fastgate_circuit_breaker_{what}", help_text, ["upstream"], "livesum")
             for what, help_text in breaker_gauges
         }
-        self.overflows = Counter(
+        self.overflows: Any = families.counter(
             "fastgate_upstream_overflow",
             "Requests and retries refused by an upstream's circuit breaker, by threshold.",
             ["upstream", "threshold"],
-            registry=own,
         )
-        self.config_reloads = Counter(
-            "fastgate_config_reload", "Configuration reloads, by result.", ["result"], registry=own
+        self.config_reloads: Any = families.counter(
+            "fastgate_config_reload", "Configuration reloads, by result.", ["result"]
         )
-        self.config_last_reload = Gauge(
+        self.config_last_reload: Any = families.gauge(
             "fastgate_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",
-            registry=own,
-            multiprocess_mode="max",
+            [],
+            "max",
         )
         self._reload_children = {result: self.config_reloads.labels(result) for result in ("success", "error")}
         self.config_last_reload.set(time.time())
@@ -215,11 +232,36 @@ class Metrics:
         self._tries: dict[tuple[str, str, int | str], Any] = {}
         self._refreshers: dict[object, Callable[[], None]] = {}
         self._process: _ProcessMetrics | None = None
-        if process_metrics:
-            if self.multiprocess:
+        if self.multiprocess:
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self._registry = CollectorRegistry()
+            MultiProcessCollector(self._registry)  # type: ignore[no-untyped-call]
+            if process_metrics:
                 self._process = _ProcessMetrics()
-            else:
-                ProcessCollector(registry=self.registry)
+        elif registry is not None:
+            self._register(registry)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """What a scrape renders: in a single process a registry of this gateway's own, made on first use (never
+        the global registry, so several gateways in one process do not collide), unless one was given."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._register(CollectorRegistry())
+        assert self._registry is not None
+        return self._registry
+
+    def _register(self, registry: CollectorRegistry) -> None:
+        assert isinstance(self._families, _LocalFamilies)
+        LocalCollector(self._families.made, registry)
+        if self._process_metrics:
+            from prometheus_client.process_collector import ProcessCollector
+
+            ProcessCollector(registry=registry)
+        self._registry = registry
 
     def __repr__(self) -> str:
         mode = "multiprocess" if self.multiprocess else "single process"
@@ -354,6 +396,8 @@ class Metrics:
             prune_dead_processes()
             if self._process is not None:
                 self._process.refresh()
+        from prometheus_client.exposition import choose_encoder
+
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
@@ -362,6 +406,8 @@ class Metrics:
         if self.multiprocess:
             path = os.environ.get(MULTIPROC_ENV)
             if path and Path(path).is_dir():
+                from prometheus_client.multiprocess import mark_process_dead
+
                 mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
 
 
@@ -369,6 +415,9 @@ class _ProcessMetrics:
     """This worker's process metrics written as multiprocess gauges (ProcessCollector cannot be shared)."""
 
     def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+        from prometheus_client.process_collector import ProcessCollector
+
         self._source = ProcessCollector(registry=None)
         self._gauges = {
             name: Gauge(name, help_text, registry=None, multiprocess_mode=mode)
@@ -393,6 +442,8 @@ def prune_dead_processes(path: str | None = None) -> None:
     directory = Path(path or os.environ.get(MULTIPROC_ENV, ""))
     if not directory.is_dir():
         return
+    from prometheus_client.multiprocess import mark_process_dead
+
     for file in directory.glob("gauge_live*_*.db"):
         pid = file.stem.rpartition("_")[2]
         if pid.isdigit() and not _alive(int(pid)):

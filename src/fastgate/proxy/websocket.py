@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 from starlette.exceptions import WebSocketException
-from websockets.exceptions import ConnectionClosed
 
 from .._types import Headers, Message, Receive, Scope, Send
 from ..config import ServerConfig, UpstreamConfig
@@ -55,6 +54,7 @@ from ..upstream.ws_target import WebSocketTarget
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
+    from websockets.exceptions import ConnectionClosed
 
     from ..upstream.cluster import Cluster
 from .errors import error_response
@@ -472,6 +472,9 @@ class _Session:
             await self.send({"type": "websocket.close", "code": code, "reason": _clip(reason)})
 
     async def _client_to_upstream(self) -> None:
+        # Here, not at import: websockets is loaded by a worker's first WebSocket (upstream/websocket.py's dial).
+        from websockets.exceptions import ConnectionClosed
+
         receive = self.receive
         upstream = self.upstream
         limit = self.options.max_message_size
@@ -505,6 +508,8 @@ class _Session:
             self._end(_Ending((code, reason), (1001, "gateway error"), f"relay error: {exc!r}"))
 
     async def _upstream_to_client(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         upstream = self.upstream
         send = self.send
         idle = self.options.idle_timeout is not None
