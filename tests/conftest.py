@@ -15,7 +15,6 @@ from tests.servers import RunningServer, run_gateway, run_server
 from tests.upstream_app import Recorder, UpstreamApp
 from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
 
-
 # The two drivers of the gateway's exchange core: fastgate's HTTP/1.1 server calling Gateway.handle directly, and the
 # same server serving the gateway as an ASGI app through the adapter (FASTGATE_DRIVER=asgi, read by Gateway()).
 DRIVERS = ("native", "asgi")
