@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -18,15 +19,23 @@ from tests.ws_upstream import WebSocketRecorder, WebSocketUpstreamApp
 # The two drivers of the gateway's exchange core: fastgate's HTTP/1.1 server calling Gateway.handle directly, and the
 # same server serving the gateway as an ASGI app through the adapter (FASTGATE_DRIVER=asgi, read by Gateway()).
 DRIVERS = ("native", "asgi")
-# What marks a test as serving a gateway (in process or as a `fastgate` process): it runs once per driver.
+# What marks a test as serving a gateway in this process: it runs once per driver. A test that runs `fastgate` as a
+# child process runs it with the environment's driver (the default, native): the two drivers differ only in this
+# process's code, and tests/test_driver_process.py runs real processes under FASTGATE_DRIVER=asgi.
 _GATEWAY_FIXTURES = frozenset({"gateway", "client", "gateway_for"})
-_GATEWAY_HELPERS = ("run_gateway", "fastgate_run", "fastgate_process", "gateway_process", "GatewayProcess")
+_PROCESS_HELPERS = ("fastgate_run", "fastgate_process", "gateway_process", "GatewayProcess")
 
 
 def _serves_a_gateway(metafunc: pytest.Metafunc) -> bool:
     if _GATEWAY_FIXTURES.intersection(metafunc.fixturenames):
         return True
-    return any(hasattr(metafunc.module, name) for name in _GATEWAY_HELPERS)
+    if not hasattr(metafunc.module, "run_gateway"):
+        return False
+    try:
+        source = inspect.getsource(metafunc.function)
+    except (OSError, TypeError):
+        return True
+    return not any(helper in source for helper in _PROCESS_HELPERS)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
