@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -27,6 +28,22 @@ class Refuse(Plugin):
         request.headers.set("x-identity", request.identity)
         request.headers.remove("x-token")
         return None
+
+
+MARK: ContextVar[str] = ContextVar("MARK", default="-")
+
+
+class ContextMark(Plugin):
+    """Records in EVENTS what the context variable MARK held when a request came (``mark -``), then sets it to the
+    request's path and never resets it: a request must not see what the one before it set."""
+
+    async def on_request(self, request: RequestContext) -> Answer | None:
+        EVENTS.append(f"mark {MARK.get()}")
+        MARK.set(request.path)
+        return None
+
+    async def on_response(self, request: RequestContext, response: ResponseHead) -> None:
+        EVENTS.append(f"response mark {MARK.get()}")
 
 
 class RouteOf(Plugin):

@@ -347,3 +347,28 @@ async def test_a_plugin_raising_on_a_websocket_handshake_gives_500(
         assert ws_recorder.handshakes == []
         lines = [r.getMessage() for r in caplog.records if r.name == "fastgate.error"]
         assert len(lines) == 1 and "tests.plugin_fixtures:Boom failed in on_request" in lines[0]
+
+
+async def test_a_context_variable_a_plugin_sets_stays_with_its_request_on_a_kept_alive_connection(
+    upstream: RunningServer,
+) -> None:
+    """fastgate's server serves a connection's requests from one task: each request still starts from a fresh copy of
+    the context, as under a task per request, and keeps what its plugins set for its own later hooks."""
+    gateway = Gateway(
+        _config(
+            upstream.url, {"prefix": "/", "upstream": "main", "plugins": [{"use": "tests.plugin_fixtures:ContextMark"}]}
+        )
+    )
+    async with run_gateway(gateway) as gw:
+        with anyio.fail_after(10):
+            stream = await anyio.connect_tcp("127.0.0.1", gw.port)
+            async with stream:
+                for path in (b"/echo?first", b"/echo?second", b"/echo?third"):
+                    await stream.send(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")  # one connection
+                    raw = b""
+                    while b"\r\n\r\n" not in raw or len(raw) < raw.index(b"\r\n\r\n") + 4 + int(
+                        parse_response(raw[: raw.index(b"\r\n\r\n") + 4]).header(b"content-length")[0]
+                    ):
+                        raw += await stream.receive()
+                    assert parse_response(raw).status == 200
+    assert plugin_fixtures.EVENTS == ["mark -", "response mark /echo"] * 3

@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import copy_context
 from typing import Literal
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._context import in_context
 from ._types import Receive, Scope, Send
 from .config import GatewayConfig
 from .exceptions import ClientError, ConfigError, FastgateError, RouteNotFound, UpstreamUnavailable
@@ -297,8 +299,14 @@ class Gateway:
             await answer_error(down, UpstreamUnavailable("gateway is not running", route.upstream), new_request_id())
             return
         snapshot.inflight += 1  # its transports and plugins stay up until this request ends
+        route_options = snapshot.route_options[route.index]
         try:
-            await exchange(down, options, target, route=snapshot.route_options[route.index])
+            if route_options.plugins is None or isinstance(down, AsgiDownstream):
+                await exchange(down, options, target, route=route_options)
+            else:
+                # fastgate's server runs a connection's requests in one task: what a plugin sets in a context
+                # variable stays with its request, as it would in a task of its own (_context.py).
+                await in_context(exchange(down, options, target, route=route_options), copy_context())
         except Exception:
             # A bug of ours: the traceback goes to the log, the client gets a short JSON 500 (or, when the response
             # had already started, an aborted connection).
