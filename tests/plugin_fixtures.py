@@ -90,6 +90,14 @@ class StatusAndFinish(Plugin):
         FINISHED.append(exchange)
 
 
+class AwaitingFinish(Plugin):
+    """An ``on_finish`` hook that awaits before it records the exchange (a store written after each request)."""
+
+    async def on_finish(self, request: RequestContext, exchange: Exchange) -> None:
+        await anyio.sleep(0.05)
+        FINISHED.append(exchange)
+
+
 class BadTarget(Plugin):
     """Sets a target that may not go on a request line."""
 

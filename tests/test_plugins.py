@@ -372,3 +372,22 @@ async def test_a_context_variable_a_plugin_sets_stays_with_its_request_on_a_kept
                         raw += await stream.receive()
                     assert parse_response(raw).status == 200
     assert plugin_fixtures.EVENTS == ["mark -", "response mark /echo"] * 3
+
+
+async def test_an_on_finish_hook_that_awaits_runs_to_its_end_after_the_client_left_mid_exchange(
+    upstream: RunningServer, recorder: Recorder
+) -> None:
+    """The client goes while the upstream is still answering: the exchange is cancelled (the upstream sees its
+    request cut), and the finish hook still runs its awaits to the end (fastgate's server cancels the connection's
+    task, so the hook runs shielded)."""
+    route = {"prefix": "/", "upstream": "main", "plugins": [{"use": "tests.plugin_fixtures:AwaitingFinish"}]}
+    async with run_gateway(Gateway(_config(upstream.url, route))) as gw:
+        with anyio.fail_after(10):
+            stream = await anyio.connect_tcp("127.0.0.1", gw.port)
+            await stream.send(b"GET /slow?delay=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await recorder.started.wait()
+            await stream.aclose()
+            while not plugin_fixtures.FINISHED:  # noqa: ASYNC110 - the plugin's own record
+                await anyio.sleep(0.01)
+    (exchange,) = plugin_fixtures.FINISHED
+    assert (exchange.status, exchange.outcome) == (499, "client disconnected")

@@ -1,7 +1,9 @@
 """How an exchange is cancelled when its client goes: an anyio cancel scope, wired to the driver's disconnect signal.
 
-* :class:`HookScope`: the driver calls the scope when the client goes (fastgate's HTTP/1.1 server: the connection
-  runs it from ``connection_lost``), so an exchange costs no extra task.
+* :class:`ConnectionScope`: fastgate's HTTP/1.1 server runs a connection's requests in one task, inside one cancel
+  scope; the connection calls this object from ``connection_lost`` and it cancels that scope.
+* :class:`HookScope`: an exchange's own cancel scope, cancelled by the server's callback (fastgate's server driving
+  the gateway through the ASGI adapter), so an exchange costs no extra task.
 * :class:`WatcherScope`: under any other ASGI server a watcher task reads ``receive()`` for ``http.disconnect`` once
   the request body has been read (``receive`` has one reader at a time).
 
@@ -41,7 +43,7 @@ def _backend() -> type[AsyncBackend]:
     return anyio.lowlevel.current_token().backend_class
 
 
-def _cancel_scope() -> anyio.CancelScope:
+def new_cancel_scope() -> anyio.CancelScope:
     """``anyio.CancelScope()``, without finding the backend again: the public constructor asks sniffio on every call,
     and runs the scope's ``__init__`` twice (bench/instructions.py: 7k instructions a request saved)."""
     return _backend().create_cancel_scope()
@@ -54,9 +56,9 @@ class HookScope:
     (``scope.cancel()``). A raw ``Task.cancel`` would pierce anyio's shielded scopes: the one around
     ``to_thread.run_sync`` (a bcrypt check) would let the exchange go while its thread kept hashing, and a client
     that disconnects at once could start unbounded CPU work past the plugin's limiter. Through the scope, a
-    shielded await finishes first and the cancellation lands at the next unshielded one. The scope costs about 30k
-    instructions a request (bench/instructions.py), where the raw ``Task.cancel`` of before cost next to nothing:
-    the price of honouring shields. After ``finish`` (the last byte is sent, or the upstream response is being
+    shielded await finishes first and the cancellation lands at the next unshielded one. A scope per exchange costs
+    about 18k instructions a request (bench/instructions.py), which is why fastgate's own driver uses one scope per
+    connection (:class:`ConnectionScope`). After ``finish`` (the last byte is sent, or the upstream response is being
     closed) a disconnect is recorded but cancels nothing.
 
     ``expire`` (a retired config's ``server.drain_timeout`` passed) ends the exchange the same way and cuts the
@@ -68,7 +70,7 @@ class HookScope:
     def __init__(self, hooks: DisconnectHooks, exchanges: set[Any]) -> None:
         self._hooks = hooks
         self._exchanges = exchanges
-        self._cancel = _cancel_scope()
+        self._cancel = new_cancel_scope()
         self._finished = False
         self.disconnected = False
         self.expired = False
@@ -110,6 +112,62 @@ class HookScope:
         return self._cancel.__exit__(exc_type, exc, tb)
 
 
+class ConnectionScope:
+    """Disconnect handling for a driver that runs a connection's requests in one task, inside one anyio
+    :class:`~anyio.CancelScope` of the connection's (fastgate's HTTP/1.1 server: ``HttpProtocol._serve``).
+
+    A client that goes takes its connection with it, so the cancellation is the connection's: ``connection_lost``
+    calls this object and it cancels the connection's scope, while the exchange is running and has not finished (as
+    :class:`HookScope`, shields honoured). The cancellation leaves the exchange and ends the connection's task; the
+    exchange finishes its record, and runs its plugins' ``on_finish`` hooks shielded, on the way out. One anyio scope
+    per connection instead of one per exchange: about 18k instructions a request less (bench/instructions.py).
+    ``expire`` ends the exchange the same way and cuts the client off.
+    """
+
+    __slots__ = ("disconnected", "expired", "_hooks", "_scope", "_finished", "_exchanges")
+
+    def __init__(self, hooks: DisconnectHooks, scope: anyio.CancelScope, exchanges: set[Any]) -> None:
+        self._hooks = hooks
+        self._scope = scope
+        self._exchanges = exchanges
+        self._finished = False
+        self.disconnected = False
+        self.expired = False
+
+    def __call__(self) -> None:
+        self.disconnected = True
+        if not self._finished:
+            self._scope.cancel()
+
+    def expire(self) -> None:
+        if not self._finished and not self.disconnected:
+            self.expired = True
+            self._scope.cancel()
+
+    async def __aenter__(self) -> ConnectionScope:
+        self._exchanges.add(self)
+        if self._hooks.disconnected:
+            self.disconnected = True  # gone before the exchange began: the caller sends nothing upstream
+        else:
+            self._hooks.on_disconnect = self
+        return self
+
+    def watch(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        self._finished = True
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        self._hooks.on_disconnect = None
+        self._exchanges.discard(self)
+        if self.expired:
+            self._hooks.abort()  # a started response must not look complete
+        return False  # the connection's scope takes its cancellation where it was entered
+
+
 class WatcherScope:
     """Disconnect handling under any ASGI server: a watcher task reads ``receive()`` for ``http.disconnect``.
 
@@ -127,7 +185,7 @@ class WatcherScope:
     def __init__(self, receive: Receive, exchanges: set[Any]) -> None:
         self._receive = receive
         self._exchanges = exchanges
-        self._cancel = _cancel_scope()
+        self._cancel = new_cancel_scope()
         self._watcher: asyncio.Task[None] | None = None
         self._watching: anyio.CancelScope | None = None
         self._finished = False
@@ -140,7 +198,7 @@ class WatcherScope:
         return self
 
     def watch(self) -> None:
-        self._watching = watching = _cancel_scope()
+        self._watching = watching = new_cancel_scope()
         self._watcher = asyncio.get_running_loop().create_task(self._watch(watching))
 
     def finish(self) -> None:
@@ -174,4 +232,4 @@ class WatcherScope:
                     await watcher
 
 
-AnyDisconnectScope = HookScope | WatcherScope
+AnyDisconnectScope = HookScope | WatcherScope | ConnectionScope

@@ -31,12 +31,14 @@ the ASGI adapter (``proxy/asgi.py``) for the library and other servers. One impl
    access line). Every request goes upstream with a ``traceparent`` (``Observability.begin``, right after the
    header rules): the client's, or a new trace's.
 
-Client disconnects cancel the exchange at once. Under fastgate's own server protocol the server calls us back
-when the connection drops (``ServerHooks.on_disconnect``), so an exchange costs no extra task. Under any other
-ASGI server a watcher task reads ``receive()`` for ``http.disconnect`` once the request body has been read
-(``receive`` has one reader at a time). Either way the exchange's cancel scope is cancelled, the upstream
-connection is aborted in the ``finally``, and the upstream sees it close. Sends after a disconnect are
-tolerated in both ASGI flavours: spec 2.3 servers ignore them, 2.4 servers raise ``OSError``.
+Client disconnects cancel the exchange at once, through an anyio cancel scope (``proxy/disconnect.py``), never a
+raw ``Task.cancel``. fastgate's server runs a connection's requests in one task inside one cancel scope and cancels
+it from ``connection_lost`` (``ConnectionScope``): the cancellation leaves the exchange, which records it and runs
+its plugins' ``on_finish`` hooks shielded on the way out. Through the ASGI adapter the exchange has a cancel scope of
+its own, cancelled by the server's callback under fastgate's server (``HookScope``) or by a watcher task reading
+``receive()`` for ``http.disconnect`` under any other (``WatcherScope``). Either way the upstream connection is
+aborted in the ``finally``, and the upstream sees it close. Sends after a disconnect are tolerated in both ASGI
+flavours: spec 2.3 servers ignore them, 2.4 servers raise ``OSError``.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from ..upstream.transport import CHUNKED, Transport, UpstreamRequest, UpstreamRe
 from .asgi import AsgiDownstream
 from .bodylimit import declared_too_large, request_body
 from .buffering import BufferedBody, prebuffer
-from .downstream import Downstream
+from .downstream import DisconnectScope, Downstream
 from .errors import answer_error, error_parts
 from .headers import HeaderRules, new_request_id, response_headers
 from .readahead import ReadAheadLimits, ResponseSpool, relay_ahead
@@ -159,6 +161,19 @@ def _host(headers: list[tuple[bytes, bytes]]) -> bytes:
         if name == b"host":
             return bytes(value)
     return b""
+
+
+def _ended_by(disconnect: DisconnectScope, method: str, target: bytes, request_id: bytes) -> str:
+    """The outcome of an exchange its driver ended (the client went, or ``server.drain_timeout`` passed), else ""."""
+    if disconnect.expired:
+        error_logger.warning(
+            "%s %s: ended, its config was retired by a reload over server.drain_timeout ago (request_id %s)",
+            method,
+            target.decode("latin-1"),
+            request_id.decode("latin-1"),
+        )
+        return "ended by server.drain_timeout"
+    return "client disconnected" if disconnect.disconnected else ""
 
 
 async def send_answer(down: Downstream, answer: Answer, request_id: bytes) -> None:
@@ -273,6 +288,7 @@ async def exchange(
     )
     trace: ExchangeTrace | None = None
     request: UpstreamRequest | None = None
+    cancelled = False  # the client went and the driver's cancellation is on its way out: finish shielded
     if route.buffer_body is not None:
         buffer_body = route.buffer_body
     address = client[0].encode("latin-1") if client else b"unknown"
@@ -316,184 +332,183 @@ async def exchange(
         )
         if observability.tracing:
             request.trace = trace
-        exchanges = options.exchanges
-        async with down.disconnect_scope(exchanges) as disconnect:
-            if disconnect.disconnected:
-                return
-            if chain is not None:
-                # positional, and the scope's own values as they are: this runs on every request of a plugin route
-                context = request_context(
-                    method,
-                    target,
-                    head.headers,
-                    down.path,
-                    client,
-                    request_id.decode("latin-1"),
-                    options.name,
-                    route.index,
-                    bool(head.body_length),
-                    down.scope,
-                )
-                try:
-                    answered = await chain.request(context)
-                except FastgateError as exc:
-                    status, outcome = _refused_by_plugin(exc, method, target, request_id)
-                    parts = error_parts(exc, request_id)
-                    if chain.has_early and context.answered_at > 0:
-                        parts = (await _early_head(chain, context, exc.status_code, parts[0], request_id), parts[1])
-                    await answer_error(down, exc, request_id, parts)
+        disconnect = down.disconnect_scope(options.exchanges)
+        try:
+            async with disconnect:
+                if disconnect.disconnected:
                     return
-                if answered is not None:
-                    answer = answered[1]
-                    status = answer.status
-                    outcome = f"answered by {answered[0]}"
-                    if chain.has_early and context.answered_at > 0:
-                        early = answer.raw_headers(request_id)
-                        early = await _early_head(chain, context, status, early, request_id)
-                        await down.send_head(status, early, defer=True)
-                        await down.send_body(answer.body, False)
-                    else:
-                        await send_answer(down, answer, request_id)
-                    sent = len(answer.body)
-                    return
-                target = request.target = context.target
-                request.headers = context.headers.raw
-            body: AsyncGenerator[bytes] | None = None
-            piped: AsyncIterator[bytes] | None = None
-            read_whole = buffer_body is not None
-            try:
-                if head.body_length and buffer_body is not None:
-                    buffered = await BufferedBody.read(
-                        down.read_body, memory_bytes=buffer_body, max_bytes=route.max_body
+                if chain is not None:
+                    # positional, and the scope's own values as they are: this runs on every request of a plugin route
+                    context = request_context(
+                        method,
+                        target,
+                        head.headers,
+                        down.path,
+                        client,
+                        request_id.decode("latin-1"),
+                        options.name,
+                        route.index,
+                        bool(head.body_length),
+                        down.scope,
                     )
-                    request.body_length = buffered.length
-                    body = buffered.pieces()
-                elif head.body_length:
-                    # counted against max_body_bytes only when chunked: the server's framing holds a Content-Length
-                    limit = route.max_body if head.body_length == CHUNKED else None
-                    if options.prebuffer_bytes:  # no upstream connection until the body's first bytes are here
-                        first = await prebuffer(down.read_body, options.prebuffer_bytes, limit)
-                        if first.complete:  # the whole body: upstream in one piece (framed as the client framed it)
-                            read_whole = True
-                            body = first.then()
+                    try:
+                        answered = await chain.request(context)
+                    except FastgateError as exc:
+                        status, outcome = _refused_by_plugin(exc, method, target, request_id)
+                        parts = error_parts(exc, request_id)
+                        if chain.has_early and context.answered_at > 0:
+                            parts = (await _early_head(chain, context, exc.status_code, parts[0], request_id), parts[1])
+                        await answer_error(down, exc, request_id, parts)
+                        return
+                    if answered is not None:
+                        answer = answered[1]
+                        status = answer.status
+                        outcome = f"answered by {answered[0]}"
+                        if chain.has_early and context.answered_at > 0:
+                            early = answer.raw_headers(request_id)
+                            early = await _early_head(chain, context, status, early, request_id)
+                            await down.send_head(status, early, defer=True)
+                            await down.send_body(answer.body, False)
                         else:
-                            rest = limit - first.length if limit is not None else None
-                            body = first.then(request_body(down.read_body, disconnect, rest))
-                    else:
-                        body = request_body(down.read_body, disconnect, limit)
-                if body is None or read_whole:
-                    disconnect.watch()
-                piped = body
-                if body is not None and chain is not None and chain.wants_body:
-                    assert context is not None
-                    piped = chain.body(context, body)
-                response = await options.transport.send(request, piped)
-                answered_by = response.target
-            except ClientDisconnected:
-                outcome = "client disconnected"
-                return
-            except PluginError as exc:
-                status = exc.status_code
-                outcome = f"plugin {exc.plugin} failed"
-                log_plugin_error(exc, method, target, request_id)
-                if not disconnect.disconnected:
-                    await answer_error(down, exc, request_id)
-                return
-            except FastgateError as exc:
-                status = exc.status_code
-                outcome = f"{exc.code}: {exc.detail}"
-                failed_at = getattr(exc, "target", "")
-                if not isinstance(exc, UpstreamOverflow) or _first_of_burst(options.transport, exc):
+                            await send_answer(down, answer, request_id)
+                        sent = len(answer.body)
+                        return
+                    target = request.target = context.target
+                    request.headers = context.headers.raw
+                body: AsyncGenerator[bytes] | None = None
+                piped: AsyncIterator[bytes] | None = None
+                read_whole = buffer_body is not None
+                try:
+                    if head.body_length and buffer_body is not None:
+                        buffered = await BufferedBody.read(
+                            down.read_body, memory_bytes=buffer_body, max_bytes=route.max_body
+                        )
+                        request.body_length = buffered.length
+                        body = buffered.pieces()
+                    elif head.body_length:
+                        # counted against max_body_bytes only when chunked: the server's framing holds a Content-Length
+                        limit = route.max_body if head.body_length == CHUNKED else None
+                        if options.prebuffer_bytes:  # no upstream connection until the body's first bytes are here
+                            first = await prebuffer(down.read_body, options.prebuffer_bytes, limit)
+                            if first.complete:  # the whole body: upstream in one piece (framed as the client framed it)
+                                read_whole = True
+                                body = first.then()
+                            else:
+                                rest = limit - first.length if limit is not None else None
+                                body = first.then(request_body(down.read_body, disconnect, rest))
+                        else:
+                            body = request_body(down.read_body, disconnect, limit)
+                    if body is None or read_whole:
+                        disconnect.watch()
+                    piped = body
+                    if body is not None and chain is not None and chain.wants_body:
+                        assert context is not None
+                        piped = chain.body(context, body)
+                    response = await options.transport.send(request, piped)
+                    answered_by = response.target
+                except ClientDisconnected:
+                    outcome = "client disconnected"
+                    return
+                except PluginError as exc:
+                    status = exc.status_code
+                    outcome = f"plugin {exc.plugin} failed"
+                    log_plugin_error(exc, method, target, request_id)
+                    if not disconnect.disconnected:
+                        await answer_error(down, exc, request_id)
+                    return
+                except FastgateError as exc:
+                    status = exc.status_code
+                    outcome = f"{exc.code}: {exc.detail}"
+                    failed_at = getattr(exc, "target", "")
+                    if not isinstance(exc, UpstreamOverflow) or _first_of_burst(options.transport, exc):
+                        error_logger.warning(
+                            "%s %s -> %d %s: %s (upstream %s, request_id %s)",
+                            method,
+                            target.decode("latin-1"),
+                            status,
+                            exc.code,
+                            exc.detail,
+                            _upstream_at(options.name, exc),
+                            request_id.decode("latin-1"),
+                        )
+                    if not disconnect.disconnected:
+                        await answer_error(down, exc, request_id)
+                    return
+                finally:
+                    if piped is not None and piped is not body:
+                        aclose = getattr(piped, "aclose", None)
+                        if aclose is not None:
+                            await aclose()
+                    if body is not None:
+                        await body.aclose()
+                try:
+                    status = response.status
+                    headers = response_headers(response.headers)
+                    if chain is not None and chain.has_response:
+                        assert context is not None
+                        response_head = ResponseHead(status, HeaderList(headers))
+                        try:
+                            await chain.response(context, response_head)
+                        except FastgateError as exc:  # nothing was sent yet: the client gets this error instead
+                            status, outcome = _refused_by_plugin(exc, method, target, request_id)
+                            await answer_error(down, exc, request_id)
+                            return
+                        status, headers = response_head.status, response_head.headers.raw
+                    # A body that is already here goes out with the head: under fastgate's protocol, in one write.
+                    data, done = response.read_buffered()
+                    await down.send_head(status, headers, trailers=relay_trailers, defer=bool(data or done))
+                    if data or done:
+                        sent += len(data)
+                        await down.send_body(data, not done)
+                    if not done:
+                        read_ahead = options.read_ahead
+                        while chunk := await response.read():
+                            if read_ahead is not None and down.write_paused:
+                                # The client is behind: read the upstream ahead of it and free the upstream when done.
+                                spool = ResponseSpool(read_ahead)
+                                try:
+                                    await relay_ahead(response, down, chunk, spool, _releaser(response))
+                                finally:
+                                    sent += spool.received
+                                break
+                            sent += len(chunk)
+                            await down.send_body(chunk, True)
+                        await down.send_body(b"", False)
+                    if relay_trailers:
+                        fields = response.trailers
+                        await down.send_trailers(response_trailers(fields, response.headers) if fields else [])
+                    disconnect.finish()
+                except UpstreamError as exc:
+                    outcome = f"{exc.code} after the response started: {exc.detail}"
+                    failed_at = exc.target
                     error_logger.warning(
-                        "%s %s -> %d %s: %s (upstream %s, request_id %s)",
+                        "%s %s: upstream %s broke off the response after %d bytes: %s (request_id %s)",
                         method,
                         target.decode("latin-1"),
-                        status,
-                        exc.code,
-                        exc.detail,
                         _upstream_at(options.name, exc),
+                        sent,
+                        exc.detail,
                         request_id.decode("latin-1"),
                     )
-                if not disconnect.disconnected:
-                    await answer_error(down, exc, request_id)
-                return
-            finally:
-                if piped is not None and piped is not body:
-                    aclose = getattr(piped, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                if body is not None:
-                    await body.aclose()
-            try:
-                status = response.status
-                headers = response_headers(response.headers)
-                if chain is not None and chain.has_response:
-                    assert context is not None
-                    response_head = ResponseHead(status, HeaderList(headers))
-                    try:
-                        await chain.response(context, response_head)
-                    except FastgateError as exc:  # nothing was sent yet: the client gets this error instead
-                        status, outcome = _refused_by_plugin(exc, method, target, request_id)
-                        await answer_error(down, exc, request_id)
-                        return
-                    status, headers = response_head.status, response_head.headers.raw
-                # A body that is already here goes out with the head: under fastgate's protocol, in one write.
-                data, done = response.read_buffered()
-                await down.send_head(status, headers, trailers=relay_trailers, defer=bool(data or done))
-                if data or done:
-                    sent += len(data)
-                    await down.send_body(data, not done)
-                if not done:
-                    read_ahead = options.read_ahead
-                    while chunk := await response.read():
-                        if read_ahead is not None and down.write_paused:
-                            # The client is behind: read the upstream ahead of it and free the upstream when done.
-                            spool = ResponseSpool(read_ahead)
-                            try:
-                                await relay_ahead(response, down, chunk, spool, _releaser(response))
-                            finally:
-                                sent += spool.received
-                            break
-                        sent += len(chunk)
-                        await down.send_body(chunk, True)
-                    await down.send_body(b"", False)
-                if relay_trailers:
-                    fields = response.trailers
-                    await down.send_trailers(response_trailers(fields, response.headers) if fields else [])
-                disconnect.finish()
-            except UpstreamError as exc:
-                outcome = f"{exc.code} after the response started: {exc.detail}"
-                failed_at = exc.target
-                error_logger.warning(
-                    "%s %s: upstream %s broke off the response after %d bytes: %s (request_id %s)",
-                    method,
-                    target.decode("latin-1"),
-                    _upstream_at(options.name, exc),
-                    sent,
-                    exc.detail,
-                    request_id.decode("latin-1"),
-                )
-                down.abort()
-            except OSError:
-                disconnect.disconnected = True  # ASGI spec 2.4 servers raise on send after a disconnect
-            finally:
-                if response.aclose_waits:
-                    # No disconnect may cancel us from here (a disconnect after ``finish`` cancels nothing).
-                    disconnect.finish()
-                    with anyio.CancelScope(shield=True):
-                        await response.aclose()
-                else:
-                    await response.aclose()  # returns without suspending: cancellation cannot interrupt it
-        if disconnect.expired:
-            outcome = "ended by server.drain_timeout"
-            error_logger.warning(
-                "%s %s: ended, its config was retired by a reload over server.drain_timeout ago (request_id %s)",
-                method,
-                target.decode("latin-1"),
-                request_id.decode("latin-1"),
-            )
-        elif disconnect.disconnected:
-            outcome = "client disconnected"
+                    down.abort()
+                except OSError:
+                    disconnect.disconnected = True  # ASGI spec 2.4 servers raise on send after a disconnect
+                finally:
+                    if response.aclose_waits:
+                        # No disconnect may cancel us from here (a disconnect after ``finish`` cancels nothing).
+                        disconnect.finish()
+                        with anyio.CancelScope(shield=True):
+                            await response.aclose()
+                    else:
+                        await response.aclose()  # returns without suspending: cancellation cannot interrupt it
+        except BaseException:
+            # A driver that cancels the connection's task (fastgate's server) lets the cancellation out of the block:
+            # the exchange ended the same way, and the finish below runs shielded.
+            cancelled = disconnect.disconnected or disconnect.expired
+            if cancelled:
+                outcome = _ended_by(disconnect, method, target, request_id)
+            raise
+        outcome = _ended_by(disconnect, method, target, request_id) or outcome
     finally:
         record.duration_s = perf_counter() - started_at
         record.target = target.decode("latin-1")
@@ -505,7 +520,7 @@ async def exchange(
         if request is not None and request.tries > 1:
             record.retries = request.tries - 1
         if context is not None and chain is not None and chain.has_finish:
-            await chain.finish(
+            finishing = chain.finish(
                 context,
                 Exchange(
                     route.index,
@@ -521,4 +536,9 @@ async def exchange(
                     outcome,
                 ),
             )
+            if cancelled:
+                with anyio.CancelScope(shield=True):  # the hooks run to their end, as after any other exchange
+                    await finishing
+            else:
+                await finishing
         observability.finish(record, trace)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 from ..exceptions import ClientDisconnected
-from ..proxy.disconnect import HookScope
+from ..proxy.disconnect import ConnectionScope, HookScope
 from ..proxy.paths import PATH_KEY
 
 if TYPE_CHECKING:
@@ -219,8 +219,12 @@ class RequestCycle:
         self._head = None
         self.conn.abort()
 
-    def disconnect_scope(self, exchanges: set[Any]) -> HookScope:
-        """The exchange's cancel scope: cancelled from ``connection_lost`` (no watcher task)."""
+    def disconnect_scope(self, exchanges: set[Any]) -> HookScope | ConnectionScope:
+        """The exchange's cancellation, run from ``connection_lost`` (no watcher task): the connection task's cancel
+        scope when the gateway's handler is driven directly, else a cancel scope of the exchange's own (ASGI)."""
+        scope = self.conn.cancel_scope
+        if scope is not None:
+            return ConnectionScope(self, scope, exchanges)
         return HookScope(self, exchanges)
 
     # -- the request body -----------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
+import anyio
 import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
@@ -64,6 +65,7 @@ from ..exceptions import (
     VersionNotSupported,
 )
 from ..observability.logging import access_logger, error_logger
+from ..proxy.disconnect import new_cancel_scope
 from ..proxy.headers import new_request_id
 from .cycle import STATUS_LINES, RequestCycle
 from .head import check_host, check_target, check_version
@@ -170,6 +172,7 @@ class HttpProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None  # the connection's task, under the handler
         self._next: asyncio.Future[RequestCycle | None] | None = None  # the task waits here for the next request
         self._queued: RequestCycle | None = None  # a request started while the task finished the one before
+        self.cancel_scope: anyio.CancelScope | None = None  # the connection task's, while it runs (ConnectionScope)
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -590,38 +593,48 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _serve(self, cycle: RequestCycle | None) -> None:
         """The connection's one task under the gateway's own handler (no ASGI): its requests, one after another,
-        each handled as ``_run`` runs an ASGI app (inline: this frame is resumed at every await of every request)."""
+        each handled as ``_run`` runs an ASGI app (inline: this frame is resumed at every await of every request).
+
+        The task runs in one anyio cancel scope, the connection's: a client that goes mid-exchange cancels it
+        (``ConnectionScope``), the exchange ends, and so does the task, since the connection is gone.
+        """
         handler = self.handler
         assert handler is not None
-        try:
-            while cycle is not None:
-                try:
-                    await handler(cycle)
-                except BaseException as exc:
-                    error_logger.error("Exception in the request handler", exc_info=exc)
-                    if not cycle.response_started and not cycle.disconnected:
-                        self._respond_error(FastgateError("internal error"), method=cycle.method)
+        with new_cancel_scope() as self.cancel_scope:
+            try:
+                while cycle is not None:
+                    try:
+                        await handler(cycle)
+                    except Exception as exc:
+                        error_logger.error("Exception in the request handler", exc_info=exc)
+                        if not cycle.response_started and not cycle.disconnected:
+                            self._respond_error(FastgateError("internal error"), method=cycle.method)
+                        else:
+                            self.abort()
+                    except BaseException:
+                        # Cancelled: by the connection's scope (its client went; anyio's scope takes it below), or
+                        # from outside (a shutdown past its grace period), or the process is exiting.
+                        if not cycle.disconnected:
+                            self.abort()
+                        raise
                     else:
-                        self.abort()
-                    if not isinstance(exc, Exception):
-                        raise  # cancelled (a shutdown past its grace period), or the process is exiting
-                else:
-                    if not cycle.response_started and not cycle.disconnected:
-                        error_logger.error("The request handler returned without starting a response.")
-                        self._respond_error(FastgateError("internal error"), method=cycle.method)
-                    elif not cycle.response_complete and not cycle.disconnected:
-                        self.abort()  # the handler logged why (an internal error once the response had started)
-                finally:
-                    cycle.on_disconnect = None
-                    if not cycle.response_complete and self._cycle is cycle:
-                        self._cycle = None
-                cycle, self._queued = self._queued, None
-                if cycle is None and not self.closed:
-                    self._next = waiter = self.loop.create_future()
-                    cycle = await waiter
-        finally:
-            self._task = None
-            self._next = None
+                        if not cycle.response_started and not cycle.disconnected:
+                            error_logger.error("The request handler returned without starting a response.")
+                            self._respond_error(FastgateError("internal error"), method=cycle.method)
+                        elif not cycle.response_complete and not cycle.disconnected:
+                            self.abort()  # the handler logged why (an internal error once the response had started)
+                    finally:
+                        cycle.on_disconnect = None
+                        if not cycle.response_complete and self._cycle is cycle:
+                            self._cycle = None
+                    cycle, self._queued = self._queued, None
+                    if cycle is None and not self.closed:
+                        self._next = waiter = self.loop.create_future()
+                        cycle = await waiter
+            finally:
+                self._task = None
+                self._next = None
+                self.cancel_scope = None
 
     async def _run(self, cycle: RequestCycle) -> None:
         try:
