@@ -49,79 +49,23 @@ def new_cancel_scope() -> anyio.CancelScope:
     return _backend().create_cancel_scope()
 
 
-class HookScope:
-    """Disconnect handling under fastgate's server protocol: the server calls this object when the client goes.
-
-    The exchange runs in an anyio :class:`~anyio.CancelScope` entered by ``async with``; the callback cancels it
-    (``scope.cancel()``). A raw ``Task.cancel`` would pierce anyio's shielded scopes: the one around
-    ``to_thread.run_sync`` (a bcrypt check) would let the exchange go while its thread kept hashing, and a client
-    that disconnects at once could start unbounded CPU work past the plugin's limiter. Through the scope, a
-    shielded await finishes first and the cancellation lands at the next unshielded one. A scope per exchange costs
-    about 18k instructions a request (bench/instructions.py), which is why fastgate's own driver uses one scope per
-    connection (:class:`ConnectionScope`). After ``finish`` (the last byte is sent, or the upstream response is being
-    closed) a disconnect is recorded but cancels nothing.
-
-    ``expire`` (a retired config's ``server.drain_timeout`` passed) ends the exchange the same way and cuts the
-    client off, so that a response it had started is seen as incomplete.
-    """
-
-    __slots__ = ("disconnected", "expired", "_hooks", "_cancel", "_finished", "_exchanges")
-
-    def __init__(self, hooks: DisconnectHooks, exchanges: set[Any]) -> None:
-        self._hooks = hooks
-        self._exchanges = exchanges
-        self._cancel = new_cancel_scope()
-        self._finished = False
-        self.disconnected = False
-        self.expired = False
-
-    def __call__(self) -> None:
-        self.disconnected = True
-        if not self._finished:
-            self._cancel.cancel()
-
-    def expire(self) -> None:
-        if not self._finished and not self.disconnected:
-            self.expired = True
-            self._cancel.cancel()
-
-    async def __aenter__(self) -> HookScope:
-        self._cancel.__enter__()
-        self._exchanges.add(self)
-        if self._hooks.disconnected:
-            # Gone before the exchange began (the server found its body broken, or it left): nothing to cancel;
-            # the caller sees ``disconnected`` and sends nothing upstream.
-            self.disconnected = True
-        else:
-            self._hooks.on_disconnect = self
-        return self
-
-    def watch(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        self._finished = True
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        self._hooks.on_disconnect = None
-        self._exchanges.discard(self)
-        if self.expired:
-            self._hooks.abort()  # a started response must not look complete; one not started has nobody to wait
-        return self._cancel.__exit__(exc_type, exc, tb)
-
-
 class ConnectionScope:
     """Disconnect handling for a driver that runs a connection's requests in one task, inside one anyio
     :class:`~anyio.CancelScope` of the connection's (fastgate's HTTP/1.1 server: ``HttpProtocol._serve``).
 
-    A client that goes takes its connection with it, so the cancellation is the connection's: ``connection_lost``
-    calls this object and it cancels the connection's scope, while the exchange is running and has not finished (as
-    :class:`HookScope`, shields honoured). The cancellation leaves the exchange and ends the connection's task; the
-    exchange finishes its record, and runs its plugins' ``on_finish`` hooks shielded, on the way out. One anyio scope
-    per connection instead of one per exchange: about 18k instructions a request less (bench/instructions.py).
-    ``expire`` ends the exchange the same way and cuts the client off.
+    The server calls this object when the client goes (``connection_lost``), and it cancels ``scope`` while the
+    exchange is running and has not finished. A raw ``Task.cancel`` would pierce anyio's shielded scopes: the one
+    around ``to_thread.run_sync`` (a bcrypt check) would let the exchange go while its thread kept hashing, and a
+    client that disconnects at once could start unbounded CPU work past the plugin's limiter. Through the scope, a
+    shielded await finishes first and the cancellation lands at the next unshielded one. A client that goes takes
+    its connection with it, so the cancellation is the connection's: it leaves the exchange and ends the
+    connection's task; the exchange records it, and runs its plugins' ``on_finish`` hooks shielded, on the way out.
+    One anyio scope per connection instead of one per exchange (:class:`HookScope`): about 18k instructions a
+    request less (bench/instructions.py). After ``finish`` (the last byte is sent, or the upstream response is being
+    closed) a disconnect is recorded but cancels nothing.
+
+    ``expire`` (a retired config's ``server.drain_timeout`` passed) ends the exchange the same way and cuts the
+    client off, so that a response it had started is seen as incomplete.
     """
 
     __slots__ = ("disconnected", "expired", "_hooks", "_scope", "_finished", "_exchanges")
@@ -147,7 +91,9 @@ class ConnectionScope:
     async def __aenter__(self) -> ConnectionScope:
         self._exchanges.add(self)
         if self._hooks.disconnected:
-            self.disconnected = True  # gone before the exchange began: the caller sends nothing upstream
+            # Gone before the exchange began (the server found its body broken, or it left): nothing to cancel;
+            # the caller sees ``disconnected`` and sends nothing upstream.
+            self.disconnected = True
         else:
             self._hooks.on_disconnect = self
         return self
@@ -164,8 +110,30 @@ class ConnectionScope:
         self._hooks.on_disconnect = None
         self._exchanges.discard(self)
         if self.expired:
-            self._hooks.abort()  # a started response must not look complete
+            self._hooks.abort()  # a started response must not look complete; one not started has nobody to wait
         return False  # the connection's scope takes its cancellation where it was entered
+
+
+class HookScope(ConnectionScope):
+    """:class:`ConnectionScope` with a cancel scope of the exchange's own, entered by ``async with``: fastgate's
+    server driving the gateway through the ASGI adapter (a task per request). The cancellation ends at the end of
+    the block."""
+
+    __slots__ = ()
+
+    def __init__(self, hooks: DisconnectHooks, exchanges: set[Any]) -> None:
+        super().__init__(hooks, new_cancel_scope(), exchanges)
+
+    async def __aenter__(self) -> HookScope:
+        self._scope.__enter__()
+        await super().__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        await super().__aexit__(exc_type, exc, tb)
+        return self._scope.__exit__(exc_type, exc, tb)
 
 
 class WatcherScope:
