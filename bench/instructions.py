@@ -214,8 +214,8 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def proxy_arguments(p: argparse.ArgumentParser, *, warmup: int, requests: int, start_timeout: float) -> None:
+    """The options that say which proxy runs and what load it gets (shared with bench/request_profile.py)."""
     p.add_argument("--cmd", help="the fastgate command (default: fastgate beside this interpreter)")
     p.add_argument("--config", help="a JSON config for `fastgate run`; {UPSTREAM_PORT} is replaced, the listener set")
     p.add_argument("--arm", choices=("full", "metrics-on", "metrics-off", "ratelimit-memory"), help="a bench arm")
@@ -223,10 +223,15 @@ def main() -> None:
     p.add_argument("--path", default="/256b")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--connections", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=500)
-    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--requests", type=int, default=requests)
     p.add_argument("--cpu", default="1", help="CPU list for the proxy (taskset), '' for none")
-    p.add_argument("--start-timeout", type=float, default=180)
+    p.add_argument("--start-timeout", type=float, default=start_timeout)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    proxy_arguments(p, warmup=500, requests=3000, start_timeout=180)
     p.add_argument("--size", type=int, default=256, help="response body bytes (default 256; S4 is 1048576)")
     args = p.parse_args()
     global RESPONSE

@@ -504,17 +504,7 @@ def report(args: argparse.Namespace, run: Run, total: int | None) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cmd", help="the fastgate command (default: fastgate beside this interpreter)")
-    p.add_argument("--config", help="a JSON config for `fastgate run`; {UPSTREAM_PORT} is replaced, the listener set")
-    p.add_argument("--arm", choices=("full", "metrics-on", "metrics-off", "ratelimit-memory"), help="a bench arm")
-    p.add_argument("--label", default="fastgate")
-    p.add_argument("--path", default="/256b")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--connections", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--requests", type=int, default=20000)
-    p.add_argument("--cpu", default="1", help="CPU list for the proxy (taskset), '' for none")
-    p.add_argument("--start-timeout", type=float, default=60)
+    instructions.proxy_arguments(p, warmup=1000, requests=20000, start_timeout=60)
     p.add_argument("--load-timeout", type=float, default=300, help="bound on each load's seconds")
     p.add_argument("--size", type=int, default=256, help="response body bytes (default 256)")
     p.add_argument("--timer", choices=("cpu", "wall"), default="cpu", help="cProfile's clock (default: CPU time)")
