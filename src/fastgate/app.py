@@ -74,7 +74,7 @@ class Gateway:
         self.readiness: Readiness = "starting"
         # What fastgate's HTTP/1.1 server calls for each request (the exchange core, driven with no ASGI). None makes
         # it serve the gateway as an ASGI app, through the adapter (FASTGATE_DRIVER=asgi: the tests run both).
-        self.handler: Callable[[Downstream], Awaitable[None]] | None = (
+        self.fastgate_handler: Callable[[Downstream], Awaitable[None]] | None = (
             None if os.environ.get(DRIVER_ENV) == "asgi" else self.handle
         )
 

@@ -79,7 +79,7 @@ def create_app() -> Gateway:
     apply_log_level(config.server.log_level)
     access_logger.disabled = not config.server.access_log
     gateway = Gateway(config, source=source)
-    if gateway.handler is None:
+    if gateway.fastgate_handler is None:
         error_logger.info(
             "%s=asgi: the gateway is served through its ASGI adapter (worker %d)", DRIVER_ENV, os.getpid()
         )

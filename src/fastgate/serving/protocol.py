@@ -106,8 +106,8 @@ def _limits_for(app: Any) -> ServerLimits:
 
 def _handler_of(app: Any) -> Callable[[RequestCycle], Awaitable[None]] | None:
     """The app's own request handler, when the app served is the gateway itself (no middleware around it) and offers
-    one (``Gateway.handler``: None when ``FASTGATE_DRIVER=asgi`` asks for the ASGI adapter)."""
-    handler = getattr(app, "handler", None)
+    one (``Gateway.fastgate_handler``: None when ``FASTGATE_DRIVER=asgi`` asks for the ASGI adapter)."""
+    handler = getattr(app, "fastgate_handler", None)
     return handler if callable(handler) else None
 
 
