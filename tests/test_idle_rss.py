@@ -31,6 +31,15 @@ async def ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+@pytest.fixture(autouse=True)
+def _no_coverage_in_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway starts without coverage's tracer: CI runs the suite under coverage, whose subprocess patch loads
+    it into every child process (about +5 MiB each), which is not what a user's gateway carries."""
+    monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)
+    monkeypatch.delenv("COVERAGE_PROCESS_START", raising=False)
+    monkeypatch.delenv("COVERAGE_RUN", raising=False)
+
+
 @pytest.fixture
 async def upstream() -> Any:
     async with run_server(ok) as server:
