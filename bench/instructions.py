@@ -180,7 +180,11 @@ async def _drive(
             server.close()
 
 
-def measure(args: argparse.Namespace) -> dict[str, object]:
+def start_under_callgrind(
+    args: argparse.Namespace,
+) -> tuple[list[socket.socket], int, subprocess.Popen[bytes], Path, list[str]]:
+    """Bind the upstream sockets and start the proxy under callgrind: (upstreams, proxy port, process, dump
+    directory, the proxy's command)."""
     upstreams = [socket.socket(), socket.socket()]  # the second for configs with {UPSTREAM_PORT_2}
     for upstream in upstreams:
         upstream.bind(("127.0.0.1", 0))
@@ -193,6 +197,11 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     proc = subprocess.Popen(
         [*pin, *valgrind, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
     )
+    return upstreams, port, proc, directory, command
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    upstreams, port, proc, directory, command = start_under_callgrind(args)
     try:
         total, elapsed = asyncio.run(_drive(args, upstreams, port, proc, directory))
     finally:

@@ -357,18 +357,7 @@ def count_instructions(args: argparse.Namespace) -> tuple[int, dict[tuple[str, s
     counted = argparse.Namespace(
         **{**vars(args), "requests": args.instructions_requests, "warmup": 500, "start_timeout": 180}
     )
-    upstreams = [socket.socket(), socket.socket()]
-    for upstream in upstreams:
-        upstream.bind(("127.0.0.1", 0))
-        upstream.listen(128)
-    port = instructions._free_port()
-    command, environment = instructions._proxy_command(counted, port, [u.getsockname()[1] for u in upstreams])
-    directory = Path(tempfile.mkdtemp(prefix="fastgate-callgrind-"))
-    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/cg.%p", "--dump-instr=no"]
-    pin = ["taskset", "-c", args.cpu] if args.cpu and shutil.which("taskset") else []
-    proc = subprocess.Popen(
-        [*pin, *valgrind, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
-    )
+    upstreams, port, proc, directory, _ = instructions.start_under_callgrind(counted)
     try:
         total, _ = asyncio.run(instructions._drive(counted, upstreams, port, proc, directory))
         dumps = [path for path in directory.glob(f"cg.{proc.pid}*") if re.search(r"^totals: ", path.read_text(), re.M)]

@@ -606,11 +606,7 @@ class HttpProtocol(asyncio.Protocol):
                     try:
                         await handler(cycle)
                     except Exception as exc:
-                        error_logger.error("Exception in the request handler", exc_info=exc)
-                        if not cycle.response_started and not cycle.disconnected:
-                            self._respond_error(FastgateError("internal error"), method=cycle.method)
-                        else:
-                            self.abort()
+                        self._failed(cycle, "Exception in the request handler", exc)
                     except BaseException:
                         # Cancelled: by the connection's scope (its client went; anyio's scope takes it below), or
                         # from outside (a shutdown past its grace period), or the process is exiting.
@@ -618,15 +614,11 @@ class HttpProtocol(asyncio.Protocol):
                             self.abort()
                         raise
                     else:
-                        if not cycle.response_started and not cycle.disconnected:
-                            error_logger.error("The request handler returned without starting a response.")
-                            self._respond_error(FastgateError("internal error"), method=cycle.method)
-                        elif not cycle.response_complete and not cycle.disconnected:
-                            self.abort()  # the handler logged why (an internal error once the response had started)
+                        if not cycle.response_complete:  # (a call only off the common path)
+                            # unfinished: the handler logged why (an internal error once the response had started)
+                            self._returned(cycle, "The request handler", None)
                     finally:
-                        cycle.on_disconnect = None
-                        if not cycle.response_complete and self._cycle is cycle:
-                            self._cycle = None
+                        self._release(cycle)
                     cycle, self._queued = self._queued, None
                     if cycle is None and not self.closed:
                         self._next = waiter = self.loop.create_future()
@@ -640,24 +632,37 @@ class HttpProtocol(asyncio.Protocol):
         try:
             await self.app(cycle.scope, cycle.receive, cycle.send)
         except BaseException as exc:
-            error_logger.error("Exception in ASGI application", exc_info=exc)
-            if not cycle.response_started and not cycle.disconnected:
-                self._respond_error(FastgateError("internal error"), method=cycle.method)
-            else:
-                self.abort()
+            self._failed(cycle, "Exception in ASGI application", exc)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
         else:
-            if not cycle.response_started and not cycle.disconnected:
-                error_logger.error("ASGI callable returned without starting response.")
-                self._respond_error(FastgateError("internal error"), method=cycle.method)
-            elif not cycle.response_complete and not cycle.disconnected:
-                error_logger.error("ASGI callable returned without completing response.")
-                self.abort()
+            self._returned(cycle, "ASGI callable", "ASGI callable returned without completing response.")
         finally:
-            cycle.on_disconnect = None
-            if not cycle.response_complete and self._cycle is cycle:
-                self._cycle = None
+            self._release(cycle)
+
+    def _failed(self, cycle: RequestCycle, message: str, exc: BaseException) -> None:
+        """The app or handler raised: one log line; a JSON 500 if no response started, else the client is cut off."""
+        error_logger.error(message, exc_info=exc)
+        if not cycle.response_started and not cycle.disconnected:
+            self._respond_error(FastgateError("internal error"), method=cycle.method)
+        else:
+            self.abort()
+
+    def _returned(self, cycle: RequestCycle, who: str, unfinished: str | None) -> None:
+        """The app or handler returned: a response it never started gets a JSON 500, one it left unfinished is cut
+        off (logged with ``unfinished`` when given)."""
+        if not cycle.response_started and not cycle.disconnected:
+            error_logger.error("%s returned without starting response.", who)
+            self._respond_error(FastgateError("internal error"), method=cycle.method)
+        elif not cycle.response_complete and not cycle.disconnected:
+            if unfinished is not None:
+                error_logger.error(unfinished)
+            self.abort()
+
+    def _release(self, cycle: RequestCycle) -> None:
+        cycle.on_disconnect = None
+        if not cycle.response_complete and self._cycle is cycle:
+            self._cycle = None
 
     def _upgraded(self, rest: bytes) -> None:
         """Hand a WebSocket handshake to Uvicorn's WebSocket protocol, with the bytes that followed it."""
