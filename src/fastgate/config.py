@@ -766,6 +766,7 @@ class RouteConfig(_Model):
     rate_limit: RateLimitConfig | None = None
     # Given (even as null, for no limit), it replaces server.max_body_bytes for this route; see body_limit().
     max_body_bytes: int | None = Field(None, ge=0)
+    grpc_web: bool = False  # translate gRPC-Web requests to gRPC and back (proxy/grpcweb.py)
 
     @model_validator(mode="before")
     @classmethod

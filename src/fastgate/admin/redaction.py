@@ -174,6 +174,7 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "request_buffering": PUBLIC,
         "rate_limit": NESTED,
         "max_body_bytes": PUBLIC,
+        "grpc_web": PUBLIC,
     },
     models.Rewrite: {"regex": PUBLIC, "replacement": PUBLIC, "path": PUBLIC},
     models.HeaderRules: {"set": VALUES, "add": VALUES, "remove": PUBLIC},
