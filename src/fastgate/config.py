@@ -222,26 +222,40 @@ def _status_ranges(value: str) -> tuple[tuple[int, int], ...]:
 
 
 class HealthCheck(_Model):
-    """Active health checks: ``GET path`` on every target each ``interval`` seconds.
+    """Active health checks: ``GET path`` on every target each ``interval`` seconds; with ``type: grpc``, the gRPC
+    health protocol's ``Check`` call for ``service`` instead (``upstream/grpc_health.py``).
 
     >>> HealthCheck(path="/healthz").accepts(204)
     True
 
     A target is marked down after ``unhealthy_threshold`` failed checks in a row (no answer within ``timeout``, or a
-    status outside ``expected_status``) and up again after ``healthy_threshold`` good ones.
+    status outside ``expected_status``; for gRPC, anything but ``SERVING``) and up again after ``healthy_threshold``
+    good ones.
     """
 
-    path: str
+    type: Literal["http", "grpc"] = "http"
+    path: str = ""  # required for type http
+    service: str = ""  # type grpc: the HealthCheckRequest's service ("": the server as a whole)
     interval: float = Field(10.0, gt=0)
     timeout: float = Field(5.0, gt=0)
     unhealthy_threshold: int = Field(3, ge=1)
     healthy_threshold: int = Field(2, ge=1)
     expected_status: str = "200-399"
 
+    @model_validator(mode="after")
+    def _check_type(self) -> HealthCheck:
+        if self.type == "http" and not self.path:
+            raise ValueError("path: required for an HTTP health check (or type: grpc)")
+        if self.type == "grpc" and (self.path or "expected_status" in self.model_fields_set):
+            raise ValueError("path and expected_status are for HTTP checks; a gRPC check expects SERVING")
+        if self.type == "http" and self.service:
+            raise ValueError("service: only for type: grpc")
+        return self
+
     @field_validator("path")
     @classmethod
     def _check_path(cls, value: str) -> str:
-        if not value.startswith("/") or not value.isascii() or any(c.isspace() or c == "#" for c in value):
+        if value and not value.startswith("/") or not value.isascii() or any(c.isspace() or c == "#" for c in value):
             raise ValueError(f"must be an ASCII path starting with '/', got {value!r}")
         return value
 

@@ -121,6 +121,8 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "unhealthy_threshold": PUBLIC,
         "healthy_threshold": PUBLIC,
         "expected_status": PUBLIC,
+        "type": PUBLIC,
+        "service": PUBLIC,
     },
     models.OutlierDetection: {
         "consecutive_failures": PUBLIC,
