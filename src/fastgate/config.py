@@ -27,6 +27,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .exceptions import ConfigError
 from .observability.safe_url import safe_url
@@ -234,7 +235,7 @@ class HealthCheck(_Model):
     """
 
     type: Literal["http", "grpc"] = "http"
-    path: str = ""  # required for type http
+    path: str = Field("", validate_default=True)  # required for type http, refused for grpc
     service: str = ""  # type grpc: the HealthCheckRequest's service ("": the server as a whole)
     interval: float = Field(10.0, gt=0)
     timeout: float = Field(5.0, gt=0)
@@ -242,21 +243,25 @@ class HealthCheck(_Model):
     healthy_threshold: int = Field(2, ge=1)
     expected_status: str = "200-399"
 
-    @model_validator(mode="after")
-    def _check_type(self) -> HealthCheck:
-        if self.type == "http" and not self.path:
-            raise ValueError("path: required for an HTTP health check (or type: grpc)")
-        if self.type == "grpc" and (self.path or "expected_status" in self.model_fields_set):
-            raise ValueError("path and expected_status are for HTTP checks; a gRPC check expects SERVING")
-        if self.type == "http" and self.service:
-            raise ValueError("service: only for type: grpc")
-        return self
-
     @field_validator("path")
     @classmethod
-    def _check_path(cls, value: str) -> str:
-        if value and not value.startswith("/") or not value.isascii() or any(c.isspace() or c == "#" for c in value):
+    def _check_path(cls, value: str, info: ValidationInfo) -> str:
+        grpc = info.data.get("type") == "grpc"
+        if not value:
+            if not grpc:
+                raise PydanticCustomError("missing", "Field required")  # as before type existed
+            return value
+        if grpc:
+            raise ValueError("only for HTTP checks (a gRPC check calls grpc.health.v1.Health/Check)")
+        if not value.startswith("/") or not value.isascii() or any(c.isspace() or c == "#" for c in value):
             raise ValueError(f"must be an ASCII path starting with '/', got {value!r}")
+        return value
+
+    @field_validator("service")
+    @classmethod
+    def _check_service(cls, value: str, info: ValidationInfo) -> str:
+        if value and info.data.get("type") != "grpc":
+            raise ValueError("only for type: grpc")
         return value
 
     @field_validator("expected_status", mode="before")

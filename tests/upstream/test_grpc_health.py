@@ -62,9 +62,9 @@ def test_config_asks_for_a_path_only_for_http_checks() -> None:
     assert config({"type": "grpc"}).upstreams["api"].health_check.service == ""
     assert config({"type": "grpc", "service": "x"}).upstreams["api"].health_check.service == "x"
     for bad, words in (
-        ({}, "path: required"),
-        ({"type": "grpc", "path": "/h"}, "for HTTP checks"),
-        ({"path": "/h", "service": "x"}, "only for type: grpc"),
+        ({}, "health_check.path: Field required"),
+        ({"type": "grpc", "path": "/h"}, "health_check.path: only for HTTP checks"),
+        ({"path": "/h", "service": "x"}, "health_check.service: only for type: grpc"),
         ({"type": "tcp"}, "health_check.type"),
     ):
         with pytest.raises(ConfigError, match=words):
