@@ -388,7 +388,7 @@ async def exchange(
                             await send_answer(down, answer, request_id, early)
                         else:
                             await send_answer(down, answer, request_id)
-                        sent = len(answer.body)
+                        sent = len(answer.body) if grpc_down is None else 0  # gRPC: a Trailers-Only answer
                         return
                     target = request.target = context.target
                     request.headers = context.headers.raw
