@@ -99,6 +99,7 @@ class H2Server(asyncio.Protocol):
         self.write_paused_since = 0.0
         self.idle_since = self.loop.time()
         self._drain: asyncio.Future[None] | None = None
+        self._flush_due = False  # a _flush_now is scheduled for the end of this loop turn
         self._resets = ResetGuard(min_streams=max(100, h2.max_concurrent_streams))
         self._pings = TokenBucket(rate=10.0, burst=100.0)
         self._settings = TokenBucket(rate=10.0, burst=100.0)
@@ -178,7 +179,7 @@ class H2Server(asyncio.Protocol):
                     return
             elif isinstance(event, TrailersReceived):
                 pass  # not forwarded (an HTTP/1.1 upstream could not take them); END_STREAM follows
-        self._flush()
+        self._flush_now()
 
     def eof_received(self) -> bool | None:
         return None
@@ -416,7 +417,7 @@ class H2Server(asyncio.Protocol):
         """DATA frames for ``data``, within the client's windows and frame size; waits for the window when shut."""
         conn = self.conn
         view = memoryview(data)
-        sent = 0
+        sent = flushed = 0
         total = len(data)
         while sent < total:
             if self.closed or stream.reset:
@@ -428,14 +429,17 @@ class H2Server(asyncio.Protocol):
                 return
             size = min(window, conn.max_outbound_frame_size, total - sent)
             if size <= 0:
+                self._flush_now()
                 await stream.wait_window()
                 continue
             last = sent + size >= total
-            conn.send_data(stream.stream_id, view[sent : sent + size].tobytes(), end_stream=end and last)
+            conn.send_data(stream.stream_id, view[sent : sent + size], end_stream=end and last)
             sent += size
-            self._flush()
-            if self.write_paused:
-                await self.drain()
+            if sent - flushed >= WRITE_HIGH or last:
+                flushed = sent
+                self._flush_now()  # the frames of a piece go out in one write (a frame costs ~10 µs of h2 already)
+                if self.write_paused:
+                    await self.drain()
 
     def reset_stream(self, stream: H2Stream) -> None:
         if not stream.reset:
@@ -452,6 +456,14 @@ class H2Server(asyncio.Protocol):
             pass
 
     def _flush(self) -> None:
+        """Write what the codec has for the client at the end of this loop turn: the frames of every stream that
+        sends in the same turn go out in one write (one system call for ten responses under ``h2load -m 10``)."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
         data = self.conn.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
@@ -492,6 +504,7 @@ class H2Server(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.closed:
+            self._flush_now()  # what is owed goes out before the close (a GOAWAY, the last stream's end)
             self.closed = True
             self.transport.close()
         for stream in list(self.streams.values()):
