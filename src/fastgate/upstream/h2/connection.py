@@ -65,6 +65,10 @@ class Http2Connection(asyncio.Protocol):
         self._on_change = on_change  # the pool's: room for streams may have changed
         self._write_paused = False
         self._senders: set[Stream] = set()  # streams waiting for window or for the socket to drain
+        # The peer's first SETTINGS (RFC 9113 §3.4: its preface): the pool waits for it before admitting streams,
+        # so that a new connection is never given more streams than the peer allows.
+        self.settled: asyncio.Future[None] = loop.create_future()
+        self.unsettled: UpstreamError | None = None  # why the connection ended before the peer's SETTINGS
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("draining" if self.goaway else "open")
@@ -296,6 +300,8 @@ class Http2Connection(asyncio.Protocol):
         elif isinstance(event, codec.WindowUpdated | codec.RemoteSettingsChanged):
             self._wake_senders()
             if isinstance(event, codec.RemoteSettingsChanged):
+                if not self.settled.done():
+                    self.settled.set_result(None)
                 self._changed()
         elif isinstance(event, codec.StreamReset):
             self._reset(event)
@@ -378,6 +384,12 @@ class Http2Connection(asyncio.Protocol):
             stream.wake()
 
     def _fail_all(self, detail: str) -> None:
+        if not self.settled.done():
+            # a result, not an exception: nobody may be waiting (a connection the pool already gave up on)
+            self.settled.set_result(None)
+            self.unsettled = UpstreamProtocolError(
+                f"{detail} before its HTTP/2 SETTINGS (does it speak HTTP/2 there?)", self.upstream, self.target
+            )
         for stream in list(self.streams.values()):
             stream.fail(UpstreamProtocolError(detail, self.upstream, self.target))
 

@@ -22,7 +22,7 @@ import ssl
 from collections import OrderedDict
 
 from ...config import Timeouts, UpstreamConfig
-from ...exceptions import UpstreamConnectError, UpstreamConnectTimeout, UpstreamUnavailable
+from ...exceptions import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError, UpstreamUnavailable
 from ...observability.logging import TRACE, upstream_logger
 from ..pool import PoolStats
 from ..tls import client_context
@@ -191,50 +191,50 @@ class Http2Pool:
         )
 
     async def _connect(self, timeouts: Timeouts) -> None:
+        """Open a connection and wait for the peer's SETTINGS, both within the connect timeout."""
         loop = asyncio.get_running_loop()
         connect_timeout = timeouts.connect
+        conn: Http2Connection | None = None
         self._connecting += 1
         try:
-            try:
-                # asyncio.timeout cancels with a raw Task.cancel: safe here, only a socket connect runs inside.
-                async with asyncio.timeout(connect_timeout):
-                    transport, conn = await loop.create_connection(
-                        lambda: Http2Connection(
-                            self.name,
-                            loop,
-                            target=self.target,
-                            max_streams=self.local_max,
-                            max_header_list=self.max_header_list,
-                            on_change=self._wake,
-                        ),
-                        self.host,
-                        self.port,
-                        ssl=self._ssl,
-                        server_hostname=self.host if self._ssl else None,
-                    )
-            except TimeoutError:
+            # asyncio.timeout cancels with a raw Task.cancel: safe here, only a socket connect and our own future
+            # are awaited inside.
+            async with asyncio.timeout(connect_timeout):
+                transport, conn = await loop.create_connection(
+                    lambda: Http2Connection(
+                        self.name,
+                        loop,
+                        target=self.target,
+                        max_streams=self.local_max,
+                        max_header_list=self.max_header_list,
+                        on_change=self._wake,
+                    ),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl else None,
+                )
+                self._check_alpn(transport, conn)
+                await conn.settled
+                if conn.unsettled is not None:
+                    raise conn.unsettled
+        except BaseException as exc:
+            if conn is not None:
+                conn.close(abort=True)
+            if isinstance(exc, TimeoutError):
                 self._connect_errors += 1
                 raise UpstreamConnectTimeout(
                     f"connect to {self.target} took over {connect_timeout:g}s", self.name, self.target
                 ) from None
-            except OSError as exc:
+            if isinstance(exc, OSError):
                 self._connect_errors += 1
                 reason = exc.strerror or str(exc) or type(exc).__name__
                 raise UpstreamConnectError(
                     f"cannot connect to {self.target}: {reason}", self.name, self.target
                 ) from exc
-            if self._ssl is not None:
-                ssl_object = transport.get_extra_info("ssl_object")
-                chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-                if chosen != "h2":
-                    conn.close(abort=True)
-                    self._connect_errors += 1
-                    raise UpstreamConnectError(
-                        f"{self.target} did not select h2 by ALPN (it chose {chosen or 'nothing'}); "
-                        "use protocol: http1 for it",
-                        self.name,
-                        self.target,
-                    )
+            if isinstance(exc, UpstreamError):
+                self._connect_errors += 1
+            raise
         finally:
             self._connecting -= 1
             self._wake()  # done either way: a waiter may use it, or try to open one itself
@@ -245,6 +245,19 @@ class Http2Pool:
         self.connections.append(conn)
         if self._trace:
             upstream_logger.log(TRACE, "%s: connected %r", self.name, conn)
+
+    def _check_alpn(self, transport: asyncio.BaseTransport, conn: Http2Connection) -> None:
+        if self._ssl is None:
+            return
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if chosen != "h2":
+            conn.close(abort=True)
+            raise UpstreamConnectError(
+                f"{self.target} did not select h2 by ALPN (it chose {chosen or 'nothing'}); use protocol: http1 for it",
+                self.name,
+                self.target,
+            )
 
     def _drop(self, conn: Http2Connection, why: str) -> None:
         if conn in self.connections:
