@@ -17,11 +17,14 @@ from fastgate.config import UpstreamConfig
 from fastgate.exceptions import (
     UpstreamConnectError,
     UpstreamError,
+    UpstreamOverflow,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from fastgate.http2 import codec
+from fastgate.upstream.cluster import Cluster
+from fastgate.upstream.guarded import GuardedCluster
 from fastgate.upstream.h2.connection import STREAM_WINDOW
 from fastgate.upstream.h2.transport import H2Transport
 from fastgate.upstream.transport import CHUNKED, UpstreamRequest, UpstreamResponse
@@ -103,6 +106,23 @@ async def test_trailers_arrive_once_the_body_has_ended() -> None:
         await response.aclose()
         plain, _ = await fetch(transport, get("/echo"))
         assert plain.trailers is None
+
+
+async def test_head_and_bodiless_answers_end_cleanly_and_free_their_streams() -> None:
+    async def app(connection: RawConnection, stream_id: int) -> None:
+        connection.conn.send_headers(
+            stream_id, [(b":status", b"204")] if stream_id == 3 else [(b":status", b"200"), (b"content-length", b"9")]
+        )
+        connection.conn.end_stream(stream_id)
+        await connection.flush()
+
+    async with run_raw_h2(app) as server, H2Transport("api", h2c(server.port)) as transport:
+        head, body = await fetch(transport, UpstreamRequest(b"HEAD", b"/", [(b"host", b"a")]))
+        assert (head.status, body, (b"content-length", b"9") in head.headers) == (200, b"", True)
+        empty, body = await fetch(transport, get("/"))
+        assert (empty.status, body, empty.trailers) == (204, b"", None)
+        await head.aclose()  # a second aclose changes nothing
+        assert transport.pool.connections[0].streams == {}
 
 
 async def test_request_bodies_of_known_and_unknown_length() -> None:
@@ -196,6 +216,33 @@ async def test_streams_wait_for_room_within_max_connections_then_503() -> None:
                 longer = config.timeouts.model_copy(update={"pool": 10.0})
                 tg.start_soon(_queued_with, transport, longer, results)
                 await wait_until(lambda: transport.pool.stats().waiting == 1)
+                app.release.set()
+            assert results == [200, 200] and app.connections == 1
+
+
+async def test_circuit_breaker_caps_http2_connections_and_pending_requests() -> None:
+    app = H2App()
+    async with run_hypercorn(app) as server:
+        breaker = {"max_connections": 1, "max_pending_requests": 1}
+        config = h2c(server.port, http2={"max_concurrent_streams": 1}, circuit_breaker=breaker)
+        async with GuardedCluster("api", config) as cluster:
+            results: list[int] = []
+            async with anyio.create_task_group() as tg:
+
+                async def call() -> None:
+                    response = await cluster.send(get("/hold"), None)
+                    await read_all(response)
+                    await response.aclose()
+                    results.append(response.status)
+
+                tg.start_soon(call)
+                await wait_until(lambda: app.holding == 1)
+                tg.start_soon(call)  # no stream free, no connection allowed: it waits (one pending allowed)
+                await wait_until(lambda: cluster.breaker_stats().pending == 1)
+                with pytest.raises(UpstreamOverflow) as caught:
+                    await cluster.send(get("/echo"), None)
+                assert caught.value.threshold == "max_pending_requests"
+                assert cluster.breaker_stats().connections == 1 and app.connections == 1
                 app.release.set()
             assert results == [200, 200] and app.connections == 1
 
@@ -351,6 +398,20 @@ async def test_refused_stream_is_sent_again_whatever_the_method() -> None:
         response, body = await fetch(transport, UpstreamRequest(b"POST", b"/", [(b"host", b"a")]))
     assert (response.status, body) == (200, b"took it")
     assert server.connections[0].requests == [1, 3]
+
+
+async def test_the_cluster_retries_an_unprocessed_post_on_a_connect_error() -> None:
+    async def app(connection: RawConnection, stream_id: int) -> None:
+        if len(connection.requests) <= 2:  # the transport's own second try is refused too
+            connection.conn.reset_stream(stream_id, codec.ErrorCodes.REFUSED_STREAM)
+            await connection.flush()
+            return
+        await connection.respond(stream_id, body=b"third time")
+
+    async with run_raw_h2(app) as server, Cluster("api", h2c(server.port)) as cluster:
+        response = await cluster.send(UpstreamRequest(b"POST", b"/", [(b"host", b"a")]), None)
+        assert (response.status, await read_all(response), response.tries) == (200, b"third time", 2)
+        await response.aclose()
 
 
 async def test_refused_twice_is_a_connect_error_so_the_cluster_may_retry_it() -> None:

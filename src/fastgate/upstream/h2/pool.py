@@ -6,8 +6,11 @@ How this works
 (``admission.pick_connection``); else it opens one, if ``admission.should_open`` allows it within
 ``limits.max_connections`` (a cold burst shares the connection being opened); else it queues, first come first
 served, until a slot frees or ``timeouts.pool`` passes (then :class:`UpstreamUnavailable`, 503, as the HTTP/1.1
-pool). Whatever may make room (a stream finished, a connection opened, closed or refused, the peer's SETTINGS)
-wakes every waiter, which tries again in queue order.
+pool). With an upstream ``circuit_breaker`` (``breaker``, shared with the pools of the upstream's other targets,
+``siblings``), its ``max_connections`` counts the connections of all of them and a caller that would wait past
+``max_pending_requests`` is refused at once (:class:`UpstreamOverflow`), as in ``upstream/pool.py``. Whatever may
+make room (a stream finished, a connection opened, closed or refused, the peer's SETTINGS) wakes every waiter, which
+tries again in queue order.
 
 ``sweep(now)`` runs from the transport's background task: it fails streams whose deadline passed, drops closed
 and drained connections, sends the keep-alive PING on connections idle for ``http2.keepalive_interval`` (an
@@ -22,8 +25,15 @@ import ssl
 from collections import OrderedDict
 
 from ...config import Timeouts, UpstreamConfig
-from ...exceptions import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError, UpstreamUnavailable
+from ...exceptions import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamOverflow,
+    UpstreamUnavailable,
+)
 from ...observability.logging import TRACE, upstream_logger
+from ...policies.breaker import CircuitBreaker
 from ..pool import PoolStats
 from ..tls import client_context
 from .admission import pick_connection, should_open
@@ -38,6 +48,8 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 class Http2Pool:
+    multiplexed = True  # how upstream/guarded.py tells it from the HTTP/1.1 pool without importing this module
+
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         self.name = name
         self.host = config.host
@@ -55,6 +67,9 @@ class Http2Pool:
         self._closed = False
         self._connects = self._reuses = self._connect_errors = self._discards = self._pool_timeouts = 0
         self._trace = upstream_logger.isEnabledFor(TRACE)
+        # The upstream's circuit breaker and the pools it spans (upstream/guarded.py sets both); None: no breaker.
+        self.breaker: CircuitBreaker | None = None
+        self.siblings: list[Http2Pool] = [self]
 
     def __repr__(self) -> str:
         streams = sum(len(c.streams) for c in self.connections)
@@ -87,6 +102,7 @@ class Http2Pool:
             raise UpstreamUnavailable("gateway is shutting down", self.name, self.target)
         timeouts = timeouts or self.timeouts
         waiter: asyncio.Future[None] | None = None
+        pending = False  # counted among the breaker's pending requests
         loop = asyncio.get_running_loop()
         deadline = None if timeouts.pool is None else loop.time() + timeouts.pool
         try:
@@ -101,7 +117,7 @@ class Http2Pool:
                     demand=demand,
                     local_limit=self.local_max,
                     max_connections=self.limits.max_connections,
-                ):
+                ) and (self.breaker is None or self.breaker.may_open_connection(sum(p.size for p in self.siblings))):
                     if waiter is not None:
                         self._waiters.pop(waiter, None)
                         waiter = None
@@ -110,6 +126,12 @@ class Http2Pool:
                 if self._closed:
                     raise UpstreamUnavailable("gateway is shutting down", self.name, self.target)
                 if waiter is None:
+                    if self.breaker is not None and not pending:
+                        which = self.breaker.try_start_pending()
+                        if which is not None:
+                            limit = getattr(self.breaker.thresholds, which)
+                            raise UpstreamOverflow(which, self.name, self.target, limit)
+                        pending = True
                     waiter = loop.create_future()
                     self._waiters[waiter] = None
                 elif waiter.done():
@@ -127,6 +149,9 @@ class Http2Pool:
                     if not waiter.done() or waiter.cancelled():
                         raise self._exhausted(timeouts) from None
         finally:
+            if pending:
+                assert self.breaker is not None
+                self.breaker.finish_pending()
             if waiter is not None:
                 self._waiters.pop(waiter, None)
                 if waiter.done() and not waiter.cancelled():
@@ -265,6 +290,10 @@ class Http2Pool:
             self._discards += 1
             if self._trace:
                 upstream_logger.log(TRACE, "%s: closing %r (%s)", self.name, conn, why)
+            if self.breaker is not None:
+                for pool in self.siblings:  # room under the breaker's max_connections, for any target's waiter
+                    if pool is not self:
+                        pool._wake()
         if not conn.closed and not conn.streams:
             conn.close()
 

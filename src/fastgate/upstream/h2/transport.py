@@ -61,7 +61,7 @@ class H2Response:
 
     async def aclose(self) -> None:
         stream = self._stream
-        if stream is not None:
+        if stream is not None and stream.id in self._conn.streams:
             self._conn.finish(stream)  # RST_STREAM(CANCEL) when the body was not read to its end
             self._pool.release(self._conn)
 
