@@ -60,8 +60,11 @@ class GoAway:
 class H2Client:
     """One HTTP/2 connection to ``stream``; use :func:`h2_connect`."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, authority: str, *, auto_ack: bool = True) -> None:
+    def __init__(
+        self, stream: anyio.abc.ByteStream, authority: str, *, scheme: str = "http", auto_ack: bool = True
+    ) -> None:
         self.stream = stream
+        self.scheme = scheme.encode()
         self.authority = authority.encode()
         self.auto_ack = auto_ack
         self.conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
@@ -155,7 +158,7 @@ class H2Client:
         stream_id = self.conn.get_next_available_stream_id()
         fields = [
             (b":method", method.encode()),
-            (b":scheme", b"http"),
+            (b":scheme", self.scheme),
             (b":authority", authority.encode() if authority is not None else self.authority),
             (b":path", path.encode()),
         ] + [(name.encode(), value.encode()) for name, value in headers or []]
@@ -236,7 +239,8 @@ async def h2_connect(
         )
     else:
         stream = await anyio.connect_tcp(host, port)
-    client = H2Client(stream, f"{host}:{port}", auto_ack=auto_ack)
+    scheme = "https" if ssl_context is not None else "http"
+    client = H2Client(stream, f"{host}:{port}", scheme=scheme, auto_ack=auto_ack)
     client.conn.local_settings.update({SettingCodes.ENABLE_PUSH: 0, **(settings or {})})
     client.conn.initiate_connection()
     async with stream, anyio.create_task_group() as tg:
