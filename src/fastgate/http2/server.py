@@ -19,7 +19,9 @@ Limits and hostile clients (docs/http2.md has the table):
   ``trailers``, a ``content-length`` that disagrees with the DATA, CR, LF or NUL in a field): the connection is
   closed with ``GOAWAY`` ``PROTOCOL_ERROR`` and nothing of the stream reaches an upstream (a stream whose body was
   being forwarded is cancelled, and its upstream request aborted). Checks the codec does not make are made here
-  (``:path`` form, its length, the authority's syntax, CONNECT), answered 400/414 on the stream.
+  (``:method`` a token; ``:path`` form, characters and length; the authority's syntax; CONNECT; a non-zero
+  ``content-length`` on a HEADERS frame that ends the stream), answered 400/414 on the stream before anything goes
+  upstream.
 * rapid reset (CVE-2023-44487), PING and SETTINGS floods: ``http2/guard.py`` counts them; over the allowance the
   client is told ``GOAWAY`` ``ENHANCE_YOUR_CALM`` and the connection closes. A CONTINUATION flood and an HPACK bomb
   are bounded by the codec (64 CONTINUATION frames at most; the decoded header list by ``max_header_list_bytes``).
@@ -63,6 +65,10 @@ if TYPE_CHECKING:
     from ..serving.protocol import HttpProtocol
 
 _NO_OPTIONS: dict[str, Any] = {}
+# RFC 9110 §5.6.2 tchar: a method is a token. The codec checks only CR, LF and NUL in pseudo-header values, and an
+# HTTP/1.1 upstream's request line is built from :method and :path, so a space in either would split that line.
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SPACE_OR_CTL = bytes(range(0x21)) + b"\x7f"
 WRITE_HIGH = 256 * 1024  # bytes queued for the client above which a stream's sends wait for the socket
 
 
@@ -222,6 +228,7 @@ class H2Server(asyncio.Protocol):
         headers: list[tuple[bytes, bytes]] = []
         cookies: list[bytes] = []
         host: bytes | None = None
+        declared = False  # a non-zero content-length
         underscores = self.limits.underscores_in_headers
         for name, value in event.headers or ():
             if name[:1] == b":":
@@ -239,16 +246,25 @@ class H2Server(asyncio.Protocol):
                 continue  # dropped, as on HTTP/1.1 (nginx's underscores_in_headers off)
             if name == b"host":
                 host = value
+            elif name == b"content-length" and value.lstrip(b"0"):
+                declared = True
             headers.append((name, value))
         ended = event.stream_ended is not None
         text = method.decode("latin-1")
         stream = H2Stream(self, stream_id, text, path, headers, not ended)
         self.streams[stream_id] = stream
         try:
+            if not method or method.translate(None, _TCHAR):
+                raise BadRequest(":method is not a token")
             if method == b"CONNECT":
                 raise BadRequest("CONNECT is not served")
             if path[:1] != b"/" and not (method == b"OPTIONS" and path == b"*"):
                 raise BadRequest(":path is not an absolute path")
+            if len(path.translate(None, _SPACE_OR_CTL)) != len(path):
+                raise BadRequest(":path holds a space or a control character")
+            if ended and declared:
+                # RFC 9113 §8.1.1: content-length must equal the DATA sent, and END_STREAM came with the HEADERS
+                raise BadRequest("content-length with no body")
             if len(path) > self.limits.max_uri_bytes:
                 raise UriTooLong(f"request target over {self.limits.max_uri_bytes} bytes")
             if host is None:
