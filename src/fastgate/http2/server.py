@@ -25,6 +25,10 @@ Limits and hostile clients (docs/http2.md has the table):
 * rapid reset (CVE-2023-44487), PING and SETTINGS floods: ``http2/guard.py`` counts them; over the allowance the
   client is told ``GOAWAY`` ``ENHANCE_YOUR_CALM`` and the connection closes. A CONTINUATION flood and an HPACK bomb
   are bounded by the codec (64 CONTINUATION frames at most; the decoded header list by ``max_header_list_bytes``).
+* a connection ended with ``GOAWAY`` (an error, a flood, a drain) closes as ``serving/protocol.py`` closes after an
+  early answer: FIN once the GOAWAY has gone, then what the client still sends is read and dropped (within
+  ``lingering_time``, ``lingering_timeout`` and ``max_lingering_bytes``), so no RST destroys the GOAWAY before the
+  client reads it. Over TLS, and in a graceful shutdown, the socket is closed at once.
 * deadlines, checked by the server's one sweep: no stream open for ``keepalive_timeout`` (GOAWAY, close); a stream
   waiting on the client's window, or a client taking no bytes, for ``send_timeout`` (the stream is reset, the
   connection cut); a connection of a config a reload retired is told GOAWAY and drains; a graceful shutdown sends
@@ -105,6 +109,10 @@ class H2Server(asyncio.Protocol):
         self.write_paused_since = 0.0
         self.idle_since = self.loop.time()
         self._drain: asyncio.Future[None] | None = None
+        self._linger_until = 0.0  # lingering close after GOAWAY: the deadline of the whole linger, and of a silence
+        self._linger_idle = 0.0
+        self._linger_left = 0  # bytes still to be dropped before the socket is closed anyway
+        self._stopping = False  # a graceful shutdown: closed without lingering, so the shutdown waits for nobody
         self._resets = ResetGuard(min_streams=max(100, h2.max_concurrent_streams))
         self._pings = TokenBucket(rate=10.0, burst=100.0)
         self._settings = TokenBucket(rate=10.0, burst=100.0)
@@ -130,6 +138,8 @@ class H2Server(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            if self._linger_until:
+                self._discard(len(data))  # lingering close: dropped, never parsed
             return
         try:
             events = self.conn.receive_data(data)
@@ -489,6 +499,10 @@ class H2Server(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Uvicorn's graceful shutdown: GOAWAY; open streams finish (within ``graceful_timeout``)."""
+        self._stopping = True
+        if self._linger_until:
+            self.abort()  # closed already, only lingering: no reason to keep the shutdown waiting
+            return
         self.goaway()
 
     def _calm(self, why: str) -> None:
@@ -509,13 +523,43 @@ class H2Server(asyncio.Protocol):
     def _close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.transport.close()
+            self._linger()
         for stream in list(self.streams.values()):
             stream.lost()
 
+    def _linger(self) -> None:
+        """Close after GOAWAY as serving/protocol.py closes after an early answer (nginx's lingering close): FIN once
+        the GOAWAY has gone, then what the client still sends is read and dropped until it closes, is silent for
+        ``lingering_timeout``, has sent ``max_lingering_bytes`` or ``lingering_time`` has passed. A plain close with
+        the client's frames unread would make the kernel send RST, which can destroy the GOAWAY (and its error code
+        and last stream id) before the client reads it. Over TLS there is no half-close, and a graceful shutdown
+        waits for no client: closed at once."""
+        limits = self.limits
+        transport = self.transport
+        if self._stopping or not limits.lingering_time or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        now = self.loop.time()
+        self._linger_until = now + limits.lingering_time
+        self._linger_idle = now + limits.lingering_timeout
+        self._linger_left = limits.max_lingering_bytes
+
+    def _discard(self, size: int) -> None:
+        self._linger_left -= size
+        if self._linger_left < 0:
+            self._end_linger()
+        else:
+            self._linger_idle = self.loop.time() + self.limits.lingering_timeout
+
+    def _end_linger(self) -> None:
+        self._linger_until = 0.0
+        self.transport.close()
+
     def abort(self) -> None:
-        if not self.closed:
+        if not self.closed or self._linger_until:
             self.closed = True
+            self._linger_until = 0.0
             self.transport.abort()
         for stream in list(self.streams.values()):
             stream.lost()
@@ -524,6 +568,8 @@ class H2Server(asyncio.Protocol):
 
     def check(self, now: float) -> None:
         if self.closed:
+            if self._linger_until and (now >= self._linger_until or now >= self._linger_idle):
+                self._end_linger()
             return
         limits = self.limits
         gateway = self.gateway
