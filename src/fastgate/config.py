@@ -381,6 +381,24 @@ class CircuitBreakerConfig(_Model):
     max_retries: int = Field(3, ge=0)
 
 
+class UpstreamHttp2(_Model):
+    """How an ``h2``/``h2c`` upstream's connections are used (``upstream/h2/``).
+
+    >>> UpstreamHttp2(max_concurrent_streams=50).keepalive_interval
+    30.0
+
+    A connection takes streams up to the smaller of ``max_concurrent_streams`` and the peer's
+    SETTINGS_MAX_CONCURRENT_STREAMS; an idle connection is pinged every ``keepalive_interval`` seconds (``None``:
+    never) and closed when the PING is not answered in time.
+    """
+
+    max_concurrent_streams: int = Field(100, ge=1, le=2**31 - 1)
+    keepalive_interval: float | None = Field(30.0, gt=0)
+
+
+UpstreamProtocol = Literal["http1", "h2c", "h2"]
+
+
 Balancer = Literal["round_robin", "least_request", "random", "consistent_hash"]
 
 
@@ -413,6 +431,24 @@ class UpstreamConfig(_Model):
     # streams header lines would otherwise grow the process until the read timeout. Then 502, as nginx does.
     max_response_header_bytes: int = Field(65536, ge=1024)
     websocket: WebSocketOptions = Field(default_factory=WebSocketOptions)
+    # Declared last: the protocol's check reads the URLs and the transport validated before it.
+    protocol: UpstreamProtocol = "http1"
+    http2: UpstreamHttp2 = Field(default_factory=UpstreamHttp2)
+
+    @field_validator("protocol")
+    @classmethod
+    def _check_protocol(cls, value: UpstreamProtocol, info: ValidationInfo) -> UpstreamProtocol:
+        if value == "http1":
+            return value
+        if info.data.get("transport") == "httpx":
+            raise ValueError(f"{value} needs transport: fastgate (the httpx transport speaks HTTP/1.1 here)")
+        urls = [info.data["url"]] if info.data.get("url") else [t.url for t in info.data.get("targets") or ()]
+        wanted = "https" if value == "h2" else "http"
+        for url in urls:
+            if urlsplit(url).scheme != wanted:
+                how = "h2 is HTTP/2 over TLS" if value == "h2" else "h2c is HTTP/2 over plain TCP"
+                raise ValueError(f"{value} needs {wanted}:// URLs ({how}), got {safe_url(url)!r}")
+        return value
 
     @field_validator("ca_file")
     @classmethod
@@ -916,6 +952,22 @@ class TlsConfig(_Model):
         return value
 
 
+class Http2Config(_Model):
+    """HTTP/2 to clients (``server.http2``): h2 by ALPN over TLS, h2c by prior knowledge on a plain listener.
+
+    ``enabled: false`` answers an HTTP/2 preface with 505 and offers only ``http/1.1`` by ALPN. The settings are
+    what each connection tells its client (RFC 9113 §6.5.2); a stream's window is opened only as its bytes are
+    written upstream (docs/http2.md).
+    """
+
+    enabled: bool = True
+    max_concurrent_streams: int = Field(100, ge=1, le=2**31 - 1)
+    initial_stream_window_bytes: int = Field(1048576, ge=65535, le=2**31 - 1)
+    initial_connection_window_bytes: int = Field(4194304, ge=65535, le=2**31 - 1)
+    max_header_list_bytes: int = Field(65536, ge=1024, le=2**31 - 1)
+    max_frame_bytes: int = Field(16384, ge=16384, le=16777215)
+
+
 class ServerConfig(_Model):
     """The listener and the client side of every connection: limits, deadlines, logging, workers.
 
@@ -970,6 +1022,8 @@ class ServerConfig(_Model):
     merge_slashes: bool = False
     # HTTPS and WSS on the listener (serving/tls.py); plain HTTP when absent.
     tls: TlsConfig | None = None
+    # HTTP/2 to clients (http2/server.py, docs/http2.md): h2 by ALPN, h2c by prior knowledge.
+    http2: Http2Config = Field(default_factory=Http2Config)
     # Peers whose X-Forwarded-For (and X-Real-IP, X-Forwarded-*, Forwarded) are believed (proxy/client_address.py).
     trusted_proxies: tuple[str, ...] = ()
 

@@ -26,7 +26,6 @@ import anyio
 
 from ..config import HealthCheck, UpstreamConfig
 from ..config import OutlierDetection as OutlierConfig
-from .grpc_health import grpc_check
 from .health_state import ActiveCheck, ExpectedStatus, HealthEvent, HealthState, OutlierDetection
 from .tls import client_context
 
@@ -148,6 +147,8 @@ class Prober:
         try:
             if self.grpc_service is not None:
                 service = self.grpc_service
+                from .grpc_health import grpc_check  # the HTTP/2 codec loads only for gRPC checks
+
                 passed = await grpc_check(target.host, target.port, target.authority, service, check.timeout, context)
             else:
                 status = await probe(target.host, target.port, self._requests[index], check.timeout, context)
