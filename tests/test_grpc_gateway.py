@@ -1,0 +1,159 @@
+"""gRPC through the gateway end to end: a grpcio client speaking h2c to fastgate, fastgate speaking h2c
+(``protocol: h2c``) to a grpcio server (tests/grpc_peers.py). Unary, server, client and bidi streaming, metadata both
+ways, every status code with its details, deadlines, cancellation reaching the server, a 16 MiB message, and the
+gateway's own gRPC answers (no route, upstream down) as a grpcio client sees them."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import grpc
+import grpc.aio
+import pytest
+
+from fastgate import Gateway
+from fastgate.config import build_config
+from tests.grpc_http1 import frame, read_response
+from tests.grpc_peers import Peer, channel_options, grpc_peer
+from tests.servers import free_port, run_gateway
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def through_gateway(url: str | None = None, **route: Any) -> AsyncIterator[tuple[grpc.aio.Channel, Peer]]:
+    async with grpc_peer() as peer:
+        upstream = {"url": url or f"http://{peer.target}", "protocol": "h2c", "timeouts": {"read": 60}}
+        config = build_config(
+            {"upstreams": {"peer": upstream}, "routes": [{"prefix": "/test.Peer/", "upstream": "peer", **route}]}
+        )
+        async with run_gateway(Gateway(config)) as gw:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}", options=channel_options()) as channel:
+                yield channel, peer
+
+
+async def test_unary_with_metadata_both_ways() -> None:
+    async with through_gateway() as (channel, peer):
+        call = channel.unary_unary(peer.method("Unary"))(
+            b"hello", metadata=(("x-echo-id", "7"), ("x-echo-raw-bin", b"\x00\x01\xff")), timeout=10
+        )
+        assert await call == b"hello"
+        assert ("x-echo-id", "7") in list(await call.initial_metadata())
+        assert ("x-echo-raw-bin", b"\x00\x01\xff") in list(await call.trailing_metadata())
+        assert ("x-echo-raw-bin", b"\x00\x01\xff") in peer.metadata
+
+
+async def test_streaming_shapes() -> None:
+    async with through_gateway() as (channel, peer):
+        replies = [r async for r in channel.unary_stream(peer.method("ServerStream"))(b"5", timeout=10)]
+        assert replies == [b"msg-%d" % i for i in range(5)]
+
+        async def three() -> AsyncIterator[bytes]:
+            for word in (b"a", b"b", b"c"):
+                yield word
+
+        assert await channel.stream_unary(peer.method("ClientStream"))(three(), timeout=10) == b"a|b|c"
+        bidi = channel.stream_stream(peer.method("Bidi"))(timeout=20)
+        for word in (b"one", b"two", b"three"):  # the next message only after the echo of the last
+            await bidi.write(word)
+            with anyio.fail_after(10):
+                assert await bidi.read() == word
+        await bidi.done_writing()
+        assert await bidi.read() == grpc.aio.EOF
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c is not grpc.StatusCode.OK])
+async def test_every_status_code_and_its_details_pass_through(code: grpc.StatusCode) -> None:
+    async with through_gateway() as (channel, peer):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(peer.method("Status"))(f"{code.value[0]}:why ✓ {code.name}".encode(), timeout=10)
+    assert caught.value.code() == code and caught.value.details() == f"why ✓ {code.name}"
+
+
+async def test_the_client_deadline_reaches_the_server_and_ends_the_call() -> None:
+    async with through_gateway() as (channel, peer):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(peer.method("Sleep"))(b"30", timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with anyio.fail_after(15):
+            await peer.cancelled.wait()
+
+
+async def test_client_cancellation_reaches_the_server() -> None:
+    async with through_gateway() as (channel, peer):
+        call = channel.unary_unary(peer.method("Sleep"))(b"30")
+        with anyio.fail_after(10):
+            while "Sleep" not in peer.calls:  # noqa: ASYNC110 - the peer offers no event for a call's start
+                await anyio.sleep(0.01)
+        call.cancel()
+        with anyio.fail_after(15):
+            await peer.cancelled.wait()
+
+
+async def test_a_16_mib_message_both_ways() -> None:
+    message = bytes(range(256)) * (16 * 1024 * 1024 // 256)
+    async with through_gateway() as (channel, peer):
+        assert await channel.unary_unary(peer.method("Big"))(message, timeout=60) == message
+
+
+async def test_no_route_is_unimplemented() -> None:
+    async with through_gateway() as (channel, _):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary("/other.Service/Call")(b"x", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.details().startswith("no route for /other.Service/Call")
+
+
+async def test_upstream_down_is_unavailable() -> None:
+    async with through_gateway(url=f"http://127.0.0.1:{free_port()}") as (channel, peer):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(peer.method("Unary"))(b"x", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_rate_limited_is_resource_exhausted() -> None:
+    async with through_gateway(rate_limit={"rate": 1, "per": "1m", "burst": 1}) as (channel, peer):
+        assert await channel.unary_unary(peer.method("Unary"))(b"x", timeout=10) == b"x"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await channel.unary_unary(peer.method("Unary"))(b"x", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_grpc_web_text_from_a_browser_to_a_grpcio_server() -> None:
+    body = base64.b64encode(frame(b"from a browser"))
+    async with grpc_peer() as peer:
+        upstream = {"url": f"http://{peer.target}", "protocol": "h2c"}
+        routes = [{"prefix": "/test.Peer/", "upstream": "peer", "grpc_web": True}]
+        async with run_gateway(Gateway(build_config({"upstreams": {"peer": upstream}, "routes": routes}))) as gw:
+            async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+                await stream.send(
+                    b"POST /test.Peer/Unary HTTP/1.1\r\nHost: gw\r\nContent-Type: application/grpc-web-text\r\n"
+                    b"X-Grpc-Web: 1\r\nX-Echo-Id: 9\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (len(body), body)
+                )
+                response = await read_response(stream)
+    assert response.headers[b"content-type"] == b"application/grpc-web-text"
+    decoded = b"".join(base64.b64decode(piece) for piece in _segments(response.body))
+    assert decoded.startswith(frame(b"from a browser"))
+    trailer = decoded[len(frame(b"from a browser")) :]
+    assert trailer[:1] == b"\x80" and b"grpc-status: 0\r\n" in trailer and b"x-echo-id: 9\r\n" in trailer
+
+
+def _segments(text: bytes) -> list[bytes]:
+    """Concatenated padded base64 segments, split after each padding run (a segment without padding runs on)."""
+    out, start, index = [], 0, 0
+    while index < len(text):
+        if text[index : index + 1] == b"=":
+            while text[index : index + 1] == b"=":
+                index += 1
+            out.append(text[start:index])
+            start = index
+        else:
+            index += 1
+    if start < len(text):
+        out.append(text[start:])
+    return out
