@@ -11,7 +11,9 @@ Service ``test.Peer`` (every message is bytes as sent):
 * ``Status``: the request is ``b"<code>:<details>"``; ends the call with that status code and details;
 * ``Sleep``: the request is seconds as text; sleeps that long, then answers ``b"awake"``. A call ended early (a
   deadline, a client cancelling) sets ``peer.cancelled``;
-* ``Big``: the request's length, then the request back (16 MiB messages pass: the limits are raised to 32 MiB).
+* ``Big``: the request back (16 MiB messages pass: the limits are raised to 32 MiB).
+
+Also ``helloworld.Greeter/SayHello`` (the docs' example): ``b"hello, " + request``.
 
 >>> async with grpc_peer() as peer:
 ...     async with grpc.aio.insecure_channel(peer.target) as channel:
@@ -117,6 +119,17 @@ def _handlers(peer: Peer) -> grpc.GenericRpcHandler:
     )
 
 
+def _greeter() -> grpc.GenericRpcHandler:
+    """``helloworld.Greeter/SayHello`` (the docs' example service) on raw bytes: ``b"hello, " + request``."""
+
+    async def say_hello(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return b"hello, " + request
+
+    return grpc.method_handlers_generic_handler(
+        "helloworld.Greeter", {"SayHello": grpc.unary_unary_rpc_method_handler(say_hello)}
+    )
+
+
 def _code(number: int) -> grpc.StatusCode:
     for code in grpc.StatusCode:
         if code.value[0] == number:
@@ -133,7 +146,7 @@ async def grpc_peer(port: int = 0) -> AsyncIterator[Peer]:
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     peer = Peer(bound, servicer)
-    server.add_generic_rpc_handlers((_handlers(peer),))
+    server.add_generic_rpc_handlers((_handlers(peer), _greeter()))
     await servicer.set("", SERVING)
     await servicer.set(SERVICE, SERVING)
     await server.start()
