@@ -157,3 +157,20 @@ def _segments(text: bytes) -> list[bytes]:
     if start < len(text):
         out.append(text[start:])
     return out
+
+
+async def test_a_thousand_concurrent_calls_on_one_client_connection() -> None:
+    """1,000 unary calls started at once on one grpcio channel (one HTTP/2 connection to the gateway; past the
+    gateway's max_concurrent_streams of 100 the client queues them), every one answered with its own message."""
+    replies: dict[int, bytes] = {}
+    async with through_gateway() as (channel, peer):
+        method = channel.unary_unary(peer.method("Unary"))
+
+        async def one(index: int) -> None:
+            replies[index] = await method(b"call-%d" % index, timeout=120)
+
+        with anyio.fail_after(150):
+            async with anyio.create_task_group() as group:
+                for index in range(1000):
+                    group.start_soon(one, index)
+    assert replies == {index: b"call-%d" % index for index in range(1000)}
