@@ -154,6 +154,9 @@ async def grpc_peer(port: int = 0) -> AsyncIterator[Peer]:
         yield peer
     finally:
         await server.stop(None)
+        # Every call's completion handled on this loop before it ends: grpc.aio delivers late events to the loop a
+        # call ran on, and one landing after the test's loop closed fails the next test ("Event loop is closed").
+        await server.wait_for_termination(10)
 
 
 def channel_options() -> list[tuple[str, int]]:

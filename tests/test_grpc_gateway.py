@@ -66,12 +66,18 @@ async def test_streaming_shapes() -> None:
         assert await bidi.read() == grpc.aio.EOF
 
 
-@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c is not grpc.StatusCode.OK])
-async def test_every_status_code_and_its_details_pass_through(code: grpc.StatusCode) -> None:
+async def test_every_status_code_and_its_details_pass_through() -> None:
+    seen = {}
     async with through_gateway() as (channel, peer):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await channel.unary_unary(peer.method("Status"))(f"{code.value[0]}:why ✓ {code.name}".encode(), timeout=10)
-    assert caught.value.code() == code and caught.value.details() == f"why ✓ {code.name}"
+        for code in grpc.StatusCode:
+            if code is grpc.StatusCode.OK:
+                continue
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(peer.method("Status"))(
+                    f"{code.value[0]}:why ✓ {code.name}".encode(), timeout=10
+                )
+            seen[code] = (caught.value.code(), caught.value.details())
+    assert seen == {code: (code, f"why ✓ {code.name}") for code in grpc.StatusCode if code is not grpc.StatusCode.OK}
 
 
 async def test_the_client_deadline_reaches_the_server_and_ends_the_call() -> None:
