@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastgate import Gateway
 from fastgate.config import build_config
 from tests.grpc_http1 import frame, read_response
 from tests.grpc_peers import Peer, channel_options, grpc_peer
-from tests.servers import free_port, run_gateway
+from tests.servers import captured_logs, free_port, run_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -180,3 +181,34 @@ async def test_a_thousand_concurrent_calls_on_one_client_connection() -> None:
                 for index in range(1000):
                     group.start_soon(one, index)
     assert replies == {index: b"call-%d" % index for index in range(1000)}
+
+
+async def test_the_access_line_and_the_metric_carry_the_upstreams_grpc_status() -> None:
+    logger = logging.getLogger("fastgate.access")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        async with grpc_peer() as peer:
+            upstream = {"url": f"http://{peer.target}", "protocol": "h2c"}
+            config = build_config(
+                {
+                    "upstreams": {"peer": upstream},
+                    "routes": [{"name": "peer", "prefix": "/test.Peer/", "upstream": "peer"}],
+                    "metrics": {"enabled": True},
+                }
+            )
+            gateway = Gateway(config)
+            async with run_gateway(gateway) as gw, grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                with captured_logs("fastgate.access", logging.INFO) as lines:
+                    assert await channel.unary_unary(peer.method("Unary"))(b"x", timeout=10) == b"x"
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await channel.unary_unary(peer.method("Status"))(b"5:gone", timeout=10)
+                assert gateway.metrics is not None
+                metrics = gateway.metrics.render()[0].decode()
+    finally:
+        logger.setLevel(level)
+    ok, missing = [record.getMessage() for record in lines.records]
+    assert '"POST /test.Peer/Unary HTTP/2' in ok and ok.split(" request_id=")[1].endswith("grpc_status=0")
+    assert " 200 " in missing and missing.endswith("grpc_status=5")
+    for code in ("0", "5"):
+        assert f'fastgate_grpc_responses_total{{grpc_status="{code}",route="peer",upstream="peer"}} 1.0' in metrics
