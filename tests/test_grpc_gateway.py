@@ -18,8 +18,10 @@ import pytest
 
 from fastgate import Gateway
 from fastgate.config import build_config
+from fastgate.proxy.grpcweb import trailer_frame
 from tests.grpc_http1 import frame, read_response
 from tests.grpc_peers import Peer, channel_options, grpc_peer
+from tests.http2.client import h2_connect
 from tests.servers import captured_logs, free_port, run_gateway
 
 pytestmark = pytest.mark.anyio
@@ -212,3 +214,37 @@ async def test_the_access_line_and_the_metric_carry_the_upstreams_grpc_status() 
     assert " 200 " in missing and missing.endswith("grpc_status=5")
     for code in ("0", "5"):
         assert f'fastgate_grpc_responses_total{{grpc_status="{code}",route="peer",upstream="peer"}} 1.0' in metrics
+
+
+@contextlib.asynccontextmanager
+async def h2_gateway(peer: Peer, **route: Any) -> AsyncIterator[int]:
+    upstream = {"url": f"http://{peer.target}", "protocol": "h2c"}
+    routes = [{"prefix": "/test.Peer/", "upstream": "peer", **route}]
+    async with run_gateway(Gateway(build_config({"upstreams": {"peer": upstream}, "routes": routes}))) as gw:
+        yield gw.port
+
+
+async def test_grpc_web_over_http2_from_the_client() -> None:
+    async with grpc_peer() as peer, h2_gateway(peer, grpc_web=True) as port, h2_connect(port) as client:
+        headers = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1"), ("x-echo-id", "3")]
+        stream = await client.request("POST", "/test.Peer/Unary", headers, frame(b"h2 browser"))
+        state = await client.response(stream)
+    assert state.status == 200 and state.header(b"content-type") == [b"application/grpc-web+proto"]
+    assert state.trailers is None  # no HTTP/2 trailers: they are the body's last frame
+    # grpcio's trailers, in its order (an empty grpc-message included), framed as Envoy frames them
+    trailers = trailer_frame([(b"grpc-status", b"0"), (b"grpc-message", b""), (b"x-echo-id", b"3")])
+    assert bytes(state.body) == frame(b"h2 browser") + trailers
+
+
+async def test_the_gateways_deadline_over_http2_is_one_trailers_only_headers_frame() -> None:
+    """A raw h2 client sends grpc-timeout: 300m to a call that sleeps 30 s; the gateway answers DEADLINE_EXCEEDED
+    as a Trailers-Only response (its status in the HEADERS that end the stream), and the server sees the call go."""
+    async with grpc_peer() as peer, h2_gateway(peer) as port, h2_connect(port) as client:
+        headers = [("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "300m")]
+        stream = await client.request("POST", "/test.Peer/Sleep", headers, frame(b"30"))
+        state = await client.response(stream)
+        with anyio.fail_after(15):
+            await peer.cancelled.wait()
+    assert state.status == 200 and state.header(b"grpc-status") == [b"4"]
+    assert state.header(b"content-type") == [b"application/grpc"] and bytes(state.body) == b""
+    assert state.trailers is None
