@@ -31,6 +31,7 @@ from h2.events import (
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 
 from . import PREFACE
 
@@ -59,6 +60,7 @@ __all__ = [
     "TrailersReceived",
     "WindowUpdated",
     "client_connection",
+    "graceful_goaway",
     "server_connection",
 ]
 
@@ -117,3 +119,12 @@ def client_connection(*, initial_window: int, max_header_list: int = 65536) -> H
     )
     conn.decoder.max_header_list_size = max_header_list
     return conn
+
+
+def graceful_goaway(last_stream_id: int) -> bytes:
+    """A GOAWAY ``NO_ERROR`` frame, to be written by the caller, that leaves the connection open for its streams.
+
+    h2's ``close_connection`` moves its state machine to CLOSED, after which no stream may send again
+    (python-hyper/h2#1181, open); RFC 9113 §6.8 lets streams up to ``last_stream_id`` complete after a GOAWAY, which is
+    what a graceful shutdown or a reload needs. The caller refuses new streams itself."""
+    return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize()

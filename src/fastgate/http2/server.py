@@ -60,6 +60,7 @@ from .codec import (
     StreamReset,
     TrailersReceived,
     WindowUpdated,
+    graceful_goaway,
     server_connection,
 )
 from .guard import ResetGuard, TokenBucket
@@ -501,11 +502,8 @@ class H2Server(asyncio.Protocol):
         if self.draining or self.closed:
             return
         self.draining = True
-        try:
-            self.conn.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self.conn.highest_inbound_stream_id)
-        except ProtocolError:
-            pass
         self._flush()
+        self.transport.write(graceful_goaway(self.conn.highest_inbound_stream_id))  # open streams go on answering
         if not self.streams:
             self._close()
 
