@@ -10,7 +10,7 @@ only backpressure is pausing the whole connection. A replacement codec would off
 from __future__ import annotations
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -61,6 +61,7 @@ __all__ = [
     "WindowUpdated",
     "client_connection",
     "graceful_goaway",
+    "keep_open_after_goaway",
     "server_connection",
 ]
 
@@ -128,3 +129,12 @@ def graceful_goaway(last_stream_id: int) -> bytes:
     (python-hyper/h2#1181, open); RFC 9113 §6.8 lets streams up to ``last_stream_id`` complete after a GOAWAY, which is
     what a graceful shutdown or a reload needs. The caller refuses new streams itself."""
     return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize()
+
+
+def keep_open_after_goaway(conn: H2Connection) -> None:
+    """After the peer's GOAWAY ``NO_ERROR``, let the streams already open finish (RFC 9113 §6.8).
+
+    h2 closes its state machine on any GOAWAY it receives (python-hyper/h2#1181), after which our responses on
+    those streams could not be sent; this opens it again (the state a connection that received a request is in).
+    The caller refuses new streams itself."""
+    conn.state_machine.state = ConnectionState.SERVER_OPEN
