@@ -28,6 +28,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 
 @dataclass
@@ -221,6 +222,12 @@ class H2Client:
     async def end(self, stream_id: int) -> None:
         self.conn.end_stream(stream_id)
         await self._flush()
+
+    async def send_goaway(self, last_stream_id: int) -> None:
+        """GOAWAY NO_ERROR, written past our codec (which would refuse every frame after it: python-hyper/h2#1181)."""
+        await self._flush()
+        async with self._lock:
+            await self.stream.send(GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize())
 
     async def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         self.conn.reset_stream(stream_id, code)

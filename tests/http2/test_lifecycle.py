@@ -276,4 +276,18 @@ async def test_a_connection_with_an_open_stream_is_not_idle(upstream: RunningSer
     async with run_gateway(Gateway(config)) as gw, h2_connect(gw.port) as h2:
         streamed = await h2.get("/stream?n=8&delay=0.3")  # 2.4 s, longer than the keepalive timeout
         assert streamed.ended and streamed.body.count(b"chunk") == 8
-        assert h2.goaway is None or h2.goaway.last_stream_id >= 1
+        assert h2.goaway is None  # the idle clock starts when its last stream ends
+        await h2.wait(lambda: h2.goaway is not None, 15)  # and then it runs
+
+
+async def test_a_client_goaway_lets_its_open_stream_finish(upstream: RunningServer, recorder: Recorder) -> None:
+    # RFC 9113 §6.8: a client's GOAWAY NO_ERROR stops new streams; the ones open complete.
+    async with run_gateway(Gateway(GatewayConfig.single(upstream.url))) as gw, h2_connect(gw.port) as h2:
+        stream_id = await h2.request("GET", "/stream?n=4&delay=0.2")
+        state = h2.state(stream_id)
+        await h2.wait(lambda: b"chunk 0\n" in state.body)
+        await h2.send_goaway(stream_id)
+        await h2.wait(lambda: state.done or h2.closed)
+        assert state.ended and state.body == b"chunk 0\nchunk 1\nchunk 2\nchunk 3\n"
+        await h2.wait(lambda: h2.closed)  # then the server closes the connection
+    assert len(recorder.requests) == 1
