@@ -504,7 +504,7 @@ class H2Server(asyncio.Protocol):
         if self.draining or self.closed:
             return
         self.draining = True
-        self._flush()
+        self._flush_now()  # what the codec holds goes first
         self.transport.write(graceful_goaway(self.conn.highest_inbound_stream_id))  # open streams go on answering
         if not self.streams:
             self._close()
