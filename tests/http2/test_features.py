@@ -88,6 +88,7 @@ def features_config(upstream_url: str, tmp_path: Path) -> Any:
         ),
         route("/cors", plugins=[{"use": "cors", "options": {"allow_origins": [ORIGIN], "max_age": 60}}]),
         route("/small", max_body_bytes=1000),
+        route("/medium", max_body_bytes=100_000),
         route(
             "/rules",
             request_headers={"set": {"x-set": "1"}, "add": {"x-added": "2"}, "remove": ["x-drop"]},
@@ -308,7 +309,26 @@ async def test_body_over_max_body_bytes_gets_413_and_never_completes_upstream(
         # Within the limit, both framings pass.
         small = await h2.request("POST", "/small/upload", [("content-length", "900")] if declared else [], b"y" * 900)
         assert json.loads((await h2.response(small)).body)["size"] == 900
-    assert all(r.get("body_size", 900) == 900 for r in recorder.requests if r["raw_path"] == "/upload")
+    # The refused body never reached the upstream (under the 64 KiB prebuffer, it was refused before connecting).
+    assert [(r["raw_path"], r.get("body_size")) for r in recorder.requests] == [("/echo", None), ("/upload", 900)]
+
+
+async def test_body_growing_past_max_body_bytes_upstream_gets_413_and_the_upstream_request_is_aborted(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path
+) -> None:
+    # No content-length and past the 64 KiB prebuffer: forwarding has begun when the limit is crossed.
+    async with serve(upstream, tmp_path) as (_, gw), h2_connect(gw.port) as h2:
+        stream_id = await h2.request("POST", "/medium/upload", end=False)
+        await h2.send_available(stream_id, b"m" * 70_000)
+        with anyio.fail_after(10):
+            await recorder.started.wait()  # the request (head and first piece) is upstream already
+        await h2.send_available(stream_id, b"m" * 70_000)
+        state = await h2.response(stream_id)
+        assert state.status == 413 and json.loads(state.body)["error"] == "payload_too_large"
+        with anyio.fail_after(10):
+            await recorder.disconnect_event.wait()
+        assert (await h2.get("/echo")).status == 200
+    assert "/upload" in recorder.disconnected and "body_size" not in recorder.requests[0]
 
 
 # -- observability ----------------------------------------------------------------------------------------------------
