@@ -29,7 +29,7 @@ from fastgate.observability.metrics import metrics_mapping
 from tests.auth.helpers import jwks, rsa_key
 from tests.http2.client import h2_connect
 from tests.proxy.test_trailers import gateway_and_upstream
-from tests.servers import LogCapture, RunningServer, captured_logs, run_gateway
+from tests.servers import LogCapture, RunningServer, answer_lifespan, captured_logs, run_gateway, run_server
 from tests.upstream_app import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -216,6 +216,46 @@ async def test_retries_on_http2(upstream: RunningServer, recorder: Recorder, tmp
         response = await client.get("/retried/status/503")
     assert response.status_code == 503
     assert [r["raw_path"] for r in recorder.requests] == ["/status/503", "/status/503"]  # one retry
+
+
+class FailsFirst:
+    """An upstream that reads each request's body and answers the first 503, the rest with the body's size and
+    sha256; it records the size of every body it read."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        self.sizes.append(len(body))
+        status = 503 if len(self.sizes) == 1 else 200
+        answer = json.dumps({"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}).encode()
+        headers = [(b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+
+async def test_a_retried_post_replays_the_h2_request_body(tmp_path: Path) -> None:
+    retries = {"max_retries": 1, "retry_on": [503], "non_idempotent": True}
+    app = FailsFirst()
+    body = bytes(range(256)) * 160  # 40 KiB: kept for a replay (replay_buffer_bytes 64 KiB)
+    async with run_server(app) as flaky:
+        config = build_config(
+            {"upstreams": {"flaky": {"url": flaky.url, "retries": retries}}, "routes": [{"upstream": "flaky"}]}
+        )
+        async with run_gateway(Gateway(config)) as gw, h2_connect(gw.port) as h2:
+            state = await h2.response(await h2.request("POST", "/post", body=body))
+    assert state.status == 200
+    assert json.loads(state.body) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    assert app.sizes == [len(body), len(body)]
 
 
 async def test_circuit_breaker_overflows_a_second_stream_on_the_same_connection(
