@@ -248,13 +248,17 @@ async def test_reload_tells_the_open_connection_goaway_and_its_stream_completes(
             gateway.process.send_signal(signal.SIGHUP)
             await h2.wait(lambda: h2.goaway is not None, 20)
             assert h2.goaway is not None and h2.goaway.error_code == ErrorCodes.NO_ERROR
-            assert h2.goaway.last_stream_id >= held
+            assert h2.goaway.last_stream_id == held
+            late = h2.state(await h2.request("GET", "/late"))  # past the GOAWAY's last stream id: refused
+            await h2.wait(lambda: late.done)
+            assert late.reset_code == ErrorCodes.REFUSED_STREAM  # safe to retry elsewhere (RFC 9113 §8.7)
             old_app.release.set()
             assert answer(await h2.response(held))["upstream"] == "old"  # finished on the config it started on
             await h2.wait(lambda: h2.closed)
         async with h2_connect(port) as fresh:
             assert answer(await fresh.get("/after"))["upstream"] == "new"
         assert gateway.process.poll() is None
+    assert len(old_app.peers) == 2  # /before and /hold: the refused stream never went upstream
 
 
 # -- idle connections -------------------------------------------------------------------------------------------------
