@@ -10,7 +10,7 @@ only backpressure is pausing the whole connection. A replacement codec would off
 from __future__ import annotations
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -31,6 +31,7 @@ from h2.events import (
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 
 from . import PREFACE
 
@@ -59,6 +60,8 @@ __all__ = [
     "TrailersReceived",
     "WindowUpdated",
     "client_connection",
+    "graceful_goaway",
+    "keep_open_after_goaway",
     "server_connection",
 ]
 
@@ -117,3 +120,21 @@ def client_connection(*, initial_window: int, max_header_list: int = 65536) -> H
     )
     conn.decoder.max_header_list_size = max_header_list
     return conn
+
+
+def graceful_goaway(last_stream_id: int) -> bytes:
+    """A GOAWAY ``NO_ERROR`` frame, to be written by the caller, that leaves the connection open for its streams.
+
+    h2's ``close_connection`` moves its state machine to CLOSED, after which no stream may send again
+    (python-hyper/h2#1181, open); RFC 9113 §6.8 lets streams up to ``last_stream_id`` complete after a GOAWAY, which is
+    what a graceful shutdown or a reload needs. The caller refuses new streams itself."""
+    return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize()
+
+
+def keep_open_after_goaway(conn: H2Connection) -> None:
+    """After the peer's GOAWAY ``NO_ERROR``, let the streams already open finish (RFC 9113 §6.8).
+
+    h2 closes its state machine on any GOAWAY it receives (python-hyper/h2#1181), after which our responses on
+    those streams could not be sent; this opens it again (the state a connection that received a request is in).
+    The caller refuses new streams itself."""
+    conn.state_machine.state = ConnectionState.SERVER_OPEN

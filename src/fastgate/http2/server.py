@@ -60,6 +60,8 @@ from .codec import (
     StreamReset,
     TrailersReceived,
     WindowUpdated,
+    graceful_goaway,
+    keep_open_after_goaway,
     server_connection,
 )
 from .guard import ResetGuard, TokenBucket
@@ -193,6 +195,7 @@ class H2Server(asyncio.Protocol):
                     self._flush()
                     self._close()
                     return
+                keep_open_after_goaway(self.conn)  # the open streams finish (RFC 9113 §6.8)
             elif isinstance(event, TrailersReceived):
                 pass  # not forwarded (an HTTP/1.1 upstream could not take them); END_STREAM follows
         self._flush_now()
@@ -501,11 +504,8 @@ class H2Server(asyncio.Protocol):
         if self.draining or self.closed:
             return
         self.draining = True
-        try:
-            self.conn.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self.conn.highest_inbound_stream_id)
-        except ProtocolError:
-            pass
-        self._flush()
+        self._flush_now()  # what the codec holds goes first
+        self.transport.write(graceful_goaway(self.conn.highest_inbound_stream_id))  # open streams go on answering
         if not self.streams:
             self._close()
 
