@@ -10,7 +10,7 @@ only backpressure is pausing the whole connection. A replacement codec would off
 from __future__ import annotations
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -57,6 +57,7 @@ __all__ = [
     "TrailersReceived",
     "WindowUpdated",
     "client_connection",
+    "drain_after_goaway",
     "server_connection",
 ]
 
@@ -117,3 +118,13 @@ def client_connection(*, initial_window: int, max_header_list: int = 65536) -> H
     )
     conn.decoder.max_header_list_size = max_header_list
     return conn
+
+
+def drain_after_goaway(conn: H2Connection) -> None:
+    """Let a client connection that received GOAWAY finish its streams up to the last id (RFC 9113 §6.8: "activity on
+    streams numbered lower than or equal to the last stream identifier might still complete successfully").
+
+    ``h2`` closes its connection state machine on any GOAWAY received, after which it raises on the DATA, HEADERS and
+    WINDOW_UPDATE those streams still need; this puts it back to open. The caller must open no new stream on it.
+    """
+    conn.state_machine.state = ConnectionState.CLIENT_OPEN

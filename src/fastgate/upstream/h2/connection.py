@@ -342,6 +342,8 @@ class Http2Connection(asyncio.Protocol):
         self._changed()
         if not self.streams:
             self.close()
+        else:
+            codec.drain_after_goaway(self.codec)  # the streams at or below the last id run to their end
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
