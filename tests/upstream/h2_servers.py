@@ -284,7 +284,11 @@ async def run_raw_h2(on_request: Handler) -> AsyncIterator[RawH2Server]:
                         data = await stream.receive()
                     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                         break
-                    for event in conn.receive_data(data):
+                    try:
+                        events = conn.receive_data(data)
+                    except codec.ProtocolError:
+                        break  # (this side's codec after a GOAWAY of its own, say): the connection ends
+                    for event in events:
                         if isinstance(event, codec.PingReceived):
                             raw.pings += 1
                         elif isinstance(event, codec.DataReceived):
