@@ -14,7 +14,8 @@ the ASGI adapter (``proxy/asgi.py``) for the library and other servers. One impl
    chain and takes none of the plugin steps (bench/plugins.py measures both).
 2. The body's first ``request_prebuffer_bytes`` are read (``buffering.prebuffer``: no upstream connection for a
    body that trickles in); then the transport sends the head and the body (the rest from ``read_body()`` as it
-   arrives), then waits for the response head. Errors up to here become a JSON 502/503/504
+   arrives; over HTTP/2 the body goes on while the response comes down, and is closed with it), then waits for the
+   response head. Errors up to here become a JSON 502/503/504
    (``errors.error_response``).
 3. The plugins' ``on_response`` hooks may change the status and headers; then the response head goes to the
    client, then body pieces as the upstream produces them. While the client keeps up, ``send`` never waits. Once
@@ -72,7 +73,9 @@ from .asgi import AsgiDownstream
 from .bodylimit import declared_too_large, request_body
 from .buffering import BufferedBody, prebuffer
 from .downstream import DisconnectScope, Downstream
-from .errors import answer_error, error_parts
+from .errors import answer_error, error_parts, grpc_answer
+from .grpc import is_grpc
+from .grpcstream import GrpcDownstream
 from .headers import HeaderRules, new_request_id, response_headers
 from .readahead import ReadAheadLimits, ResponseSpool, relay_ahead
 from .trailers import response_trailers
@@ -176,9 +179,28 @@ def _ended_by(disconnect: DisconnectScope, method: str, target: bytes, request_i
     return "client disconnected" if disconnect.disconnected else ""
 
 
-async def send_answer(down: Downstream, answer: Answer, request_id: bytes) -> None:
-    """Send a plugin's early :class:`Answer` (content-length and x-request-id added)."""
-    await down.send_head(answer.status, answer.raw_headers(request_id), defer=True)
+async def _close_body(piped: AsyncIterator[bytes] | None, body: AsyncGenerator[bytes] | None) -> None:
+    """Close the request body's generators: after the transport's ``send`` failed, or once its response is closed
+    (an HTTP/2 upstream sends the body on while the response comes down, a bidirectional gRPC stream)."""
+    if piped is not None and piped is not body:
+        aclose = getattr(piped, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if body is not None:
+        await body.aclose()
+
+
+async def send_answer(
+    down: Downstream, answer: Answer, request_id: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Send a plugin's early :class:`Answer` (content-length and x-request-id added; ``headers``: those as changed
+    by the plugins' early hooks). On a gRPC request, a Trailers-Only answer instead (``errors.grpc_answer``)."""
+    if headers is None:
+        headers = answer.raw_headers(request_id)
+    if is_grpc(down.headers):
+        await grpc_answer(down, answer, headers, request_id)
+        return
+    await down.send_head(answer.status, headers, defer=True)
     await down.send_body(answer.body, False)
 
 
@@ -291,6 +313,12 @@ async def exchange(
     cancelled = False  # the client went and the driver's cancellation is on its way out: finish shielded
     if route.buffer_body is not None:
         buffer_body = route.buffer_body
+    grpc_down: GrpcDownstream | None = None
+    if method == "POST" and is_grpc(down.headers):
+        # gRPC: the status and the deadline watched (proxy/grpcstream.py); the body streams message by message, so
+        # neither request_buffering nor the prebuffer may hold it back (a bidi client may wait for the server first).
+        down = grpc_down = GrpcDownstream(down)
+        buffer_body = None
     address = client[0].encode("latin-1") if client else b"unknown"
     try:
         try:
@@ -302,6 +330,8 @@ async def exchange(
             await answer_error(down, exc, request_id)
             return
         request_id = head.request_id
+        if grpc_down is not None:
+            grpc_down.request_id = request_id
         if head.client is not None:  # from a trusted proxy: the client its X-Forwarded-For names (port unknown: 0)
             client = (head.client, 0)
             record.client = f"{head.client}:0"
@@ -367,8 +397,7 @@ async def exchange(
                         if chain.has_early and context.answered_at > 0:
                             early = answer.raw_headers(request_id)
                             early = await _early_head(chain, context, status, early, request_id)
-                            await down.send_head(status, early, defer=True)
-                            await down.send_body(answer.body, False)
+                            await send_answer(down, answer, request_id, early)
                         else:
                             await send_answer(down, answer, request_id)
                         sent = len(answer.body)
@@ -377,6 +406,7 @@ async def exchange(
                     request.headers = context.headers.raw
                 body: AsyncGenerator[bytes] | None = None
                 piped: AsyncIterator[bytes] | None = None
+                sent_to: UpstreamResponse | None = None
                 read_whole = buffer_body is not None
                 try:
                     if head.body_length and buffer_body is not None:
@@ -388,7 +418,8 @@ async def exchange(
                     elif head.body_length:
                         # counted against max_body_bytes only when chunked: the server's framing holds a Content-Length
                         limit = route.max_body if head.body_length == CHUNKED else None
-                        if options.prebuffer_bytes:  # no upstream connection until the body's first bytes are here
+                        # no upstream connection until the body's first bytes are here (gRPC: none, it streams)
+                        if options.prebuffer_bytes and grpc_down is None:
                             first = await prebuffer(down.read_body, options.prebuffer_bytes, limit)
                             if first.complete:  # the whole body: upstream in one piece (framed as the client framed it)
                                 read_whole = True
@@ -405,6 +436,7 @@ async def exchange(
                         assert context is not None
                         piped = chain.body(context, body)
                     response = await options.transport.send(request, piped)
+                    sent_to = response
                     answered_by = response.target
                 except ClientDisconnected:
                     outcome = "client disconnected"
@@ -435,12 +467,8 @@ async def exchange(
                         await answer_error(down, exc, request_id)
                     return
                 finally:
-                    if piped is not None and piped is not body:
-                        aclose = getattr(piped, "aclose", None)
-                        if aclose is not None:
-                            await aclose()
-                    if body is not None:
-                        await body.aclose()
+                    if sent_to is None:  # else closed with the response: it may still be sending it (full duplex)
+                        await _close_body(piped, body)
                 try:
                     status = response.status
                     headers = response_headers(response.headers)
@@ -499,8 +527,10 @@ async def exchange(
                         disconnect.finish()
                         with anyio.CancelScope(shield=True):
                             await response.aclose()
+                            await _close_body(piped, body)
                     else:
                         await response.aclose()  # returns without suspending: cancellation cannot interrupt it
+                        await _close_body(piped, body)
         except BaseException:
             # A driver that cancels the connection's task (fastgate's server) lets the cancellation out of the block:
             # the exchange ended the same way, and the finish below runs shielded.
@@ -510,6 +540,12 @@ async def exchange(
             raise
         outcome = _ended_by(disconnect, method, target, request_id) or outcome
     finally:
+        if grpc_down is not None:
+            status = grpc_down.status or status  # a gRPC error answer goes out as a 200
+            record.grpc_status = grpc_down.grpc_status
+            record.grpc = True
+            if grpc_down.deadline_exceeded:
+                outcome = outcome or "grpc-timeout expired"
         record.duration_s = perf_counter() - started_at
         record.target = target.decode("latin-1")
         record.status = status
