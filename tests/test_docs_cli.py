@@ -861,6 +861,10 @@ def test_every_config_example_in_the_docs_has_a_marker_and_a_case() -> None:
     assert len(names) == len(set(names)), "two examples share a marker name"
     assert sorted(set(names) - set(CASES)) == [], "examples in the docs without a case in tests/test_docs_cli.py"
     assert sorted(set(CASES) - set(names)) == [], "cases whose example is no longer in the docs"
+    marks = test_doc_example_through_fastgate_run.pytestmark  # type: ignore[attr-defined]
+    collected = next(mark.args[1] for mark in marks if mark.name == "parametrize")
+    # the parametrize list is taken when the test is defined: a case defined below it never runs
+    assert sorted(CASES) == list(collected), "define every case above test_doc_example_through_fastgate_run"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
