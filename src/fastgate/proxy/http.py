@@ -76,7 +76,7 @@ from .downstream import DisconnectScope, Downstream
 from .errors import answer_error, error_parts, grpc_answer
 from .grpc import is_grpc
 from .grpcstream import GrpcDownstream
-from .headers import HeaderRules, new_request_id, response_headers
+from .headers import VIA, VIA_H2, HeaderRules, new_request_id, response_headers
 from .readahead import ReadAheadLimits, ResponseSpool, relay_ahead
 from .trailers import response_trailers
 
@@ -322,7 +322,12 @@ async def exchange(
     address = client[0].encode("latin-1") if client else b"unknown"
     try:
         try:
-            head = options.rules.apply(down.headers, client=address, scheme=down.scheme.encode("ascii"))
+            head = options.rules.apply(
+                down.headers,
+                client=address,
+                scheme=down.scheme.encode("ascii"),
+                via=VIA if down.http_version[0] == "1" else VIA_H2,
+            )
         except FastgateError as exc:
             status = exc.status_code
             outcome = f"{exc.code}: {exc.detail}"
