@@ -60,8 +60,8 @@ __all__ = [
     "TrailersReceived",
     "WindowUpdated",
     "client_connection",
+    "drain_after_goaway",
     "graceful_goaway",
-    "keep_open_after_goaway",
     "server_connection",
 ]
 
@@ -131,10 +131,12 @@ def graceful_goaway(last_stream_id: int) -> bytes:
     return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize()
 
 
-def keep_open_after_goaway(conn: H2Connection) -> None:
-    """After the peer's GOAWAY ``NO_ERROR``, let the streams already open finish (RFC 9113 §6.8).
+def drain_after_goaway(conn: H2Connection) -> None:
+    """After the peer's GOAWAY ``NO_ERROR``, let the streams up to its last id finish (RFC 9113 §6.8: "activity on
+    streams numbered lower than or equal to the last stream identifier might still complete successfully").
 
-    h2 closes its state machine on any GOAWAY it receives (python-hyper/h2#1181), after which our responses on
-    those streams could not be sent; this opens it again (the state a connection that received a request is in).
-    The caller refuses new streams itself."""
-    conn.state_machine.state = ConnectionState.SERVER_OPEN
+    ``h2`` closes its connection state machine on any GOAWAY received (python-hyper/h2#1181), after which it raises on
+    the DATA, HEADERS and WINDOW_UPDATE those streams still need; this puts it back to open, on either side. h2 has no
+    public way to do it: this module is the one place that reaches its state machine. The caller opens (client) or
+    accepts (server) no new stream on the connection."""
+    conn.state_machine.state = ConnectionState.CLIENT_OPEN if conn.config.client_side else ConnectionState.SERVER_OPEN

@@ -60,8 +60,8 @@ from .codec import (
     StreamReset,
     TrailersReceived,
     WindowUpdated,
+    drain_after_goaway,
     graceful_goaway,
-    keep_open_after_goaway,
     server_connection,
 )
 from .guard import ResetGuard, TokenBucket
@@ -195,7 +195,7 @@ class H2Server(asyncio.Protocol):
                     self._flush()
                     self._close()
                     return
-                keep_open_after_goaway(self.conn)  # the open streams finish (RFC 9113 §6.8)
+                drain_after_goaway(self.conn)  # the open streams finish (RFC 9113 §6.8)
             elif isinstance(event, TrailersReceived):
                 pass  # not forwarded (an HTTP/1.1 upstream could not take them); END_STREAM follows
         self._flush_now()
