@@ -896,6 +896,22 @@ class TlsConfig(_Model):
         return value
 
 
+class Http2Config(_Model):
+    """HTTP/2 to clients (``server.http2``): h2 by ALPN over TLS, h2c by prior knowledge on a plain listener.
+
+    ``enabled: false`` answers an HTTP/2 preface with 505 and offers only ``http/1.1`` by ALPN. The settings are
+    what each connection tells its client (RFC 9113 §6.5.2); a stream's window is opened only as its bytes are
+    written upstream (docs/http2.md).
+    """
+
+    enabled: bool = True
+    max_concurrent_streams: int = Field(100, ge=1, le=2**31 - 1)
+    initial_stream_window_bytes: int = Field(1048576, ge=65535, le=2**31 - 1)
+    initial_connection_window_bytes: int = Field(4194304, ge=65535, le=2**31 - 1)
+    max_header_list_bytes: int = Field(65536, ge=1024, le=2**31 - 1)
+    max_frame_bytes: int = Field(16384, ge=16384, le=16777215)
+
+
 class ServerConfig(_Model):
     """The listener and the client side of every connection: limits, deadlines, logging, workers.
 
@@ -950,6 +966,8 @@ class ServerConfig(_Model):
     merge_slashes: bool = False
     # HTTPS and WSS on the listener (serving/tls.py); plain HTTP when absent.
     tls: TlsConfig | None = None
+    # HTTP/2 to clients (http2/server.py, docs/http2.md): h2 by ALPN, h2c by prior knowledge.
+    http2: Http2Config = Field(default_factory=Http2Config)
     # Peers whose X-Forwarded-For (and X-Real-IP, X-Forwarded-*, Forwarded) are believed (proxy/client_address.py).
     trusted_proxies: tuple[str, ...] = ()
 

@@ -226,7 +226,8 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "server_header": False,  # Server and Date come from the upstream
         "date_header": False,
         "timeout_graceful_shutdown": server.graceful_timeout,
-        **tls.uvicorn_options(server.tls),  # HTTPS/WSS: fastgate's own SSLContext (TLS 1.2 minimum)
+        # HTTPS/WSS: fastgate's own SSLContext (TLS 1.2 minimum, ALPN h2 and http/1.1)
+        **tls.uvicorn_options(server.tls, http2=server.http2.enabled),
     }
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from uvicorn.server import ServerState
 
-from fastgate.serving.limits import ServerLimits
+from fastgate.serving.limits import Http2Limits, ServerLimits
 from fastgate.serving.protocol import MAX_PIPELINED
 
 from .fake import Echo, connect, settle, status_of
@@ -97,7 +97,6 @@ async def test_header_field_over_limit_is_answered_431() -> None:
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         (b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
         (b"GET /\r\n\r\n", 505),  # HTTP/0.9
-        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),  # an HTTP/2 preface on the HTTP/1 port
         (b"GET http://a b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"GET / HTTP/1.1\nHost: a\n\n", 400),  # bare LF
         (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),  # obs-fold
@@ -374,3 +373,34 @@ async def test_host_is_checked_on_every_request_of_a_kept_alive_connection(secon
     assert status_of(transport.written) == 400, bytes(transport.written)
     assert transport.closed
     assert [scope["path"] for scope in app.scopes] == ["/a"]
+
+
+async def test_an_http2_preface_gets_505_when_http2_is_disabled() -> None:
+    # server.http2.enabled: false brings back what every preface got before issue 18 (tests/http2/ has the rest)
+    app = Echo()
+    protocol, transport = connect(app, ServerLimits(http2=Http2Limits(enabled=False)))
+    protocol.data_received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    await settle()
+    assert status_of(transport.written) == 505
+    assert app.scopes == []
+
+
+@pytest.mark.parametrize(
+    "pieces", [[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"], [b"P", b"RI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"]]
+)
+async def test_an_http2_preface_switches_the_connection_to_http2(pieces: list[bytes]) -> None:
+    protocol, transport = connect(Echo())
+    for piece in pieces:
+        protocol.data_received(piece)
+    # the server's SETTINGS frame (type 0x4 on stream 0), not an HTTP/1.1 status line
+    assert bytes(transport.written[3:4]) == b"\x04"
+    assert not bytes(transport.written).startswith(b"HTTP/1.1")
+
+
+async def test_a_request_starting_with_p_is_still_http1() -> None:
+    app = Echo()
+    protocol, transport = connect(app)
+    protocol.data_received(b"P")
+    protocol.data_received(b"OST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    await settle()
+    assert status_of(transport.written) == 200

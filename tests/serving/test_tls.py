@@ -66,15 +66,17 @@ def issued(tmp_path: Path) -> Issued:
     return issue(tmp_path)
 
 
-def tls_config(url: str, issued: Issued) -> GatewayConfig:
-    server = ServerConfig(tls=TlsConfig(cert_file=str(issued.cert_file), key_file=str(issued.key_file)))
+def tls_config(url: str, issued: Issued, *, http2: bool = True) -> GatewayConfig:
+    server = ServerConfig(
+        tls=TlsConfig(cert_file=str(issued.cert_file), key_file=str(issued.key_file)), http2={"enabled": http2}
+    )
     return GatewayConfig.single(url, server=server)
 
 
 @contextlib.asynccontextmanager
-async def https_gateway(url: str, issued: Issued) -> AsyncIterator[RunningServer]:
+async def https_gateway(url: str, issued: Issued, *, http2: bool = True) -> AsyncIterator[RunningServer]:
     """The gateway in front of ``url``, served over TLS with the Uvicorn options ``fastgate run`` uses."""
-    config = tls_config(url, issued)
+    config = tls_config(url, issued, http2=http2)
     options = {key: value for key, value in uvicorn_options(config).items() if key.startswith("ssl_")}
     async with run_gateway(Gateway(config), **options) as server:
         yield server
@@ -116,15 +118,21 @@ async def test_plain_http_to_the_tls_listener_gets_no_response(upstream: Running
             await client.get(f"http://127.0.0.1:{gw.port}/echo")
 
 
-async def test_tls_listener_offers_http_1_1_by_alpn_to_a_client_asking_for_h2(
-    upstream: RunningServer, issued: Issued
+@pytest.mark.parametrize(("http2", "chosen"), [(True, "h2"), (False, "http/1.1")])
+async def test_tls_listener_offers_h2_by_alpn_unless_http2_is_disabled(
+    upstream: RunningServer, issued: Issued, http2: bool, chosen: str
 ) -> None:
+    # Issue 18 changed this: the listener offered http/1.1 only before HTTP/2 was served.
     context = issued.client_context()
     context.set_alpn_protocols(["h2", "http/1.1"])
-    async with https_gateway(upstream.url, issued) as gw:
+    async with https_gateway(upstream.url, issued, http2=http2) as gw:
         stream = await anyio.connect_tcp("127.0.0.1", gw.port, tls=True, ssl_context=context, tls_hostname="127.0.0.1")
         async with stream:
-            assert stream.extra(anyio.streams.tls.TLSAttribute.alpn_protocol) == "http/1.1"
+            assert stream.extra(anyio.streams.tls.TLSAttribute.alpn_protocol) == chosen
+            if chosen == "h2":
+                with anyio.fail_after(10):
+                    first = await stream.receive()
+                assert first[3:4] == b"\x04"  # the server speaks first in HTTP/2: its SETTINGS frame
 
 
 def tls_1_1_client(issued: Issued) -> ssl.SSLContext:

@@ -57,6 +57,14 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "redis": NESTED,
         "admin": NESTED,
     },
+    models.Http2Config: {
+        "enabled": PUBLIC,
+        "max_concurrent_streams": PUBLIC,
+        "initial_stream_window_bytes": PUBLIC,
+        "initial_connection_window_bytes": PUBLIC,
+        "max_header_list_bytes": PUBLIC,
+        "max_frame_bytes": PUBLIC,
+    },
     models.ServerConfig: {
         "host": PUBLIC,
         "port": PUBLIC,
@@ -90,6 +98,7 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "ws_client_ping_timeout": PUBLIC,
         "ws_per_message_deflate": PUBLIC,
         "merge_slashes": PUBLIC,
+        "http2": NESTED,
         "tls": NESTED,
         "trusted_proxies": PUBLIC,  # the proxies' CIDR blocks, no secret
     },

@@ -32,6 +32,8 @@ from h2.events import (
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 
+from . import PREFACE
+
 __all__ = [
     "PREFACE",
     "ConnectionTerminated",
@@ -59,8 +61,6 @@ __all__ = [
     "client_connection",
     "server_connection",
 ]
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4: what a client sends first (h2c prior knowledge)
 
 
 def server_connection(

@@ -4,7 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ServerConfig
+from ..config import Http2Config, ServerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Limits:
+    """``server.http2``: what an HTTP/2 connection tells its client, and whether h2 is served at all."""
+
+    enabled: bool = True
+    max_concurrent_streams: int = 100
+    initial_stream_window: int = 1048576
+    initial_connection_window: int = 4194304
+    max_header_list: int = 65536
+    max_frame: int = 16384
+
+    @classmethod
+    def from_config(cls, http2: Http2Config) -> Http2Limits:
+        return cls(
+            http2.enabled,
+            http2.max_concurrent_streams,
+            http2.initial_stream_window_bytes,
+            http2.initial_connection_window_bytes,
+            http2.max_header_list_bytes,
+            http2.max_frame_bytes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +53,8 @@ class ServerLimits:
     lingering_timeout: float = 5.0
     max_lingering_bytes: int = 4 * 1024 * 1024
     underscores_in_headers: bool = False
+    http2: Http2Limits = Http2Limits()
+    graceful_timeout: float = 30.0
 
     @classmethod
     def from_config(cls, server: ServerConfig) -> ServerLimits:
@@ -49,6 +74,8 @@ class ServerLimits:
             lingering_timeout=server.lingering_timeout,
             max_lingering_bytes=server.max_lingering_bytes,
             underscores_in_headers=server.underscores_in_headers,
+            http2=Http2Limits.from_config(server.http2),
+            graceful_timeout=server.graceful_timeout,
         )
 
     @property

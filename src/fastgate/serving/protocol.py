@@ -64,8 +64,10 @@ from ..exceptions import (
     UriTooLong,
     VersionNotSupported,
 )
+from ..http2 import PREFACE
 from ..observability.logging import access_logger, error_logger
 from ..proxy.disconnect import new_cancel_scope
+from ..proxy.downstream import Downstream
 from ..proxy.headers import new_request_id
 from .cycle import STATUS_LINES, RequestCycle
 from .head import check_host, check_target, check_version
@@ -104,7 +106,7 @@ def _limits_for(app: Any) -> ServerLimits:
     return ServerLimits()
 
 
-def _handler_of(app: Any) -> Callable[[RequestCycle], Awaitable[None]] | None:
+def _handler_of(app: Any) -> Callable[[Downstream], Awaitable[None]] | None:
     """The app's own request handler, when the app served is the gateway itself (no middleware around it) and offers
     one (``Gateway.fastgate_handler``: None when ``FASTGATE_DRIVER=asgi`` asks for the ASGI adapter)."""
     handler = getattr(app, "fastgate_handler", None)
@@ -173,6 +175,7 @@ class HttpProtocol(asyncio.Protocol):
         self._next: asyncio.Future[RequestCycle | None] | None = None  # the task waits here for the next request
         self._queued: RequestCycle | None = None  # a request started while the task finished the one before
         self.cancel_scope: anyio.CancelScope | None = None  # the connection task's, while it runs (ConnectionScope)
+        self._preface = b""  # the start of an HTTP/2 preface, until all of its 24 bytes are here
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -196,6 +199,10 @@ class HttpProtocol(asyncio.Protocol):
             self.server_state.connections.add(self)  # type: ignore[arg-type]
         self.sweeper.add(self)
         self._arm(_FIRST, self.limits.header_timeout)
+        if self.scheme == "https" and self.limits.http2.enabled:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._to_http2(b"")
 
     # -- the TLS handshake (serving/handshake.py runs it when fastgate's loop serves the listener) ----------------
 
@@ -242,6 +249,11 @@ class HttpProtocol(asyncio.Protocol):
                 self._discard(len(data))  # lingering close: dropped, never parsed
             return
         if self.phase == _IDLE or self.phase == _FIRST:
+            if self.phase == _FIRST and (self._preface or data[:1] == b"P") and not self.requests:
+                rest = self._h2c_preface(data)
+                if rest is None:
+                    return
+                data = rest
             # self._arm(_HEAD, header_timeout), inline: a call less on every request
             self.phase = _HEAD
             timeout = self.limits.header_timeout
@@ -287,6 +299,31 @@ class HttpProtocol(asyncio.Protocol):
                 self._fail(VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served on this port"))
             else:
                 self._fail(BadRequest(f"malformed request: {exc}"))
+
+    def _h2c_preface(self, data: bytes) -> bytes | None:
+        """h2c with prior knowledge: a connection that opens with the HTTP/2 preface becomes an HTTP/2 one
+        (``server.http2.enabled``; when off, the preface is parsed as HTTP/1.1 and gets 505). None: taken (or
+        waiting for the rest of the preface); else the bytes to parse as HTTP/1.1."""
+        seen = self._preface + data
+        size = min(len(seen), len(PREFACE))
+        if seen[:size] != PREFACE[:size] or not self.limits.http2.enabled:
+            self._preface = b""
+            return seen
+        if size < len(PREFACE):
+            self._preface = seen
+            return None
+        self._preface = b""
+        self._to_http2(seen)
+        return None
+
+    def _to_http2(self, data: bytes) -> None:
+        """Hand the connection to fastgate's HTTP/2 server (``http2/server.py``) with the bytes read so far."""
+        from ..http2.server import H2Server
+
+        self.sweeper.discard(self)
+        self.server_state.connections.discard(self)
+        self.closed = True  # this protocol is done with the connection: nothing more reaches it
+        H2Server(self).start(data)
 
     def pause_writing(self) -> None:
         self.write_paused = True
