@@ -475,6 +475,13 @@ def _describe(run: Run) -> str:
     return f"{run.value:,.0f} {run.unit}, p50 {run.p50_ms:.1f} / p99 {run.p99_ms:.1f} ms, {errs} errors{rss}{cpu}"
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -530,7 +537,12 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "duration_s": args.duration,
         "pinning": "upstream nginx (HTTP/1.1 and h2c), grpcio server and h2load (-t1) on CPU 0; proxy on CPU 1",
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "cpu": _cpu_model(),
+            "python": platform.python_version(),
+        },  # fmt: skip
         "versions": versions,
         "notes": "H1/G1 µs CPU/req per request; B64's µs CPU/req is per 64 MiB download; IDLE's value is bytes of "
         "RSS per idle connection (idle RSS = before, peak = with the connections open)",
