@@ -43,7 +43,7 @@ from tests.servers import GatewayProcess, RunningServer, answer_lifespan, free_p
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("docs/config.md", "docs/security.md")
+DOCS = ("docs/config.md", "docs/security.md", "docs/http2.md")
 MARKER = re.compile(r"^<!-- example: ([a-z0-9-]+) -->$")
 FENCE = re.compile(r"^```(\S*)\s*$")
 CONFIG_SECTIONS = frozenset({"server", "upstreams", "routes", "admin", "redis", "metrics", "tracing"})
@@ -146,6 +146,7 @@ class DocUpstream:
             "query": scope["query_string"].decode("latin-1"),
             "headers": headers,
             "body_size": size,
+            "http_version": scope.get("http_version"),
         }
         self.requests.append(record)
         if path == "/check":
@@ -192,6 +193,7 @@ class Env:
     signing: SigningKey = field(default_factory=lambda: _SIGNING)
     port: int = 0
     admin_port: int = 0
+    h2_ports: dict[str, int] = field(default_factory=dict)
     gateway: GatewayProcess | None = None
     tls: bool = False
     ca: Any = None
@@ -211,6 +213,30 @@ class Env:
         await self.upstream(name)
         parts = urlsplit(original)
         return urlunsplit(("http", f"127.0.0.1:{self.servers[name].port}", parts.path, parts.query, ""))
+
+    async def h2_url_of(self, name: str, original: str, *, tls: bool) -> str:
+        """``original`` pointed at a local HTTP/2 server for ``name`` (Hypercorn: h2c, or h2 over TLS)."""
+        from tests.upstream.h2_servers import run_hypercorn
+
+        if name not in self.apps:
+            app = DocUpstream(name, jwks=jwks(self.signing))
+            self.apps[name] = app
+            files = self.upstream_tls_files() if tls else {}
+            running = await self.stack.enter_async_context(
+                run_hypercorn(app, certfile=files.get("cert_file"), keyfile=files.get("key_file"))
+            )
+            self.h2_ports[name] = running.port
+        parts = urlsplit(original)
+        scheme = "https" if tls else "http"
+        return urlunsplit((scheme, f"127.0.0.1:{self.h2_ports[name]}", parts.path, parts.query, ""))
+
+    def upstream_tls_files(self) -> dict[str, str]:
+        """A certificate for 127.0.0.1 signed by this test's CA, and the CA as ``ca_file``."""
+        self.tls_files()  # makes the CA
+        path = self.tmp / "upstream-ca.pem"
+        if not path.exists():
+            self.ca.cert_pem.write_to_path(str(path))
+        return {**self.tls_files(), "ca_file": str(path)}
 
     def seen(self, name: str, path: str | None = None) -> list[dict[str, Any]]:
         requests = self.apps[name].requests if name in self.apps else []
@@ -307,6 +333,12 @@ class Env:
             if "redis" in stores and "redis" not in data:
                 data["redis"] = {"url": self.redis.url}  # the example leaves the top-level redis to its section
         for name, upstream in upstreams.items():
+            if upstream.get("protocol") in ("h2c", "h2"):
+                tls = upstream["protocol"] == "h2"
+                upstream["url"] = await self.h2_url_of(name, upstream["url"], tls=tls)
+                if tls:
+                    upstream["ca_file"] = self.upstream_tls_files()["ca_file"]
+                continue
             if "url" in upstream:
                 upstream["url"] = await self.url_of(name, upstream["url"])
             for index, target in enumerate(upstream.get("targets", [])):
@@ -795,6 +827,21 @@ async def env(tmp_path: Path, doc_redis: RedisServer) -> AsyncIterator[Env]:
         env = Env(tmp_path, stack, doc_redis)
         await env.redis_keys(flush=True)  # buckets are named by route position: no case may see another's
         yield env
+
+
+@case("http2-upstream-h2c")
+async def _http2_upstream_h2c(env: Env) -> None:
+    async with env.serve("http2-upstream-h2c"), env.client() as client:
+        response = await client.post("/orders/1", content=b"x" * 100_000)
+        assert response.json()["http_version"] == "2" and response.json()["body_size"] == 100_000
+        assert response.json()["headers"]["host"] == f"127.0.0.1:{env.port}"  # :authority from the client's Host
+
+
+@case("http2-upstream-h2-tls")
+async def _http2_upstream_h2_tls(env: Env) -> None:
+    async with env.serve("http2-upstream-h2-tls"), env.client() as client:
+        response = await client.get("/x")
+        assert response.status_code == 200 and response.json()["http_version"] == "2"  # ALPN chose h2
 
 
 def test_every_config_example_in_the_docs_has_a_marker_and_a_case() -> None:

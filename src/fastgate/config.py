@@ -362,6 +362,24 @@ class CircuitBreakerConfig(_Model):
     max_retries: int = Field(3, ge=0)
 
 
+class UpstreamHttp2(_Model):
+    """How an ``h2``/``h2c`` upstream's connections are used (``upstream/h2/``).
+
+    >>> UpstreamHttp2(max_concurrent_streams=50).keepalive_interval
+    30.0
+
+    A connection takes streams up to the smaller of ``max_concurrent_streams`` and the peer's
+    SETTINGS_MAX_CONCURRENT_STREAMS; an idle connection is pinged every ``keepalive_interval`` seconds (``None``:
+    never) and closed when the PING is not answered in time.
+    """
+
+    max_concurrent_streams: int = Field(100, ge=1, le=2**31 - 1)
+    keepalive_interval: float | None = Field(30.0, gt=0)
+
+
+UpstreamProtocol = Literal["http1", "h2c", "h2"]
+
+
 Balancer = Literal["round_robin", "least_request", "random", "consistent_hash"]
 
 
@@ -394,6 +412,24 @@ class UpstreamConfig(_Model):
     # streams header lines would otherwise grow the process until the read timeout. Then 502, as nginx does.
     max_response_header_bytes: int = Field(65536, ge=1024)
     websocket: WebSocketOptions = Field(default_factory=WebSocketOptions)
+    # Declared last: the protocol's check reads the URLs and the transport validated before it.
+    protocol: UpstreamProtocol = "http1"
+    http2: UpstreamHttp2 = Field(default_factory=UpstreamHttp2)
+
+    @field_validator("protocol")
+    @classmethod
+    def _check_protocol(cls, value: UpstreamProtocol, info: ValidationInfo) -> UpstreamProtocol:
+        if value == "http1":
+            return value
+        if info.data.get("transport") == "httpx":
+            raise ValueError(f"{value} needs transport: fastgate (the httpx transport speaks HTTP/1.1 here)")
+        urls = [info.data["url"]] if info.data.get("url") else [t.url for t in info.data.get("targets") or ()]
+        wanted = "https" if value == "h2" else "http"
+        for url in urls:
+            if urlsplit(url).scheme != wanted:
+                how = "h2 is HTTP/2 over TLS" if value == "h2" else "h2c is HTTP/2 over plain TCP"
+                raise ValueError(f"{value} needs {wanted}:// URLs ({how}), got {safe_url(url)!r}")
+        return value
 
     @field_validator("ca_file")
     @classmethod

@@ -121,7 +121,10 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "forwarded": PUBLIC,
         "max_response_header_bytes": PUBLIC,
         "websocket": NESTED,
+        "protocol": PUBLIC,
+        "http2": NESTED,
     },
+    models.UpstreamHttp2: {"max_concurrent_streams": PUBLIC, "keepalive_interval": PUBLIC},
     models.UpstreamTarget: {"url": URL, "weight": PUBLIC},
     models.HealthCheck: {
         "path": URL,  # a path whose query may carry a token

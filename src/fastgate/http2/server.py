@@ -19,10 +19,16 @@ Limits and hostile clients (docs/http2.md has the table):
   ``trailers``, a ``content-length`` that disagrees with the DATA, CR, LF or NUL in a field): the connection is
   closed with ``GOAWAY`` ``PROTOCOL_ERROR`` and nothing of the stream reaches an upstream (a stream whose body was
   being forwarded is cancelled, and its upstream request aborted). Checks the codec does not make are made here
-  (``:path`` form, its length, the authority's syntax, CONNECT), answered 400/414 on the stream.
+  (``:method`` a token; ``:path`` form, characters and length; the authority's syntax; CONNECT; a non-zero
+  ``content-length`` on a HEADERS frame that ends the stream), answered 400/414 on the stream before anything goes
+  upstream.
 * rapid reset (CVE-2023-44487), PING and SETTINGS floods: ``http2/guard.py`` counts them; over the allowance the
   client is told ``GOAWAY`` ``ENHANCE_YOUR_CALM`` and the connection closes. A CONTINUATION flood and an HPACK bomb
   are bounded by the codec (64 CONTINUATION frames at most; the decoded header list by ``max_header_list_bytes``).
+* a connection ended with ``GOAWAY`` (an error, a flood, a drain) closes as ``serving/protocol.py`` closes after an
+  early answer: FIN once the GOAWAY has gone, then what the client still sends is read and dropped (within
+  ``lingering_time``, ``lingering_timeout`` and ``max_lingering_bytes``), so no RST destroys the GOAWAY before the
+  client reads it. Over TLS, and in a graceful shutdown, the socket is closed at once.
 * deadlines, checked by the server's one sweep: no stream open for ``keepalive_timeout`` (GOAWAY, close); a stream
   waiting on the client's window, or a client taking no bytes, for ``send_timeout`` (the stream is reset, the
   connection cut); a connection of a config a reload retired is told GOAWAY and drains; a graceful shutdown sends
@@ -63,6 +69,10 @@ if TYPE_CHECKING:
     from ..serving.protocol import HttpProtocol
 
 _NO_OPTIONS: dict[str, Any] = {}
+# RFC 9110 §5.6.2 tchar: a method is a token. The codec checks only CR, LF and NUL in pseudo-header values, and an
+# HTTP/1.1 upstream's request line is built from :method and :path, so a space in either would split that line.
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SPACE_OR_CTL = bytes(range(0x21)) + b"\x7f"
 WRITE_HIGH = 256 * 1024  # bytes queued for the client above which a stream's sends wait for the socket
 
 
@@ -99,6 +109,11 @@ class H2Server(asyncio.Protocol):
         self.write_paused_since = 0.0
         self.idle_since = self.loop.time()
         self._drain: asyncio.Future[None] | None = None
+        self._flush_due = False  # a _flush_now is scheduled for the end of this loop turn
+        self._linger_until = 0.0  # lingering close after GOAWAY: the deadline of the whole linger, and of a silence
+        self._linger_idle = 0.0
+        self._linger_left = 0  # bytes still to be dropped before the socket is closed anyway
+        self._stopping = False  # a graceful shutdown: closed without lingering, so the shutdown waits for nobody
         self._resets = ResetGuard(min_streams=max(100, h2.max_concurrent_streams))
         self._pings = TokenBucket(rate=10.0, burst=100.0)
         self._settings = TokenBucket(rate=10.0, burst=100.0)
@@ -124,6 +139,8 @@ class H2Server(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            if self._linger_until:
+                self._discard(len(data))  # lingering close: dropped, never parsed
             return
         try:
             events = self.conn.receive_data(data)
@@ -178,7 +195,7 @@ class H2Server(asyncio.Protocol):
                     return
             elif isinstance(event, TrailersReceived):
                 pass  # not forwarded (an HTTP/1.1 upstream could not take them); END_STREAM follows
-        self._flush()
+        self._flush_now()
 
     def eof_received(self) -> bool | None:
         return None
@@ -222,6 +239,7 @@ class H2Server(asyncio.Protocol):
         headers: list[tuple[bytes, bytes]] = []
         cookies: list[bytes] = []
         host: bytes | None = None
+        declared = False  # a non-zero content-length
         underscores = self.limits.underscores_in_headers
         for name, value in event.headers or ():
             if name[:1] == b":":
@@ -239,16 +257,25 @@ class H2Server(asyncio.Protocol):
                 continue  # dropped, as on HTTP/1.1 (nginx's underscores_in_headers off)
             if name == b"host":
                 host = value
+            elif name == b"content-length" and value.lstrip(b"0"):
+                declared = True
             headers.append((name, value))
         ended = event.stream_ended is not None
         text = method.decode("latin-1")
         stream = H2Stream(self, stream_id, text, path, headers, not ended)
         self.streams[stream_id] = stream
         try:
+            if not method or method.translate(None, _TCHAR):
+                raise BadRequest(":method is not a token")
             if method == b"CONNECT":
                 raise BadRequest("CONNECT is not served")
             if path[:1] != b"/" and not (method == b"OPTIONS" and path == b"*"):
                 raise BadRequest(":path is not an absolute path")
+            if len(path.translate(None, _SPACE_OR_CTL)) != len(path):
+                raise BadRequest(":path holds a space or a control character")
+            if ended and declared:
+                # RFC 9113 §8.1.1: content-length must equal the DATA sent, and END_STREAM came with the HEADERS
+                raise BadRequest("content-length with no body")
             if len(path) > self.limits.max_uri_bytes:
                 raise UriTooLong(f"request target over {self.limits.max_uri_bytes} bytes")
             if host is None:
@@ -416,7 +443,7 @@ class H2Server(asyncio.Protocol):
         """DATA frames for ``data``, within the client's windows and frame size; waits for the window when shut."""
         conn = self.conn
         view = memoryview(data)
-        sent = 0
+        sent = flushed = 0
         total = len(data)
         while sent < total:
             if self.closed or stream.reset:
@@ -428,14 +455,17 @@ class H2Server(asyncio.Protocol):
                 return
             size = min(window, conn.max_outbound_frame_size, total - sent)
             if size <= 0:
+                self._flush_now()
                 await stream.wait_window()
                 continue
             last = sent + size >= total
-            conn.send_data(stream.stream_id, view[sent : sent + size].tobytes(), end_stream=end and last)
+            conn.send_data(stream.stream_id, view[sent : sent + size], end_stream=end and last)
             sent += size
-            self._flush()
-            if self.write_paused:
-                await self.drain()
+            if sent - flushed >= WRITE_HIGH or last:
+                flushed = sent
+                self._flush_now()  # the frames of a piece go out in one write (a frame costs ~10 µs of h2 already)
+                if self.write_paused:
+                    await self.drain()
 
     def reset_stream(self, stream: H2Stream) -> None:
         if not stream.reset:
@@ -452,6 +482,14 @@ class H2Server(asyncio.Protocol):
             pass
 
     def _flush(self) -> None:
+        """Write what the codec has for the client at the end of this loop turn: the frames of every stream that
+        sends in the same turn go out in one write (one system call for ten responses under ``h2load -m 10``)."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
         data = self.conn.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
@@ -473,6 +511,10 @@ class H2Server(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Uvicorn's graceful shutdown: GOAWAY; open streams finish (within ``graceful_timeout``)."""
+        self._stopping = True
+        if self._linger_until:
+            self.abort()  # closed already, only lingering: no reason to keep the shutdown waiting
+            return
         self.goaway()
 
     def _calm(self, why: str) -> None:
@@ -492,14 +534,45 @@ class H2Server(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.closed:
+            self._flush_now()  # what is owed goes out before the close (a GOAWAY, the last stream's end)
             self.closed = True
-            self.transport.close()
+            self._linger()
         for stream in list(self.streams.values()):
             stream.lost()
 
+    def _linger(self) -> None:
+        """Close after GOAWAY as serving/protocol.py closes after an early answer (nginx's lingering close): FIN once
+        the GOAWAY has gone, then what the client still sends is read and dropped until it closes, is silent for
+        ``lingering_timeout``, has sent ``max_lingering_bytes`` or ``lingering_time`` has passed. A plain close with
+        the client's frames unread would make the kernel send RST, which can destroy the GOAWAY (and its error code
+        and last stream id) before the client reads it. Over TLS there is no half-close, and a graceful shutdown
+        waits for no client: closed at once."""
+        limits = self.limits
+        transport = self.transport
+        if self._stopping or not limits.lingering_time or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        now = self.loop.time()
+        self._linger_until = now + limits.lingering_time
+        self._linger_idle = now + limits.lingering_timeout
+        self._linger_left = limits.max_lingering_bytes
+
+    def _discard(self, size: int) -> None:
+        self._linger_left -= size
+        if self._linger_left < 0:
+            self._end_linger()
+        else:
+            self._linger_idle = self.loop.time() + self.limits.lingering_timeout
+
+    def _end_linger(self) -> None:
+        self._linger_until = 0.0
+        self.transport.close()
+
     def abort(self) -> None:
-        if not self.closed:
+        if not self.closed or self._linger_until:
             self.closed = True
+            self._linger_until = 0.0
             self.transport.abort()
         for stream in list(self.streams.values()):
             stream.lost()
@@ -508,6 +581,8 @@ class H2Server(asyncio.Protocol):
 
     def check(self, now: float) -> None:
         if self.closed:
+            if self._linger_until and (now >= self._linger_until or now >= self._linger_idle):
+                self._end_linger()
             return
         limits = self.limits
         gateway = self.gateway

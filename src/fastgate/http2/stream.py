@@ -261,6 +261,11 @@ class H2Stream:
         if self._no_body:
             data = b""
         end = not more and not self._trailers
+        if self._head is not None and not data and not more and self._trailers:
+            # No body at all and trailers to come: the head waits for them, so that a response the upstream sent as
+            # one HEADERS frame (gRPC's Trailers-Only) goes out as one too (send_trailers).
+            self._trailers_due = True
+            return
         head, self._head = self._head, None
         if head is not None:
             self.conn.send_headers(self, head, end and not data)
@@ -285,6 +290,13 @@ class H2Stream:
         if not self._trailers_due:
             raise RuntimeError("Unexpected response trailers: the body has not ended, or none were announced.")
         self._trailers_due = False
+        head, self._head = self._head, None
+        if head is not None:  # a response without body (above)
+            if not fields:
+                self.conn.send_headers(self, head, True)  # Trailers-Only, relayed as it came
+                self._complete()
+                return
+            self.conn.send_headers(self, head, False)
         out: list[tuple[bytes, bytes]] = []
         for name, value in fields:
             name = name.lower()

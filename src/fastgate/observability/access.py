@@ -7,7 +7,9 @@ format needs the handler's formatter to be ``%(message)s`` (:func:`fastgate.obse
 
 JSON fields (stable, for log shippers): ``time`` (RFC 3339, UTC, milliseconds), ``client``, ``method``, ``target``,
 ``http_version``, ``status``, ``bytes``, ``duration`` (seconds), ``route``, ``upstream``, ``upstream_address``,
-``request_id``, ``trace_id``, ``retries``, ``outcome``, ``websocket``.
+``request_id``, ``trace_id``, ``retries``, ``outcome``, ``websocket``; on a gRPC request only, ``grpc_status``
+(a number, or null when the exchange ended without one). The text line of a gRPC request has ``grpc_status=N``
+(``-``: none) after the request id and trace id.
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ def format_text(record: ExchangeRecord) -> str:
         f'{record.client} - "{record.method} {record.target} HTTP/{record.http_version}" {status}'
         f" {record.bytes_sent} {record.duration_s * 1000:.1f}ms upstream={record.upstream}"
         f" request_id={record.request_id}{f' trace_id={trace_id}' if trace_id else ''}"
-        f"{f' ({outcome})' if outcome else ''}"
+        f"{_grpc_text(record) if record.grpc else ''}{f' ({outcome})' if outcome else ''}"
     )
+
+
+def _grpc_text(record: ExchangeRecord) -> str:
+    code = record.grpc_status
+    return f" grpc_status={'-' if code is None else code}"
 
 
 _MILLISECONDS = tuple(f"{ms:03d}" for ms in range(1000))  # a timestamp's ".%03d", formatted once
@@ -88,8 +95,13 @@ def format_json(record: ExchangeRecord, now: float | None = None) -> str:
         f',"route":{_json_str(record.route)},"upstream":{_json_str(record.upstream)}'
         f',"upstream_address":{_json_str(record.upstream_address)},"request_id":{_json_str(record.request_id)}'
         f',"trace_id":{_json_str(record.trace_id)},"retries":{record.retries},"outcome":{_json_str(outcome)}'
-        f',"websocket":{"true" if websocket else "false"}}}'
+        f',"websocket":{"true" if websocket else "false"}{_grpc_json(record) if record.grpc else ""}}}'
     )
+
+
+def _grpc_json(record: ExchangeRecord) -> str:
+    code = record.grpc_status
+    return f',"grpc_status":{"null" if code is None else code}'
 
 
 def access_formatter(access_log_format: AccessLogFormat) -> Formatter:

@@ -217,6 +217,11 @@ class Metrics:
             "Requests and retries refused by an upstream's circuit breaker, by threshold.",
             ["upstream", "threshold"],
         )
+        self.grpc_responses: Any = families.counter(
+            "fastgate_grpc_responses",
+            'gRPC requests answered, by route, upstream and grpc-status ("none": the exchange ended without one).',
+            ["route", "upstream", "grpc_status"],
+        )
         self.config_reloads: Any = families.counter(
             "fastgate_config_reload", "Configuration reloads, by result.", ["result"]
         )
@@ -336,6 +341,9 @@ class Metrics:
             exchange.duration.observe(record.duration_s)
         if record.retries:
             exchange.retries.inc(record.retries)
+        if record.grpc:
+            code = record.grpc_status
+            self.grpc_responses.labels(record.route, record.upstream, "none" if code is None else str(code)).inc()
 
     def upstream_try(self, upstream: str, target: str, code: int | str) -> None:
         """Count one upstream try: its status code, or the fastgate error code (``upstream_timeout``) it ended in."""

@@ -24,7 +24,9 @@ class ExchangeRecord:
     did not end normally (``"client disconnected"``, ``"upstream_timeout: ..."``); for HTTP an outcome that starts
     with ``client`` is logged and counted as 499 (a WebSocket session keeps its 101). ``route`` is the route's
     name, or its index as a string, never the path. ``duration_s`` is seconds from the request's start to its
-    last byte (for WebSocket: the session's end).
+    last byte (for WebSocket: the session's end). ``grpc`` marks a gRPC request; ``grpc_status`` is the status
+    its client was given (the upstream's, relayed from a Trailers-Only head or the trailers, or the gateway's own
+    answer), None when the exchange ended without one.
     """
 
     route: str = ""
@@ -42,6 +44,8 @@ class ExchangeRecord:
     retries: int = 0
     outcome: str = ""
     websocket: bool = False
+    grpc: bool = False  # a gRPC request (content-type application/grpc*)
+    grpc_status: int | None = None  # its grpc-status as the client got it (head or trailers); None: none seen
 
     @property
     def logged_status(self) -> int:

@@ -76,7 +76,8 @@ class AsgiDownstream:
         self.method: str = scope["method"]
         self.target = target if target is not None else request_target(scope)
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
-        self.http_version: str = scope.get("http_version", "1.1")
+        version: str = scope.get("http_version", "1.1")
+        self.http_version = "2.0" if version == "2" else version  # the access line's HTTP/2.0, as the native driver's
         self.scheme: str = scope.get("scheme", "http")
         self.client: tuple[str, int] | None = scope.get("client")
         extensions = scope.get("extensions") or {}

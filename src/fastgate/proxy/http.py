@@ -72,7 +72,9 @@ from .asgi import AsgiDownstream
 from .bodylimit import declared_too_large, request_body
 from .buffering import BufferedBody, prebuffer
 from .downstream import DisconnectScope, Downstream
-from .errors import answer_error, error_parts
+from .errors import answer_error, error_parts, grpc_answer
+from .grpc import is_grpc
+from .grpcstream import GrpcDownstream
 from .headers import HeaderRules, new_request_id, response_headers
 from .readahead import ReadAheadLimits, ResponseSpool, relay_ahead
 from .trailers import response_trailers
@@ -176,9 +178,17 @@ def _ended_by(disconnect: DisconnectScope, method: str, target: bytes, request_i
     return "client disconnected" if disconnect.disconnected else ""
 
 
-async def send_answer(down: Downstream, answer: Answer, request_id: bytes) -> None:
-    """Send a plugin's early :class:`Answer` (content-length and x-request-id added)."""
-    await down.send_head(answer.status, answer.raw_headers(request_id), defer=True)
+async def send_answer(
+    down: Downstream, answer: Answer, request_id: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Send a plugin's early :class:`Answer` (content-length and x-request-id added; ``headers``: those as changed
+    by the plugins' early hooks). On a gRPC request, a Trailers-Only answer instead (``errors.grpc_answer``)."""
+    if headers is None:
+        headers = answer.raw_headers(request_id)
+    if is_grpc(down.headers):
+        await grpc_answer(down, answer, headers, request_id)
+        return
+    await down.send_head(answer.status, headers, defer=True)
     await down.send_body(answer.body, False)
 
 
@@ -291,6 +301,12 @@ async def exchange(
     cancelled = False  # the client went and the driver's cancellation is on its way out: finish shielded
     if route.buffer_body is not None:
         buffer_body = route.buffer_body
+    grpc_down: GrpcDownstream | None = None
+    if method == "POST" and is_grpc(down.headers):
+        # gRPC: the status and the deadline watched (proxy/grpcstream.py); the body streams message by message, so
+        # neither request_buffering nor the prebuffer may hold it back (a bidi client may wait for the server first).
+        down = grpc_down = GrpcDownstream(down)
+        buffer_body = None
     address = client[0].encode("latin-1") if client else b"unknown"
     try:
         try:
@@ -302,6 +318,8 @@ async def exchange(
             await answer_error(down, exc, request_id)
             return
         request_id = head.request_id
+        if grpc_down is not None:
+            grpc_down.request_id = request_id
         if head.client is not None:  # from a trusted proxy: the client its X-Forwarded-For names (port unknown: 0)
             client = (head.client, 0)
             record.client = f"{head.client}:0"
@@ -367,8 +385,7 @@ async def exchange(
                         if chain.has_early and context.answered_at > 0:
                             early = answer.raw_headers(request_id)
                             early = await _early_head(chain, context, status, early, request_id)
-                            await down.send_head(status, early, defer=True)
-                            await down.send_body(answer.body, False)
+                            await send_answer(down, answer, request_id, early)
                         else:
                             await send_answer(down, answer, request_id)
                         sent = len(answer.body)
@@ -388,7 +405,8 @@ async def exchange(
                     elif head.body_length:
                         # counted against max_body_bytes only when chunked: the server's framing holds a Content-Length
                         limit = route.max_body if head.body_length == CHUNKED else None
-                        if options.prebuffer_bytes:  # no upstream connection until the body's first bytes are here
+                        # no upstream connection until the body's first bytes are here (gRPC: none, it streams)
+                        if options.prebuffer_bytes and grpc_down is None:
                             first = await prebuffer(down.read_body, options.prebuffer_bytes, limit)
                             if first.complete:  # the whole body: upstream in one piece (framed as the client framed it)
                                 read_whole = True
@@ -510,6 +528,12 @@ async def exchange(
             raise
         outcome = _ended_by(disconnect, method, target, request_id) or outcome
     finally:
+        if grpc_down is not None:
+            status = grpc_down.status or status  # a gRPC error answer goes out as a 200
+            record.grpc_status = grpc_down.grpc_status
+            record.grpc = True
+            if grpc_down.deadline_exceeded:
+                outcome = outcome or "grpc-timeout expired"
         record.duration_s = perf_counter() - started_at
         record.target = target.decode("latin-1")
         record.status = status

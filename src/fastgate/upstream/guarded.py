@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import UpstreamConfig
 from ..exceptions import UpstreamOverflow
@@ -31,6 +32,9 @@ from .cluster import Cluster, _Tracked
 from .overflow_log import OverflowLog
 from .pool import ConnectionPool
 from .transport import UpstreamRequest, UpstreamResponse
+
+if TYPE_CHECKING:
+    from .h2.pool import Http2Pool
 
 
 @dataclass(slots=True)
@@ -77,6 +81,16 @@ class GuardedCluster(Cluster):
         for pool in self.pools:
             pool.breaker = self.breaker
             pool.siblings = self.pools
+        # HTTP/2 pools (protocol: h2c | h2) take the same breaker; an upstream's targets share one protocol.
+        # Found by attribute, not isinstance: importing the HTTP/2 pool would load the codec for every breaker.
+        self.h2_pools: list[Http2Pool] = []
+        for target in self.targets:
+            h2_pool = getattr(target.transport, "pool", None)
+            if getattr(h2_pool, "multiplexed", False):
+                self.h2_pools.append(h2_pool)  # type: ignore[arg-type]  # an Http2Pool, by its class attribute
+        for h2_pool in self.h2_pools:
+            h2_pool.breaker = self.breaker
+            h2_pool.siblings = self.h2_pools
         self.overflow_log = OverflowLog(name)  # refusals logged once per burst (proxy/http.py)
 
     def __repr__(self) -> str:
@@ -95,6 +109,6 @@ class GuardedCluster(Cluster):
 
     def breaker_stats(self) -> BreakerStats:
         """The breaker's counters, with the connections open now across the targets' pools."""
-        if self.pools:
-            self.breaker.connections = sum(pool.size for pool in self.pools)
+        if self.pools or self.h2_pools:
+            self.breaker.connections = sum(pool.size for pool in self.pools) + sum(p.size for p in self.h2_pools)
         return self.breaker.stats()

@@ -257,6 +257,10 @@ def create_target_transport(name: str, config: UpstreamConfig) -> Transport:
         from .httpx_transport import HttpxTransport
 
         return HttpxTransport(name, config)
+    if config.protocol != "http1":
+        from .h2.transport import H2Transport
+
+        return H2Transport(name, config)
     return FastgateTransport(name, config)
 
 
