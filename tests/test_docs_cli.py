@@ -648,6 +648,36 @@ async def _request_buffering(env: Env) -> None:
         assert larger.json()["body_size"] == 3 * MIB  # its own max_body_bytes
 
 
+@case("http2-grpc-web")
+async def _grpc_web(env: Env) -> None:
+    from fastgate._protocol import FastgateHttpProtocol
+    from tests.grpc_http1 import GrpcUpstream, frame
+
+    grpc_server = await env.stack.enter_async_context(run_server(GrpcUpstream(), http=FastgateHttpProtocol))
+
+    def to_grpc_upstream(data: dict[str, Any]) -> None:
+        data["upstreams"]["greeter"]["url"] = grpc_server.url  # an upstream that speaks gRPC framing
+
+    async with env.serve("http2-grpc-web", edit=to_grpc_upstream), env.client() as client:
+        preflight = await client.options(
+            "/helloworld.Greeter/SayHello",
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type,x-grpc-web,x-user-agent,grpc-timeout",
+            },
+        )
+        assert preflight.status_code == 204
+        call = await client.post(
+            "/helloworld.Greeter/SayHello",
+            content=frame(b"hi"),
+            headers={"origin": "https://app.example", "content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
+        assert call.status_code == 200 and call.headers["content-type"] == "application/grpc-web+proto"
+        assert call.headers["access-control-expose-headers"] == "grpc-status, grpc-message"
+        assert call.content == frame(b"hi") + b"\x80\x00\x00\x00\x10grpc-status: 0\r\n"
+
+
 @case("security-tls")
 async def _security_tls(env: Env) -> None:
     async with env.serve("security-tls"), env.client() as client:
@@ -940,3 +970,13 @@ async def test_the_config_fastgate_run_serves_equals_the_one_validated_in_proces
                     for chunked in (False, True):
                         status, _ = await post_raw(port, f"{prefix}/x", size, chunked=chunked, piece=1000)
                         assert status == (200 if fits else 413), (prefix, size, chunked)
+
+
+@case("http2-server")
+async def _http2_server(env: Env) -> None:
+    async with env.serve("http2-server"), env.client(http1=False, http2=True) as client:
+        response = await client.post("/x", content=b"y" * 300_000)  # past one 64 KiB default window
+        assert response.http_version == "HTTP/2"  # h2c by prior knowledge on the plain listener
+        assert response.json()["body_size"] == 300_000
+    async with env.client() as plain:
+        assert (await plain.get("/x")).http_version == "HTTP/1.1"  # HTTP/1.1 on the same port

@@ -38,6 +38,7 @@ from .process_signals import on_shutdown_signal, reload_on_sighup
 from .proxy.asgi import AsgiDownstream, request_target
 from .proxy.downstream import Downstream
 from .proxy.errors import answer_error
+from .proxy.grpcweb import GrpcWebDownstream, grpc_web_type
 from .proxy.headers import new_request_id
 from .proxy.http import ForwardOptions, exchange
 from .proxy.paths import PATH_KEY, plain_target, resolve_target
@@ -293,6 +294,8 @@ class Gateway:
         except ClientError as exc:
             await answer_error(down, exc, new_request_id())
             return
+        if route.config.grpc_web and (web_type := grpc_web_type(down.headers)) is not None:
+            down = GrpcWebDownstream(down, web_type)  # the core sees gRPC; the client gets gRPC-Web back
         options = snapshot.options.get(route.upstream)
         if options is None:
             error_logger.error("request before the gateway's lifespan started (mounted without entering it?)")

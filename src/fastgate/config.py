@@ -27,6 +27,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .exceptions import ConfigError
 from .observability.safe_url import safe_url
@@ -222,16 +223,20 @@ def _status_ranges(value: str) -> tuple[tuple[int, int], ...]:
 
 
 class HealthCheck(_Model):
-    """Active health checks: ``GET path`` on every target each ``interval`` seconds.
+    """Active health checks: ``GET path`` on every target each ``interval`` seconds; with ``type: grpc``, the gRPC
+    health protocol's ``Check`` call for ``service`` instead (``upstream/grpc_health.py``).
 
     >>> HealthCheck(path="/healthz").accepts(204)
     True
 
     A target is marked down after ``unhealthy_threshold`` failed checks in a row (no answer within ``timeout``, or a
-    status outside ``expected_status``) and up again after ``healthy_threshold`` good ones.
+    status outside ``expected_status``; for gRPC, anything but ``SERVING``) and up again after ``healthy_threshold``
+    good ones.
     """
 
-    path: str
+    type: Literal["http", "grpc"] = "http"
+    path: str = Field("", validate_default=True)  # required for type http, refused for grpc
+    service: str = ""  # type grpc: the HealthCheckRequest's service ("": the server as a whole)
     interval: float = Field(10.0, gt=0)
     timeout: float = Field(5.0, gt=0)
     unhealthy_threshold: int = Field(3, ge=1)
@@ -240,9 +245,23 @@ class HealthCheck(_Model):
 
     @field_validator("path")
     @classmethod
-    def _check_path(cls, value: str) -> str:
+    def _check_path(cls, value: str, info: ValidationInfo) -> str:
+        grpc = info.data.get("type") == "grpc"
+        if not value:
+            if not grpc:
+                raise PydanticCustomError("missing", "Field required")  # as before type existed
+            return value
+        if grpc:
+            raise ValueError("only for HTTP checks (a gRPC check calls grpc.health.v1.Health/Check)")
         if not value.startswith("/") or not value.isascii() or any(c.isspace() or c == "#" for c in value):
             raise ValueError(f"must be an ASCII path starting with '/', got {value!r}")
+        return value
+
+    @field_validator("service")
+    @classmethod
+    def _check_service(cls, value: str, info: ValidationInfo) -> str:
+        if value and info.data.get("type") != "grpc":
+            raise ValueError("only for type: grpc")
         return value
 
     @field_validator("expected_status", mode="before")
@@ -802,6 +821,7 @@ class RouteConfig(_Model):
     rate_limit: RateLimitConfig | None = None
     # Given (even as null, for no limit), it replaces server.max_body_bytes for this route; see body_limit().
     max_body_bytes: int | None = Field(None, ge=0)
+    grpc_web: bool = False  # translate gRPC-Web requests to gRPC and back (proxy/grpcweb.py)
 
     @model_validator(mode="before")
     @classmethod

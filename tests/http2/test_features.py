@@ -346,6 +346,7 @@ async def test_authority_becomes_host_and_cookie_fields_are_joined(
     assert recorder.header("host") == [f"127.0.0.1:{gw.port}"]
     assert recorder.header("cookie") == ["a=1; b=2; c=3"]  # RFC 9113 §8.2.3
     assert recorder.last()["http_version"] == "1.1"
+    assert recorder.header("via") == ["2.0 fastgate"]  # RFC 9110 §7.6.3: the protocol the request came with
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])

@@ -133,6 +133,8 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "unhealthy_threshold": PUBLIC,
         "healthy_threshold": PUBLIC,
         "expected_status": PUBLIC,
+        "type": PUBLIC,
+        "service": PUBLIC,
     },
     models.OutlierDetection: {
         "consecutive_failures": PUBLIC,
@@ -186,6 +188,7 @@ FIELDS: dict[type[BaseModel], dict[str, Kind]] = {
         "request_buffering": PUBLIC,
         "rate_limit": NESTED,
         "max_body_bytes": PUBLIC,
+        "grpc_web": PUBLIC,
     },
     models.Rewrite: {"regex": PUBLIC, "replacement": PUBLIC, "path": PUBLIC},
     models.HeaderRules: {"set": VALUES, "add": VALUES, "remove": PUBLIC},

@@ -36,6 +36,7 @@ HOP_BY_HOP_HEADERS = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade", b"trailer"}
 )
 VIA = b"1.1 fastgate"
+VIA_H2 = b"2.0 fastgate"  # RFC 9110 §7.6.3: the protocol the request was received with (an HTTP/2 client's)
 IDENTITY_HEADER = b"x-fastgate-identity"
 # Set by a proxy in front: believed from a trusted peer only (X-Forwarded-Proto/-Host are ours to set otherwise).
 PROXY_HEADERS = frozenset(
@@ -120,7 +121,7 @@ class HeaderRules:
             trusted=trusted if trusted else None,
         )
 
-    def apply(self, raw: list[tuple[bytes, bytes]], *, client: bytes, scheme: bytes) -> RequestHead:
+    def apply(self, raw: list[tuple[bytes, bytes]], *, client: bytes, scheme: bytes, via: bytes = VIA) -> RequestHead:
         return request_headers(
             raw,
             client=client,
@@ -132,6 +133,7 @@ class HeaderRules:
             max_field_bytes=self.max_field_bytes,
             rules=self.table,
             trusted=self.trusted,
+            via_self=via,
         )
 
 
@@ -174,6 +176,7 @@ def request_headers(
     max_field_bytes: int = 32768,
     rules: Mapping[bytes, int] | None = None,
     trusted: TrustedProxies | None = None,
+    via_self: bytes = VIA,
 ) -> RequestHead:
     """Apply the request rules to the ASGI (lower-cased) header list ``raw`` from the TCP peer ``client``.
 
@@ -272,7 +275,7 @@ def request_headers(
         out.append((b"forwarded", b", ".join([*forwarded_in, element])))
     elif forwarded_in and vouched:
         out.append((b"forwarded", b", ".join(forwarded_in)))
-    out.append((b"via", b", ".join([*via, VIA]) if via else VIA))
+    out.append((b"via", b", ".join([*via, via_self]) if via else via_self))
     if te is not None and accepts_trailers(te):
         out.append((b"te", b"trailers"))  # other codings go: we never ask an upstream for a transfer coding
         return RequestHead(out, body_length, request_id, host, resolved, True)

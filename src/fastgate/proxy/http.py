@@ -14,7 +14,8 @@ the ASGI adapter (``proxy/asgi.py``) for the library and other servers. One impl
    chain and takes none of the plugin steps (bench/plugins.py measures both).
 2. The body's first ``request_prebuffer_bytes`` are read (``buffering.prebuffer``: no upstream connection for a
    body that trickles in); then the transport sends the head and the body (the rest from ``read_body()`` as it
-   arrives), then waits for the response head. Errors up to here become a JSON 502/503/504
+   arrives; over HTTP/2 the body goes on while the response comes down, and is closed with it), then waits for the
+   response head. Errors up to here become a JSON 502/503/504
    (``errors.error_response``).
 3. The plugins' ``on_response`` hooks may change the status and headers; then the response head goes to the
    client, then body pieces as the upstream produces them. While the client keeps up, ``send`` never waits. Once
@@ -75,7 +76,7 @@ from .downstream import DisconnectScope, Downstream
 from .errors import answer_error, error_parts, grpc_answer
 from .grpc import is_grpc
 from .grpcstream import GrpcDownstream
-from .headers import HeaderRules, new_request_id, response_headers
+from .headers import VIA, VIA_H2, HeaderRules, new_request_id, response_headers
 from .readahead import ReadAheadLimits, ResponseSpool, relay_ahead
 from .trailers import response_trailers
 
@@ -176,6 +177,17 @@ def _ended_by(disconnect: DisconnectScope, method: str, target: bytes, request_i
         )
         return "ended by server.drain_timeout"
     return "client disconnected" if disconnect.disconnected else ""
+
+
+async def _close_body(piped: AsyncIterator[bytes] | None, body: AsyncGenerator[bytes] | None) -> None:
+    """Close the request body's generators: after the transport's ``send`` failed, or once its response is closed
+    (an HTTP/2 upstream sends the body on while the response comes down, a bidirectional gRPC stream)."""
+    if piped is not None and piped is not body:
+        aclose = getattr(piped, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if body is not None:
+        await body.aclose()
 
 
 async def send_answer(
@@ -310,7 +322,12 @@ async def exchange(
     address = client[0].encode("latin-1") if client else b"unknown"
     try:
         try:
-            head = options.rules.apply(down.headers, client=address, scheme=down.scheme.encode("ascii"))
+            head = options.rules.apply(
+                down.headers,
+                client=address,
+                scheme=down.scheme.encode("ascii"),
+                via=VIA if down.http_version[0] == "1" else VIA_H2,
+            )
         except FastgateError as exc:
             status = exc.status_code
             outcome = f"{exc.code}: {exc.detail}"
@@ -394,6 +411,7 @@ async def exchange(
                     request.headers = context.headers.raw
                 body: AsyncGenerator[bytes] | None = None
                 piped: AsyncIterator[bytes] | None = None
+                sent_to: UpstreamResponse | None = None
                 read_whole = buffer_body is not None
                 try:
                     if head.body_length and buffer_body is not None:
@@ -423,6 +441,7 @@ async def exchange(
                         assert context is not None
                         piped = chain.body(context, body)
                     response = await options.transport.send(request, piped)
+                    sent_to = response
                     answered_by = response.target
                 except ClientDisconnected:
                     outcome = "client disconnected"
@@ -453,12 +472,8 @@ async def exchange(
                         await answer_error(down, exc, request_id)
                     return
                 finally:
-                    if piped is not None and piped is not body:
-                        aclose = getattr(piped, "aclose", None)
-                        if aclose is not None:
-                            await aclose()
-                    if body is not None:
-                        await body.aclose()
+                    if sent_to is None:  # else closed with the response: it may still be sending it (full duplex)
+                        await _close_body(piped, body)
                 try:
                     status = response.status
                     headers = response_headers(response.headers)
@@ -517,8 +532,10 @@ async def exchange(
                         disconnect.finish()
                         with anyio.CancelScope(shield=True):
                             await response.aclose()
+                            await _close_body(piped, body)
                     else:
                         await response.aclose()  # returns without suspending: cancellation cannot interrupt it
+                        await _close_body(piped, body)
         except BaseException:
             # A driver that cancels the connection's task (fastgate's server) lets the cancellation out of the block:
             # the exchange ended the same way, and the finish below runs shielded.

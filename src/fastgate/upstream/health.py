@@ -99,12 +99,15 @@ class Prober:
         assert config.health_check is not None
         self.name = name
         self.path = config.health_check.path
+        self.grpc_service = config.health_check.service if config.health_check.type == "grpc" else None
         self.check = active_check(config.health_check)
         self.targets = config.targets
         self.health = health
         self.on_events = on_events
         self.rng = rng
         self._context = client_context(config.ca_file) if any(t.scheme == "https" for t in self.targets) else None
+        if self._context is not None and self.grpc_service is not None:
+            self._context.set_alpn_protocols(["h2"])  # a context of this prober's own: gRPC needs HTTP/2
         self._requests = [
             b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nConnection: close\r\n\r\n"
             % (self.path.encode("ascii"), t.authority, USER_AGENT)
@@ -113,7 +116,8 @@ class Prober:
         self.probes = 0
 
     def __repr__(self) -> str:
-        return f"<Prober {self.name} {self.path} targets={len(self.targets)} probes={self.probes}>"
+        what = self.path if self.grpc_service is None else f"grpc:{self.grpc_service or '(server)'}"
+        return f"<Prober {self.name} {what} targets={len(self.targets)} probes={self.probes}>"
 
     async def run(self) -> None:
         check = self.check
@@ -139,17 +143,19 @@ class Prober:
         check = self.check
         assert check is not None
         target = self.targets[index]
+        context = self._context if target.scheme == "https" else None
         try:
-            status = await probe(
-                target.host,
-                target.port,
-                self._requests[index],
-                check.timeout,
-                self._context if target.scheme == "https" else None,
-            )
+            if self.grpc_service is not None:
+                service = self.grpc_service
+                from .grpc_health import grpc_check  # the HTTP/2 codec loads only for gRPC checks
+
+                passed = await grpc_check(target.host, target.port, target.authority, service, check.timeout, context)
+            else:
+                status = await probe(target.host, target.port, self._requests[index], check.timeout, context)
+                passed = status is not None and check.passed(status)
             self.probes += 1
             now = time.monotonic()
-            events = self.health.record_check(index, status is not None and check.passed(status), now)
+            events = self.health.record_check(index, passed, now)
             if events:
                 self.on_events(events)
         finally:

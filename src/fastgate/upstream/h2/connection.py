@@ -141,10 +141,15 @@ class Http2Connection(asyncio.Protocol):
                 raise stream.exc or self._broken(stream, f"cannot end the request: {exc}") from exc
             self._flush()
 
-    async def wait_head(self, stream: Stream, limit: float | None) -> None:
+    async def wait_head(
+        self, stream: Stream, limit: float | None, failed: Callable[[], BaseException | None] | None = None
+    ) -> None:
+        """Until the response head has come; ``failed``: the request body's sender, whose error ends the wait."""
         while not stream.head_done:
             if stream.exc is not None:
                 raise stream.exc
+            if failed is not None and (exc := failed()) is not None:
+                raise exc
             await self._wait(stream, limit, "response headers")
 
     async def read(self, stream: Stream, idle_timeout: float | None) -> bytes:
@@ -197,6 +202,14 @@ class Http2Connection(asyncio.Protocol):
             stream.fail(
                 UpstreamTimeout(
                     f"no {stream.waiting_for} from upstream within {stream.armed_timeout:g}s",
+                    self.upstream,
+                    self.target,
+                )
+            )
+        for stream in [s for s in self.streams.values() if s.send_deadline and now >= s.send_deadline]:
+            stream.fail(
+                UpstreamTimeout(
+                    f"no {stream.send_waiting_for} from upstream within {stream.send_armed:g}s",
                     self.upstream,
                     self.target,
                 )
@@ -373,15 +386,24 @@ class Http2Connection(asyncio.Protocol):
             stream.deadline = 0.0
 
     async def _wait_to_send(self, stream: Stream, limit: float | None, what: str) -> None:
+        """The request body's sender waits here, apart from the response's reader (``_wait``): the body may still
+        be going up while the response comes down (a bidirectional gRPC stream)."""
         self._senders.add(stream)
+        if limit:
+            stream.send_deadline = self.loop.time() + limit
+            stream.send_waiting_for = what
+            stream.send_armed = limit
+        stream.send_waiter = waiter = self.loop.create_future()
         try:
-            await self._wait(stream, limit, what)
+            await waiter
         finally:
+            stream.send_waiter = None
+            stream.send_deadline = 0.0
             self._senders.discard(stream)
 
     def _wake_senders(self) -> None:
         for stream in list(self._senders):
-            stream.wake()
+            stream.wake_sender()
 
     def _fail_all(self, detail: str) -> None:
         if not self.settled.done():

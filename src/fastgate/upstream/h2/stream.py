@@ -31,6 +31,10 @@ class Stream:
         "deadline",
         "waiting_for",
         "armed_timeout",
+        "send_waiter",
+        "send_deadline",
+        "send_waiting_for",
+        "send_armed",
     )
 
     def __init__(self, stream_id: int) -> None:
@@ -49,6 +53,11 @@ class Stream:
         self.deadline = 0.0
         self.waiting_for = ""
         self.armed_timeout = 0.0
+        # The request body's sender waits apart from the response's reader: both run at once (a gRPC stream).
+        self.send_waiter: asyncio.Future[None] | None = None
+        self.send_deadline = 0.0
+        self.send_waiting_for = ""
+        self.send_armed = 0.0
 
     def __repr__(self) -> str:
         state = "failed" if self.exc else ("ended" if self.ended else ("open" if self.head_done else "waiting"))
@@ -61,8 +70,16 @@ class Stream:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def wake_sender(self) -> None:
+        waiter = self.send_waiter
+        if waiter is not None:
+            self.send_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
     def fail(self, exc: UpstreamError, *, retry_safe: bool = False) -> None:
         if self.exc is None and not self.ended:  # a response received whole stays deliverable
             self.exc = exc
             self.retry_safe = retry_safe
         self.wake()
+        self.wake_sender()

@@ -26,15 +26,35 @@ from ..pool import sweep_interval
 from ..transport import CHUNKED, UpstreamRequest, UpstreamResponse
 from .connection import Http2Connection
 from .pool import Http2Pool
+from .pump import BodyPump
 from .request import request_headers
 from .stream import Stream
 
 
 class H2Response:
-    __slots__ = ("status", "headers", "target", "tries", "_conn", "_stream", "_pool", "_idle_timeout")
-    aclose_waits = False
+    __slots__ = (
+        "status",
+        "headers",
+        "target",
+        "tries",
+        "aclose_waits",
+        "_conn",
+        "_stream",
+        "_pool",
+        "_idle_timeout",
+        "_pump",
+    )
 
-    def __init__(self, pool: Http2Pool, conn: Http2Connection, stream: Stream, idle_timeout: float | None) -> None:
+    def __init__(
+        self,
+        pool: Http2Pool,
+        conn: Http2Connection,
+        stream: Stream,
+        idle_timeout: float | None,
+        pump: BodyPump | None = None,
+    ) -> None:
+        self._pump = pump
+        self.aclose_waits = pump is not None  # it waits for the request body's sender to stop
         self.status = stream.status
         self.headers = stream.headers
         self.target = pool.target
@@ -60,6 +80,9 @@ class H2Response:
         return self._conn.read_buffered(self._stream)
 
     async def aclose(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            await pump.aclose()
         stream = self._stream
         if stream is not None and stream.id in self._conn.streams:
             self._conn.finish(stream)  # RST_STREAM(CANCEL) when the body was not read to its end
@@ -137,16 +160,22 @@ class H2Transport:
                 retried = True
                 continue
             touched = False
+            pump: BodyPump | None = None
             try:
                 if has_body:
                     assert body is not None
                     touched = True
-                    await self._send_body(conn, stream, request.body_length, body, write_timeout)
+                    # Full duplex: the body goes up on its own task while we wait for the head (pump.py).
+                    sending = self._send_body(conn, stream, request.body_length, body, write_timeout)
+                    pump = BodyPump(sending, stream, self.name, self.pool.target)
                 elif body is not None:
                     async for _ in body:  # a body iterator with no framing: nothing is sent, as on HTTP/1.1
                         pass
-                await conn.wait_head(stream, read_timeout)
+                await conn.wait_head(stream, read_timeout, pump.failed if pump is not None else None)
             except UpstreamError as exc:
+                if pump is not None:
+                    with anyio.CancelScope(shield=True):
+                        await pump.aclose()
                 conn.finish(stream)
                 self.pool.release(conn)
                 if not stream.retry_safe:
@@ -160,10 +189,13 @@ class H2Transport:
                     raise UpstreamConnectError(f"{exc.detail} (not processed)", self.name, self.pool.target) from exc
                 raise
             except BaseException:
+                if pump is not None:
+                    with anyio.CancelScope(shield=True):
+                        await pump.aclose()
                 conn.finish(stream)
                 self.pool.release(conn)
                 raise
-            return H2Response(self.pool, conn, stream, idle_timeout)
+            return H2Response(self.pool, conn, stream, idle_timeout, pump)
 
     async def _send_body(
         self,
@@ -175,8 +207,8 @@ class H2Transport:
     ) -> None:
         sent = 0
         async for chunk in body:
-            if stream.head_done:
-                return  # the upstream answered early (a 413, say): stop sending, relay its answer
+            if stream.ended:
+                return  # the upstream answered in full before taking the body (a 413, say): stop, relay its answer
             if chunk:
                 sent += len(chunk)
                 if length is not None and length != CHUNKED and sent > length:
