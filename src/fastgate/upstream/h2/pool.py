@@ -143,7 +143,7 @@ class Http2Pool:
                 if left is not None and left <= 0:
                     raise self._exhausted(timeouts)
                 try:
-                    # A raw Task.cancel at the deadline (asyncio.timeout): safe, the block awaits only our waiter future.
+                    # A raw Task.cancel at the deadline (asyncio.timeout): safe, the block awaits only our own future.
                     async with asyncio.timeout(left):
                         await waiter
                 except TimeoutError:
