@@ -606,16 +606,33 @@ RAPID_RESET_STREAMS = 5000  # the most streams the attack opens (and resets) bef
 RAPID_RESET_BATCH = 50  # HEADERS + RST_STREAM pairs per write
 
 
-async def rapid_reset(client: RawH2, path: bytes = b"/attack/rr") -> int:
-    """CVE-2023-44487: HEADERS then RST_STREAM, stream after stream, in batches; returns the streams opened before
-    the server closed the connection (or RAPID_RESET_STREAMS)."""
+# What follows each HEADERS in a reset loop: the client's RST_STREAM (rapid reset, CVE-2023-44487), or a frame the
+# server must answer with RST_STREAM itself (MadeYouReset, CVE-2025-8671: the client never resets, so a guard that
+# counts only the client's resets, or an h2 stack that frees the stream while its backend work goes on, is walked
+# around).
+def client_reset(client: RawH2, stream_id: int) -> Any:
+    return client.rst(stream_id)
+
+
+RESET_TRIGGERS: dict[str, Callable[[RawH2, int], Any]] = {
+    "rapid-reset (CVE-2023-44487)": client_reset,
+    "made-you-reset, WINDOW_UPDATE overflow (CVE-2025-8671)": lambda c, i: c.window_update(i, 2**31 - 1),
+    "made-you-reset, DATA after END_STREAM (CVE-2025-8671)": lambda c, i: c.data(i, b"x"),
+}
+
+
+async def rapid_reset(
+    client: RawH2, path: bytes = b"/attack/rr", trigger: Callable[[RawH2, int], Any] = client_reset
+) -> int:
+    """HEADERS then ``trigger`` (RST_STREAM by default), stream after stream, in batches; returns the streams opened
+    before the server closed the connection (or RAPID_RESET_STREAMS)."""
     opened = 0
     stream_id = 1
     with anyio.fail_after(30):
         while opened < RAPID_RESET_STREAMS and not client.closed and client.goaway_code() is None:
             batch = []
             for _ in range(RAPID_RESET_BATCH):
-                batch += [client.headers(stream_id, attack_request(path)), client.rst(stream_id)]
+                batch += [client.headers(stream_id, attack_request(path)), trigger(client, stream_id)]
                 stream_id += 2
             if not await client.send(*batch):
                 break
@@ -625,13 +642,14 @@ async def rapid_reset(client: RawH2, path: bytes = b"/attack/rr") -> int:
     return opened
 
 
+@pytest.mark.parametrize("name", list(RESET_TRIGGERS))
 async def test_rapid_reset_is_told_enhance_your_calm_and_forwards_a_bounded_number(
-    report: list[Row],
+    name: str, report: list[Row]
 ) -> None:
     async with recording_upstream() as upstream:
         async with h2_gateway(upstream.url) as gw:
             async with RawH2.connect(gw.port) as client:
-                opened = await rapid_reset(client)
+                opened = await rapid_reset(client, trigger=RESET_TRIGGERS[name])
                 frame = await client.goaway()
             after = await canary(gw.port)
         await upstream.wait_closed()
@@ -649,7 +667,7 @@ async def test_rapid_reset_is_told_enhance_your_calm_and_forwards_a_bounded_numb
         problems.append(f"a second client got {after}")
     record(
         report,
-        "rapid-reset (CVE-2023-44487)",
+        name,
         "GOAWAY ENHANCE_YOUR_CALM within a few hundred streams; upstream <= 100 requests; others served",
         f"GOAWAY {code_name(code)} after {opened} streams sent; upstream got {forwarded}",
         problems,
