@@ -37,7 +37,7 @@ import anyio
 import anyio.lowlevel
 import bcrypt
 import pytest
-from hyperframe.frame import Frame, SettingsFrame
+from hyperframe.frame import Frame, HeadersFrame, PriorityFrame, SettingsFrame
 
 from fastgate import Gateway, GatewayConfig
 from fastgate.app import DRIVER_ENV
@@ -765,16 +765,31 @@ async def test_hpack_bomb_is_refused_and_never_forwarded(report: list[Row]) -> N
 FLOOD_FRAMES = 5000
 
 
+FLOODS = {
+    "ping": "GOAWAY ENHANCE_YOUR_CALM past 100 at once (10/s after) (CVE-2019-9512)",
+    "settings": "GOAWAY ENHANCE_YOUR_CALM past 100 at once (10/s after) (CVE-2019-9515)",
+    "empty-data": "GOAWAY ENHANCE_YOUR_CALM at the 2nd empty DATA frame in a row (CVE-2019-9518; Envoy's rule)",
+    "priority": "GOAWAY ENHANCE_YOUR_CALM past 100 x (1 + streams opened) (CVE-2019-9513; Envoy's rule)",
+}
+
+
 async def flood(client: RawH2, kind: str) -> int:
-    """PING or SETTINGS frames, 50 a write, until the server says GOAWAY or FLOOD_FRAMES are sent; how many were."""
+    """Frames of one ``FLOODS`` kind, 50 a write, until the server says GOAWAY or FLOOD_FRAMES are sent; how many
+    were. The empty DATA frames go on a POST left open (their stream exists; its body never ends)."""
     sent = 0
+    if kind == "empty-data":
+        await client.send(client.headers(1, attack_request(b"/attack", method=b"POST"), end_stream=False))
     with anyio.fail_after(30):
         while sent < FLOOD_FRAMES and not client.closed and client.goaway_code() is None:
             batch: list[Frame]
             if kind == "ping":
                 batch = [client.ping((sent + n).to_bytes(8, "big")) for n in range(50)]
-            else:
+            elif kind == "settings":
                 batch = [client.settings({0x4: 65535 + sent + n}) for n in range(50)]
+            elif kind == "empty-data":
+                batch = [client.data(1, b"", end_stream=False) for _ in range(50)]
+            else:
+                batch = [PriorityFrame(3 + 2 * ((sent + n) % 1000), depends_on=1, stream_weight=16) for n in range(50)]
             if not await client.send(*batch):
                 break
             sent += 50
@@ -783,8 +798,8 @@ async def flood(client: RawH2, kind: str) -> int:
     return sent
 
 
-@pytest.mark.parametrize("kind", ["ping", "settings"])
-async def test_ping_and_settings_floods_are_told_enhance_your_calm(kind: str, report: list[Row]) -> None:
+@pytest.mark.parametrize("kind", list(FLOODS))
+async def test_floods_of_frames_that_serve_nothing_are_told_enhance_your_calm(kind: str, report: list[Row]) -> None:
     async with recording_upstream() as upstream:
         async with h2_gateway(upstream.url) as gw:
             async with RawH2.connect(gw.port) as client:
@@ -800,11 +815,53 @@ async def test_ping_and_settings_floods_are_told_enhance_your_calm(kind: str, re
         problems.append(f"the server answered all {sent} frames")
     if after != 200:
         problems.append(f"a second client got {after}")
+    problems += attack_bytes(upstream)
     record(
         report,
         f"{kind}-flood",
-        "GOAWAY ENHANCE_YOUR_CALM past 100 at once (10/s after)",
+        FLOODS[kind],
         f"GOAWAY {code_name(code)} after {sent} frames sent",
+        problems,
+    )
+
+
+async def test_what_a_well_behaved_client_sends_stays_under_the_flood_guards(report: list[Row]) -> None:
+    # The allowances are not tight against real clients: an empty DATA frame between two with bytes in them, the
+    # handful of PRIORITY frames a browser sends to set up its tree (Firefox: five or six), a priority in every
+    # request's HEADERS (Chrome), a PING every tenth request: 150 requests on one connection, every one answered.
+    # (A PING with every request would not pass: past 100 at once, PINGs are allowed 10 a second.)
+    async with recording_upstream() as upstream:
+        async with h2_gateway(upstream.url) as gw:
+            async with RawH2.connect(gw.port) as client:
+                await client.send(*(PriorityFrame(3 + 2 * n, depends_on=0, stream_weight=200) for n in range(6)))
+                statuses = []
+                for n in range(150):
+                    stream_id = 101 + 2 * n
+                    block = client.block(request_headers(b"/ok", b"POST"))
+                    head = HeadersFrame(stream_id, block, flags=["END_HEADERS", "PRIORITY"], depends_on=3)
+                    body = [
+                        client.data(stream_id, b"ab", end_stream=False),
+                        client.data(stream_id, b"", end_stream=False),
+                    ]
+                    pings = [client.ping(n.to_bytes(8, "big"))] if n % 10 == 0 else []
+                    await client.send(head, *body, client.data(stream_id, b"cd"), *pings)
+                    response = await client.response(stream_id)
+                    statuses.append(response.status)
+                    if response.status != 200:
+                        break
+                code = client.goaway_code()
+        await upstream.wait_closed()
+    problems = []
+    if statuses != [200] * 150 or code is not None:
+        problems.append(f"statuses {sorted(set(map(str, statuses)))} over {len(statuses)} requests, GOAWAY {code}")
+    bodies = {r.body for r in upstream.requests}
+    if len(upstream.requests) != 150 or bodies != {b"abcd"}:
+        problems.append(f"upstream got {len(upstream.requests)} requests, bodies {bodies}")
+    record(
+        report,
+        "well-behaved client (control for the flood guards)",
+        "150 requests with priorities, an empty DATA frame each, a PING every 10th: all 200, no GOAWAY",
+        f"{len(statuses)} requests, statuses {sorted(set(map(str, statuses)))}, GOAWAY {code_name(code)}",
         problems,
     )
 
@@ -960,7 +1017,7 @@ ROUNDS = 10
 async def test_attacks_leave_a_fastgate_run_process_serving_with_bounded_memory(
     tmp_path: Path, report: list[Row]
 ) -> None:
-    # Each attack ROUNDS times, the five at once on connections of their own, against one `fastgate run` process
+    # Each attack ROUNDS times, the seven at once on connections of their own, against one `fastgate run` process
     # (server.http2 set in its config file), while another client asks for /canary every 50 ms on connections of
     # its own. VmRSS is sampled every 20 ms: the attacks decode, buffer and answer nothing past the codec's bounds.
     async with recording_upstream() as upstream:
@@ -1003,12 +1060,14 @@ async def test_attacks_leave_a_fastgate_run_process_serving_with_bounded_memory(
                     tg.start_soon(sample)
                     tg.start_soon(serve)
                     for _ in range(ROUNDS):
-                        async with anyio.create_task_group() as attacks:  # the five at once, each on its connection
+                        async with anyio.create_task_group() as attacks:  # all at once, each on its connection
                             attacks.start_soon(attack, "rapid reset", rapid_reset)
                             attacks.start_soon(attack, "continuation flood", continuation_flood)
                             attacks.start_soon(attack, "hpack bomb", bomb)
                             attacks.start_soon(attack, "ping flood", lambda c: flood(c, "ping"))
                             attacks.start_soon(attack, "settings flood", lambda c: flood(c, "settings"))
+                            attacks.start_soon(attack, "empty DATA flood", lambda c: flood(c, "empty-data"))
+                            attacks.start_soon(attack, "PRIORITY flood", lambda c: flood(c, "priority"))
                     tg.cancel_scope.cancel()
             peak = max(peak, proc_status(pid, "VmRSS"))
             after = await canary(gw.port)
@@ -1027,7 +1086,7 @@ async def test_attacks_leave_a_fastgate_run_process_serving_with_bounded_memory(
         problems.append(f"the upstream got {forwarded} attack requests")
     record(
         report,
-        f"all floods x{ROUNDS}, five connections at once, against `fastgate run` (VmRSS)",
+        f"all floods x{ROUNDS}, seven connections at once, against `fastgate run` (VmRSS)",
         f"each answered GOAWAY; VmRSS growth < {RSS_GROWTH_LIMIT >> 20} MiB; the other client always 200",
         f"VmRSS {before / 2**20:.1f} -> peak {peak / 2**20:.1f} MiB (+{growth / 2**20:.1f}); {len(statuses)} other "
         f"requests all 200; upstream got {forwarded} attack requests",
