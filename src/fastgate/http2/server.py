@@ -119,7 +119,8 @@ class H2Server(asyncio.Protocol):
         self._linger_left = 0  # bytes still to be dropped before the socket is closed anyway
         self._stopping = False  # a graceful shutdown: closed without lingering, so the shutdown waits for nobody
         self._resets = ResetGuard(min_streams=max(100, h2.max_concurrent_streams))
-        self._pings = TokenBucket(rate=10.0, burst=100.0)
+        # gRPC clients PING for BDP estimates and keep-alive: generous, and still a flood's end (CVE-2019-9512)
+        self._pings = TokenBucket(rate=100.0, burst=1000.0)
         self._settings = TokenBucket(rate=10.0, burst=100.0)
         self._empty = EmptyFrameGuard()
         self._priorities = PriorityGuard()
