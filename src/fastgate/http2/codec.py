@@ -66,6 +66,25 @@ __all__ = [
 ]
 
 
+def _connection(client_side: bool, values: dict[SettingCodes, int], max_header_list: int) -> H2Connection:
+    """A connection with ``values`` as the settings we send. Inbound fields are validated by the codec (RFC 9113
+    §8.2: uppercase names, connection-specific fields, pseudo-headers, CR/LF/NUL); outbound ones are ours."""
+    config = H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_inbound_headers=True,
+        normalize_inbound_headers=False,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+    conn = H2Connection(config)
+    conn.local_settings = Settings(
+        client=client_side, initial_values={**values, SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list}
+    )
+    conn.decoder.max_header_list_size = max_header_list
+    return conn
+
+
 def server_connection(
     *,
     max_concurrent_streams: int,
@@ -73,53 +92,22 @@ def server_connection(
     max_header_list: int,
     max_frame: int,
 ) -> H2Connection:
-    """A server-side connection with fastgate's settings (sent by ``initiate_connection``). Inbound headers are
-    validated by the codec (RFC 9113 §8.2: uppercase names, connection-specific fields, pseudo-headers)."""
-    config = H2Configuration(
-        client_side=False,
-        header_encoding=None,
-        validate_inbound_headers=True,
-        normalize_inbound_headers=False,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-    conn = H2Connection(config)
-    conn.local_settings = Settings(
-        client=False,
-        initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: initial_window,
-            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list,
-            SettingCodes.MAX_FRAME_SIZE: max_frame,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-        },
-    )
+    """A server-side connection with fastgate's settings (sent by ``initiate_connection``)."""
+    values = {
+        SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+        SettingCodes.INITIAL_WINDOW_SIZE: initial_window,
+        SettingCodes.MAX_FRAME_SIZE: max_frame,
+        SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+    }
+    conn = _connection(False, values, max_header_list)
     conn.max_inbound_frame_size = max_frame
-    conn.decoder.max_header_list_size = max_header_list
     return conn
 
 
 def client_connection(*, initial_window: int, max_header_list: int = 65536) -> H2Connection:
     """A client-side connection (upstream h2/h2c), push disabled."""
-    config = H2Configuration(
-        client_side=True,
-        header_encoding=None,
-        validate_inbound_headers=True,
-        normalize_inbound_headers=False,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-    conn = H2Connection(config)
-    conn.local_settings = Settings(
-        client=True,
-        initial_values={
-            SettingCodes.ENABLE_PUSH: 0,
-            SettingCodes.INITIAL_WINDOW_SIZE: initial_window,
-            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list,
-        },
-    )
-    conn.decoder.max_header_list_size = max_header_list
-    return conn
+    values = {SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: initial_window}
+    return _connection(True, values, max_header_list)
 
 
 def graceful_goaway(last_stream_id: int) -> bytes:
