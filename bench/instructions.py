@@ -10,6 +10,7 @@ request path?"), and bench/run.sh for speed.
     python bench/instructions.py --cmd "env PYTHONPATH=/other/checkout/src fastgate" --label other
     python bench/instructions.py --config gateway.json    # `fastgate run FILE`: {UPSTREAM_PORT}, {UPSTREAM_PORT_2}
     python bench/instructions.py --arm full               # a bench/features.py arm (the issue's "full" row)
+    python bench/instructions.py --h2c-streams 10         # h2c prior knowledge: h2load -c8 -m10 is the client
 
 The upstream (a fixed 256-byte response) and the client (``--connections`` keep-alive connections, each sending
 GET requests one after another) run in this process on 127.0.0.1; the proxy runs under callgrind (about 50x
@@ -92,6 +93,18 @@ async def _load(port: int, connections: int, requests: int, path: bytes) -> None
     await asyncio.gather(*(one_connection() for _ in range(connections)))
 
 
+async def _load_h2c(port: int, connections: int, requests: int, path: bytes, streams: int) -> None:
+    """``requests`` h2c GETs by ``h2load`` (``connections`` connections, ``streams`` in flight on each), on CPU 0."""
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    url = f"http://127.0.0.1:{port}{path.decode()}"
+    argv = [*pin, "h2load", "-t1", f"-c{min(connections, requests)}", f"-m{streams}", f"-n{requests}", url]
+    done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=900)
+    match = re.search(r"(\d+) succeeded", done.stdout)
+    if done.returncode != 0 or match is None or int(match.group(1)) != requests:
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith(("requests:", "status codes:"))]
+        raise RuntimeError(f"h2load: {' '.join(lines) or done.stderr.strip()[-200:]}")
+
+
 async def _wait_ready(port: int, proc: subprocess.Popen[bytes], path: bytes, deadline_s: float) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -167,11 +180,19 @@ async def _drive(
     path = args.path.encode()
     try:
         await _wait_ready(port, proc, path, args.start_timeout)
-        await _load(port, args.connections, args.warmup, path)
+        streams = getattr(args, "h2c_streams", 0)
+
+        async def load(requests: int) -> None:
+            if streams:
+                await _load_h2c(port, args.connections, requests, path, streams)
+            else:
+                await _load(port, args.connections, requests, path)
+
+        await load(args.warmup)
         await asyncio.to_thread(_callgrind_control, "-z", str(proc.pid))
         before = await asyncio.to_thread(lambda: set(directory.glob(f"cg.{proc.pid}*")))
         started = time.monotonic()
-        await _load(port, args.connections, args.requests, path)
+        await load(args.requests)
         elapsed = time.monotonic() - started
         await asyncio.to_thread(_callgrind_control, "-d", str(proc.pid))
         return await asyncio.to_thread(_dump_total, directory, proc.pid, before), elapsed
@@ -216,6 +237,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "command": " ".join(command),
         "requests": args.requests,
         "connections": args.connections,
+        "h2c_streams": getattr(args, "h2c_streams", 0),
         "instructions": total,
         "instructions_per_request": round(total / args.requests),
         "response_bytes": args.size,
@@ -242,13 +264,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     proxy_arguments(p, warmup=500, requests=3000, start_timeout=180)
     p.add_argument("--size", type=int, default=256, help="response body bytes (default 256; S4 is 1048576)")
+    p.add_argument(
+        "--h2c-streams",
+        type=int,
+        default=0,
+        help="0: HTTP/1.1 (default); N: h2c by prior knowledge, h2load with N streams in flight per connection",
+    )
     args = p.parse_args()
     global RESPONSE
     RESPONSE = response(args.size)
     if shutil.which("valgrind") is None:
         sys.exit("bench/instructions.py needs valgrind (apt-get install valgrind)")
-    if args.requests <= 0 or args.warmup < 0 or args.connections <= 0:
-        sys.exit("--requests and --connections must be positive, --warmup not negative")
+    if args.requests <= 0 or args.warmup < 0 or args.connections <= 0 or not 0 <= args.h2c_streams <= 100:
+        sys.exit("--requests and --connections must be positive, --warmup not negative, --h2c-streams 0..100")
+    if args.h2c_streams and shutil.which("h2load") is None:
+        sys.exit("--h2c-streams needs h2load (apt-get install nghttp2-client, or bench/http2.sh)")
     result = measure(args)
     print(json.dumps(result))
     print(f"{args.label}: {result['instructions_per_request']:,} instructions per request", file=sys.stderr)

@@ -860,6 +860,16 @@ async def env(tmp_path: Path, doc_redis: RedisServer) -> AsyncIterator[Env]:
         yield env
 
 
+@case("http2-server")
+async def _http2_server(env: Env) -> None:
+    async with env.serve("http2-server"), env.client(http1=False, http2=True) as client:
+        response = await client.post("/x", content=b"y" * 300_000)  # past one 64 KiB default window
+        assert response.http_version == "HTTP/2"  # h2c by prior knowledge on the plain listener
+        assert response.json()["body_size"] == 300_000
+        async with env.client() as plain:
+            assert (await plain.get("/x")).http_version == "HTTP/1.1"  # HTTP/1.1 on the same port
+
+
 @case("http2-upstream-h2c")
 async def _http2_upstream_h2c(env: Env) -> None:
     async with env.serve("http2-upstream-h2c"), env.client() as client:
@@ -882,6 +892,10 @@ def test_every_config_example_in_the_docs_has_a_marker_and_a_case() -> None:
     assert len(names) == len(set(names)), "two examples share a marker name"
     assert sorted(set(names) - set(CASES)) == [], "examples in the docs without a case in tests/test_docs_cli.py"
     assert sorted(set(CASES) - set(names)) == [], "cases whose example is no longer in the docs"
+    marks = test_doc_example_through_fastgate_run.pytestmark  # type: ignore[attr-defined]
+    collected = next(mark.args[1] for mark in marks if mark.name == "parametrize")
+    # the parametrize list is taken when the test is defined: a case defined below it never runs
+    assert sorted(CASES) == list(collected), "define every case above test_doc_example_through_fastgate_run"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -971,13 +985,3 @@ async def test_the_config_fastgate_run_serves_equals_the_one_validated_in_proces
                     for chunked in (False, True):
                         status, _ = await post_raw(port, f"{prefix}/x", size, chunked=chunked, piece=1000)
                         assert status == (200 if fits else 413), (prefix, size, chunked)
-
-
-@case("http2-server")
-async def _http2_server(env: Env) -> None:
-    async with env.serve("http2-server"), env.client(http1=False, http2=True) as client:
-        response = await client.post("/x", content=b"y" * 300_000)  # past one 64 KiB default window
-        assert response.http_version == "HTTP/2"  # h2c by prior knowledge on the plain listener
-        assert response.json()["body_size"] == 300_000
-    async with env.client() as plain:
-        assert (await plain.get("/x")).http_version == "HTTP/1.1"  # HTTP/1.1 on the same port

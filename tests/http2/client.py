@@ -18,7 +18,6 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
-    ConnectionTerminated,
     DataReceived,
     RemoteSettingsChanged,
     ResponseReceived,
@@ -29,6 +28,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 
 @dataclass
@@ -74,6 +74,7 @@ class H2Client:
         self.closed = False  # the server closed the TCP connection
         self._changed = anyio.Event()
         self._lock = anyio.Lock()
+        self._frames = b""  # a partial frame read so far
 
     async def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -100,7 +101,7 @@ class H2Client:
                 self._gone()
                 return
             try:
-                events = self.conn.receive_data(data)
+                events = self.conn.receive_data(self._take_goaway(data))
             except ProtocolError:
                 self._gone()
                 return
@@ -108,6 +109,26 @@ class H2Client:
                 self._event(event)
             await self._flush()
             self._notify()
+
+    def _take_goaway(self, data: bytes) -> bytes:
+        """The bytes to feed the codec: every frame but GOAWAY, which is recorded here instead.
+
+        h2 closes its state machine on a GOAWAY it receives (python-hyper/h2#1181), so the responses of streams the
+        server still finishes after a graceful GOAWAY (RFC 9113 §6.8) would be refused by our own codec."""
+        buffer = self._frames + data
+        out = bytearray()
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            frame, buffer = buffer[: 9 + length], buffer[9 + length :]
+            if frame[3] == 0x7:  # GOAWAY: last stream id (31 bits), error code
+                last = int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF
+                self.goaway = GoAway(int.from_bytes(frame[13:17], "big"), last)
+            else:
+                out += frame
+        self._frames = buffer
+        return bytes(out)
 
     def _event(self, event: object) -> None:
         if isinstance(event, ResponseReceived):
@@ -124,8 +145,6 @@ class H2Client:
             self.state(event.stream_id).ended = True
         elif isinstance(event, StreamReset):
             self.state(event.stream_id).reset_code = int(event.error_code)  # type: ignore[arg-type]
-        elif isinstance(event, ConnectionTerminated):
-            self.goaway = GoAway(int(event.error_code), int(event.last_stream_id))  # type: ignore[arg-type]
         elif isinstance(event, RemoteSettingsChanged):
             for code, setting in event.changed_settings.items():
                 self.server_settings[int(code)] = setting.new_value
@@ -203,6 +222,12 @@ class H2Client:
     async def end(self, stream_id: int) -> None:
         self.conn.end_stream(stream_id)
         await self._flush()
+
+    async def send_goaway(self, last_stream_id: int) -> None:
+        """GOAWAY NO_ERROR, written past our codec (which would refuse every frame after it: python-hyper/h2#1181)."""
+        await self._flush()
+        async with self._lock:
+            await self.stream.send(GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize())
 
     async def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         self.conn.reset_stream(stream_id, code)

@@ -29,7 +29,7 @@ from fastgate.observability.metrics import metrics_mapping
 from tests.auth.helpers import jwks, rsa_key
 from tests.http2.client import h2_connect
 from tests.proxy.test_trailers import gateway_and_upstream
-from tests.servers import LogCapture, RunningServer, captured_logs, run_gateway
+from tests.servers import LogCapture, RunningServer, answer_lifespan, captured_logs, run_gateway, run_server
 from tests.upstream_app import Recorder
 
 pytestmark = pytest.mark.anyio
@@ -88,6 +88,7 @@ def features_config(upstream_url: str, tmp_path: Path) -> Any:
         ),
         route("/cors", plugins=[{"use": "cors", "options": {"allow_origins": [ORIGIN], "max_age": 60}}]),
         route("/small", max_body_bytes=1000),
+        route("/medium", max_body_bytes=100_000),
         route(
             "/rules",
             request_headers={"set": {"x-set": "1"}, "add": {"x-added": "2"}, "remove": ["x-drop"]},
@@ -217,6 +218,46 @@ async def test_retries_on_http2(upstream: RunningServer, recorder: Recorder, tmp
     assert [r["raw_path"] for r in recorder.requests] == ["/status/503", "/status/503"]  # one retry
 
 
+class FailsFirst:
+    """An upstream that reads each request's body and answers the first 503, the rest with the body's size and
+    sha256; it records the size of every body it read."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        self.sizes.append(len(body))
+        status = 503 if len(self.sizes) == 1 else 200
+        answer = json.dumps({"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}).encode()
+        headers = [(b"content-length", b"%d" % len(answer))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+
+async def test_a_retried_post_replays_the_h2_request_body(tmp_path: Path) -> None:
+    retries = {"max_retries": 1, "retry_on": [503], "non_idempotent": True}
+    app = FailsFirst()
+    body = bytes(range(256)) * 160  # 40 KiB: kept for a replay (replay_buffer_bytes 64 KiB)
+    async with run_server(app) as flaky:
+        config = build_config(
+            {"upstreams": {"flaky": {"url": flaky.url, "retries": retries}}, "routes": [{"upstream": "flaky"}]}
+        )
+        async with run_gateway(Gateway(config)) as gw, h2_connect(gw.port) as h2:
+            state = await h2.response(await h2.request("POST", "/post", body=body))
+    assert state.status == 200
+    assert json.loads(state.body) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    assert app.sizes == [len(body), len(body)]
+
+
 async def test_circuit_breaker_overflows_a_second_stream_on_the_same_connection(
     upstream: RunningServer, recorder: Recorder, tmp_path: Path
 ) -> None:
@@ -308,7 +349,26 @@ async def test_body_over_max_body_bytes_gets_413_and_never_completes_upstream(
         # Within the limit, both framings pass.
         small = await h2.request("POST", "/small/upload", [("content-length", "900")] if declared else [], b"y" * 900)
         assert json.loads((await h2.response(small)).body)["size"] == 900
-    assert all(r.get("body_size", 900) == 900 for r in recorder.requests if r["raw_path"] == "/upload")
+    # The refused body never reached the upstream (under the 64 KiB prebuffer, it was refused before connecting).
+    assert [(r["raw_path"], r.get("body_size")) for r in recorder.requests] == [("/echo", None), ("/upload", 900)]
+
+
+async def test_body_growing_past_max_body_bytes_upstream_gets_413_and_the_upstream_request_is_aborted(
+    upstream: RunningServer, recorder: Recorder, tmp_path: Path
+) -> None:
+    # No content-length and past the 64 KiB prebuffer: forwarding has begun when the limit is crossed.
+    async with serve(upstream, tmp_path) as (_, gw), h2_connect(gw.port) as h2:
+        stream_id = await h2.request("POST", "/medium/upload", end=False)
+        await h2.send_available(stream_id, b"m" * 70_000)
+        with anyio.fail_after(10):
+            await recorder.started.wait()  # the request (head and first piece) is upstream already
+        await h2.send_available(stream_id, b"m" * 70_000)
+        state = await h2.response(stream_id)
+        assert state.status == 413 and json.loads(state.body)["error"] == "payload_too_large"
+        with anyio.fail_after(10):
+            await recorder.disconnect_event.wait()
+        assert (await h2.get("/echo")).status == 200
+    assert "/upload" in recorder.disconnected and "body_size" not in recorder.requests[0]
 
 
 # -- observability ----------------------------------------------------------------------------------------------------

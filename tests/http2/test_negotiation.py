@@ -133,3 +133,21 @@ async def test_settings_a_plain_listener_sends_are_the_defaults(upstream: Runnin
     # MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2)
     assert {code: settings[code] for code in (3, 4, 5, 6)} == {3: 100, 4: 1048576, 5: 16384, 6: 65536}
     assert h2.conn.outbound_flow_control_window == 4194304  # the connection window, opened by WINDOW_UPDATE
+
+
+async def test_rst_stream_over_tls_cancels_the_upstream_request(
+    upstream: RunningServer, recorder: Recorder, issued: Issued
+) -> None:
+    async with (
+        https_gateway(upstream.url, issued) as gw,
+        h2_connect(gw.port, ssl_context=issued.client_context()) as h2,
+    ):
+        stream_id = await h2.request("GET", "/stream?n=200&delay=0.05")
+        state = h2.state(stream_id)
+        await h2.wait(lambda: b"chunk 1\n" in state.body)
+        await h2.reset(stream_id)
+        with anyio.fail_after(10):
+            await recorder.disconnect_event.wait()
+        echoed = json.loads((await h2.get("/echo")).body)  # the connection serves on
+    assert "/stream" in recorder.disconnected
+    assert ["x-forwarded-proto", "https"] in echoed["headers"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,6 +230,19 @@ class RawConnection:
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                     await self.stream.send(data)
 
+    async def goaway_only(self, last_stream_id: int, error_code: int = 0) -> None:
+        """Write a GOAWAY frame (RFC 9113 §6.8) past this side's codec, which then still serves the open streams
+        (``h2`` would refuse to send anything more after a GOAWAY of its own)."""
+        frame = struct.pack(">I", 8)[1:] + b"\x07\x00" + struct.pack(">III", 0, last_stream_id, error_code)
+        async with self.lock:
+            await self.flush_locked()
+            await self.stream.send(frame)
+
+    async def flush_locked(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.mute:
+            await self.stream.send(data)
+
     async def respond(self, stream_id: int, status: int = 200, body: bytes = b"ok") -> None:
         self.conn.send_headers(
             stream_id, [(b":status", b"%d" % status), (b"content-length", b"%d" % len(body))], end_stream=not body
@@ -270,7 +284,11 @@ async def run_raw_h2(on_request: Handler) -> AsyncIterator[RawH2Server]:
                         data = await stream.receive()
                     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                         break
-                    for event in conn.receive_data(data):
+                    try:
+                        events = conn.receive_data(data)
+                    except codec.ProtocolError:
+                        break  # (this side's codec after a GOAWAY of its own, say): the connection ends
+                    for event in events:
                         if isinstance(event, codec.PingReceived):
                             raw.pings += 1
                         elif isinstance(event, codec.DataReceived):

@@ -386,6 +386,49 @@ async def test_goaway_fails_later_streams_as_unprocessed_and_they_go_again_on_a_
         await wait_until(lambda: transport.pool.stats().busy + transport.pool.stats().idle == 1)
 
 
+async def test_streams_below_a_graceful_goaway_run_to_their_end() -> None:
+    async def app(connection: RawConnection, stream_id: int) -> None:
+        if connection.index > 0:
+            await connection.respond(stream_id)
+            return
+        if stream_id == 1:
+            return  # answered below, once the second request is in
+        await connection.goaway_only(last_stream_id=3)  # graceful: both streams may finish, nothing new
+        for sid in (1, 3):
+            connection.conn.send_headers(sid, [(b":status", b"200")])
+            await connection.flush()
+        body = b"b" * 200_000  # past our 64 KiB of initial window on the peer's side: WINDOW_UPDATEs must flow
+        for sid in (1, 3):
+            sent = 0
+            while sent < len(body):
+                room = min(connection.conn.local_flow_control_window(sid), 16384)
+                if room <= 0:
+                    await anyio.sleep(0.01)
+                    continue
+                connection.conn.send_data(sid, body[sent : sent + room])
+                sent += room
+                await connection.flush()
+            connection.conn.end_stream(sid)
+            await connection.flush()
+
+    async with run_raw_h2(app) as server, H2Transport("api", h2c(server.port)) as transport:
+        bodies: list[int] = []
+
+        async def call() -> None:
+            response, body = await fetch(transport, get("/"))
+            bodies.append(len(body))
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await wait_until(lambda: server.connections and len(server.connections[0].requests) == 1)
+                tg.start_soon(call)
+        assert bodies == [200_000, 200_000] and len(server.connections) == 1
+        await wait_until(lambda: transport.pool.connections == [])  # drained, then closed
+        response, _ = await fetch(transport, get("/"))  # a new connection for what comes next
+        assert response.status == 200 and len(server.connections) == 2
+
+
 async def test_refused_stream_is_sent_again_whatever_the_method() -> None:
     async def app(connection: RawConnection, stream_id: int) -> None:
         if len(connection.requests) == 1:

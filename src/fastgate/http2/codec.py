@@ -10,7 +10,7 @@ only backpressure is pausing the whole connection. A replacement codec would off
 from __future__ import annotations
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -31,6 +31,7 @@ from h2.events import (
 )
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 
 from . import PREFACE
 
@@ -59,8 +60,29 @@ __all__ = [
     "TrailersReceived",
     "WindowUpdated",
     "client_connection",
+    "drain_after_goaway",
+    "graceful_goaway",
     "server_connection",
 ]
+
+
+def _connection(client_side: bool, values: dict[SettingCodes, int], max_header_list: int) -> H2Connection:
+    """A connection with ``values`` as the settings we send. Inbound fields are validated by the codec (RFC 9113
+    §8.2: uppercase names, connection-specific fields, pseudo-headers, CR/LF/NUL); outbound ones are ours."""
+    config = H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_inbound_headers=True,
+        normalize_inbound_headers=False,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+    conn = H2Connection(config)
+    conn.local_settings = Settings(
+        client=client_side, initial_values={**values, SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list}
+    )
+    conn.decoder.max_header_list_size = max_header_list
+    return conn
 
 
 def server_connection(
@@ -70,50 +92,39 @@ def server_connection(
     max_header_list: int,
     max_frame: int,
 ) -> H2Connection:
-    """A server-side connection with fastgate's settings (sent by ``initiate_connection``). Inbound headers are
-    validated by the codec (RFC 9113 §8.2: uppercase names, connection-specific fields, pseudo-headers)."""
-    config = H2Configuration(
-        client_side=False,
-        header_encoding=None,
-        validate_inbound_headers=True,
-        normalize_inbound_headers=False,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-    conn = H2Connection(config)
-    conn.local_settings = Settings(
-        client=False,
-        initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: initial_window,
-            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list,
-            SettingCodes.MAX_FRAME_SIZE: max_frame,
-            SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-        },
-    )
+    """A server-side connection with fastgate's settings (sent by ``initiate_connection``)."""
+    values = {
+        SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+        SettingCodes.INITIAL_WINDOW_SIZE: initial_window,
+        SettingCodes.MAX_FRAME_SIZE: max_frame,
+        SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+    }
+    conn = _connection(False, values, max_header_list)
     conn.max_inbound_frame_size = max_frame
-    conn.decoder.max_header_list_size = max_header_list
     return conn
 
 
 def client_connection(*, initial_window: int, max_header_list: int = 65536) -> H2Connection:
     """A client-side connection (upstream h2/h2c), push disabled."""
-    config = H2Configuration(
-        client_side=True,
-        header_encoding=None,
-        validate_inbound_headers=True,
-        normalize_inbound_headers=False,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-    conn = H2Connection(config)
-    conn.local_settings = Settings(
-        client=True,
-        initial_values={
-            SettingCodes.ENABLE_PUSH: 0,
-            SettingCodes.INITIAL_WINDOW_SIZE: initial_window,
-            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list,
-        },
-    )
-    conn.decoder.max_header_list_size = max_header_list
-    return conn
+    values = {SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: initial_window}
+    return _connection(True, values, max_header_list)
+
+
+def graceful_goaway(last_stream_id: int) -> bytes:
+    """A GOAWAY ``NO_ERROR`` frame, to be written by the caller, that leaves the connection open for its streams.
+
+    h2's ``close_connection`` moves its state machine to CLOSED, after which no stream may send again
+    (python-hyper/h2#1181, open); RFC 9113 §6.8 lets streams up to ``last_stream_id`` complete after a GOAWAY, which is
+    what a graceful shutdown or a reload needs. The caller refuses new streams itself."""
+    return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize()
+
+
+def drain_after_goaway(conn: H2Connection) -> None:
+    """After the peer's GOAWAY ``NO_ERROR``, let the streams up to its last id finish (RFC 9113 §6.8: "activity on
+    streams numbered lower than or equal to the last stream identifier might still complete successfully").
+
+    ``h2`` closes its connection state machine on any GOAWAY received (python-hyper/h2#1181), after which it raises on
+    the DATA, HEADERS and WINDOW_UPDATE those streams still need; this puts it back to open, on either side. h2 has no
+    public way to do it: this module is the one place that reaches its state machine. The caller opens (client) or
+    accepts (server) no new stream on the connection."""
+    conn.state_machine.state = ConnectionState.CLIENT_OPEN if conn.config.client_side else ConnectionState.SERVER_OPEN

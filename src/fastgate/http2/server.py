@@ -22,9 +22,10 @@ Limits and hostile clients (docs/http2.md has the table):
   (``:method`` a token; ``:path`` form, characters and length; the authority's syntax; CONNECT; a non-zero
   ``content-length`` on a HEADERS frame that ends the stream), answered 400/414 on the stream before anything goes
   upstream.
-* rapid reset (CVE-2023-44487), PING and SETTINGS floods: ``http2/guard.py`` counts them; over the allowance the
-  client is told ``GOAWAY`` ``ENHANCE_YOUR_CALM`` and the connection closes. A CONTINUATION flood and an HPACK bomb
-  are bounded by the codec (64 CONTINUATION frames at most; the decoded header list by ``max_header_list_bytes``).
+* rapid reset (CVE-2023-44487), PING and SETTINGS floods, empty DATA frames and PRIORITY floods: ``http2/guard.py``
+  counts them; over the allowance the client is told ``GOAWAY`` ``ENHANCE_YOUR_CALM`` and the connection closes. A
+  CONTINUATION flood and an HPACK bomb are bounded by the codec (64 CONTINUATION frames at most; the decoded
+  header list by ``max_header_list_bytes``).
 * a connection ended with ``GOAWAY`` (an error, a flood, a drain) closes as ``serving/protocol.py`` closes after an
   early answer: FIN once the GOAWAY has gone, then what the client still sends is read and dropped (within
   ``lingering_time``, ``lingering_timeout`` and ``max_lingering_bytes``), so no RST destroys the GOAWAY before the
@@ -52,6 +53,7 @@ from .codec import (
     DataReceived,
     ErrorCodes,
     PingReceived,
+    PriorityUpdated,
     ProtocolError,
     RemoteSettingsChanged,
     RequestReceived,
@@ -60,9 +62,11 @@ from .codec import (
     StreamReset,
     TrailersReceived,
     WindowUpdated,
+    drain_after_goaway,
+    graceful_goaway,
     server_connection,
 )
-from .guard import ResetGuard, TokenBucket
+from .guard import EmptyFrameGuard, PriorityGuard, ResetGuard, TokenBucket
 from .stream import H2Stream
 
 if TYPE_CHECKING:
@@ -115,8 +119,11 @@ class H2Server(asyncio.Protocol):
         self._linger_left = 0  # bytes still to be dropped before the socket is closed anyway
         self._stopping = False  # a graceful shutdown: closed without lingering, so the shutdown waits for nobody
         self._resets = ResetGuard(min_streams=max(100, h2.max_concurrent_streams))
-        self._pings = TokenBucket(rate=10.0, burst=100.0)
+        # gRPC clients PING for BDP estimates and keep-alive: generous, and still a flood's end (CVE-2019-9512)
+        self._pings = TokenBucket(rate=100.0, burst=1000.0)
         self._settings = TokenBucket(rate=10.0, burst=100.0)
+        self._empty = EmptyFrameGuard()
+        self._priorities = PriorityGuard()
 
     # -- start and asyncio.Protocol -------------------------------------------------------------------------
 
@@ -148,14 +155,19 @@ class H2Server(asyncio.Protocol):
             code = getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)
             self._close_with(code, f"HTTP/2 protocol error from the client: {exc}")
             return
+        with_headers: object = None  # the PRIORITY that came in a request's HEADERS frame: not counted
         for event in events:
             if isinstance(event, DataReceived):
+                if self._empty.data(not event.data and event.stream_ended is None):
+                    self._calm("empty DATA frames")
+                    return
                 stream = self.streams.get(event.stream_id)
                 if stream is not None and not stream.reset:
                     stream.feed(event.data, event.flow_controlled_length)
                 else:
                     self._acknowledge(event.stream_id, event.flow_controlled_length)
             elif isinstance(event, RequestReceived):
+                with_headers = event.priority_updated
                 self._request(event)
             elif isinstance(event, StreamEnded):
                 stream = self.streams.get(event.stream_id)
@@ -193,8 +205,13 @@ class H2Server(asyncio.Protocol):
                     self._flush()
                     self._close()
                     return
+                drain_after_goaway(self.conn)  # the open streams finish (RFC 9113 §6.8)
+            elif isinstance(event, PriorityUpdated):
+                if event is not with_headers and self._priorities.priority(self._resets.streams):
+                    self._calm("PRIORITY flood")
+                    return
             elif isinstance(event, TrailersReceived):
-                pass  # not forwarded (an HTTP/1.1 upstream could not take them); END_STREAM follows
+                with_headers = event.priority_updated  # not forwarded (an HTTP/1.1 upstream could not take them)
         self._flush_now()
 
     def eof_received(self) -> bool | None:
@@ -501,11 +518,8 @@ class H2Server(asyncio.Protocol):
         if self.draining or self.closed:
             return
         self.draining = True
-        try:
-            self.conn.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self.conn.highest_inbound_stream_id)
-        except ProtocolError:
-            pass
-        self._flush()
+        self._flush_now()  # what the codec holds goes first
+        self.transport.write(graceful_goaway(self.conn.highest_inbound_stream_id))  # open streams go on answering
         if not self.streams:
             self._close()
 

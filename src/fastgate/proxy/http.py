@@ -472,7 +472,7 @@ async def exchange(
                         await answer_error(down, exc, request_id)
                     return
                 finally:
-                    if sent_to is None:  # else closed with the response: it may still be sending it (full duplex)
+                    if sent_to is None and body is not None:  # else closed with the response (full duplex)
                         await _close_body(piped, body)
                 try:
                     status = response.status
@@ -532,10 +532,12 @@ async def exchange(
                         disconnect.finish()
                         with anyio.CancelScope(shield=True):
                             await response.aclose()
-                            await _close_body(piped, body)
+                            if body is not None:
+                                await _close_body(piped, body)
                     else:
                         await response.aclose()  # returns without suspending: cancellation cannot interrupt it
-                        await _close_body(piped, body)
+                        if body is not None:
+                            await _close_body(piped, body)
         except BaseException:
             # A driver that cancels the connection's task (fastgate's server) lets the cancellation out of the block:
             # the exchange ended the same way, and the finish below runs shielded.

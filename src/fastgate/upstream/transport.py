@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, Self, TypeVar
 
 import anyio
 
@@ -132,7 +132,51 @@ class FastgateResponse:
         return f"<FastgateResponse {self.status} {self._conn!r}>"
 
 
-class FastgateTransport:
+class SweptPool(Protocol):
+    def sweep(self, now: float) -> None: ...
+
+    def aclose(self) -> None: ...
+
+
+PoolT = TypeVar("PoolT", bound=SweptPool)
+
+
+class PoolOwner(Generic[PoolT]):
+    """What our transports share: a pool per target whose deadlines one background task sweeps, from ``async with``
+    entered to exited (the HTTP/1.1 and the HTTP/2 transport)."""
+
+    name: str
+    config: UpstreamConfig
+    pool: PoolT
+    _task_group: anyio.abc.TaskGroup | None = None
+
+    def sweep_interval(self) -> float:
+        return sweep_interval(self.config)
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._sweeper, name=f"fastgate sweeper {self.name}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.pool.aclose()
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+            self._task_group = None
+
+    async def _sweeper(self) -> None:
+        interval = self.sweep_interval()
+        loop = asyncio.get_running_loop()
+        while True:
+            await anyio.sleep(interval)
+            self.pool.sweep(loop.time())
+
+
+class FastgateTransport(PoolOwner[ConnectionPool]):
     """Our own keep-alive HTTP/1.1 client for one upstream.
 
     >>> async with FastgateTransport("api", UpstreamConfig(url="http://127.0.0.1:9000")) as transport:
@@ -152,28 +196,6 @@ class FastgateTransport:
 
     def __repr__(self) -> str:
         return f"<FastgateTransport {self.pool!r}>"
-
-    async def __aenter__(self) -> FastgateTransport:
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._sweeper, name=f"fastgate sweeper {self.name}")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.pool.aclose()
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-            await self._task_group.__aexit__(None, None, None)
-            self._task_group = None
-
-    async def _sweeper(self) -> None:
-        interval = sweep_interval(self.config)
-        loop = asyncio.get_running_loop()
-        while True:
-            await anyio.sleep(interval)
-            self.pool.sweep(loop.time())
 
     async def send(self, request: UpstreamRequest, body: AsyncIterator[bytes] | None) -> UpstreamResponse:
         head = _request_head(request, self._path_prefix)

@@ -176,11 +176,12 @@ class Http2Connection(asyncio.Protocol):
 
     def finish(self, stream: Stream) -> None:
         """Forget ``stream``; RST_STREAM(CANCEL) first when it is still open (RFC 9113 §8.1: the upstream learns
-        that nobody wants the rest), NO_ERROR when only our side is (the response was read whole)."""
+        that nobody wants the rest), NO_ERROR when only our side is (the response was read whole). A stream the
+        peer refused (GOAWAY, REFUSED_STREAM) is closed for it already."""
         if self.streams.pop(stream.id, None) is None:
             return
         self._senders.discard(stream)
-        if not (stream.ended and stream.sent_end) and not self.closed:
+        if not (stream.ended and stream.sent_end) and not stream.retry_safe and not self.closed:
             code = codec.ErrorCodes.NO_ERROR if stream.ended else codec.ErrorCodes.CANCEL
             try:
                 self.codec.reset_stream(stream.id, code)
@@ -355,6 +356,8 @@ class Http2Connection(asyncio.Protocol):
         self._changed()
         if not self.streams:
             self.close()
+        else:
+            codec.drain_after_goaway(self.codec)  # the streams at or below the last id run to their end
 
     # -- helpers -----------------------------------------------------------------------------------------------
 

@@ -143,7 +143,8 @@ class Http2Pool:
                 if left is not None and left <= 0:
                     raise self._exhausted(timeouts)
                 try:
-                    async with asyncio.timeout(left):  # raw cancel at the deadline: only our own future is awaited
+                    # A raw Task.cancel at the deadline (asyncio.timeout): safe, the block awaits only our own future.
+                    async with asyncio.timeout(left):
                         await waiter
                 except TimeoutError:
                     if not waiter.done() or waiter.cancelled():

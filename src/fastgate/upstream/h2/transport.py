@@ -12,9 +12,7 @@ transport replays a request on a stale keep-alive connection; failing again, it 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from types import TracebackType
 
 import anyio
 import anyio.abc
@@ -23,7 +21,7 @@ from ...config import UpstreamConfig
 from ...exceptions import BadRequest, UpstreamConnectError, UpstreamError
 from ...observability.logging import TRACE, upstream_logger
 from ..pool import sweep_interval
-from ..transport import CHUNKED, UpstreamRequest, UpstreamResponse
+from ..transport import CHUNKED, PoolOwner, UpstreamRequest, UpstreamResponse
 from .connection import Http2Connection
 from .pool import Http2Pool
 from .pump import BodyPump
@@ -92,7 +90,7 @@ class H2Response:
         return f"<H2Response {self.status} {self._stream!r} on {self._conn!r}>"
 
 
-class H2Transport:
+class H2Transport(PoolOwner[Http2Pool]):
     """HTTP/2 to one upstream target (``protocol: h2c`` or ``h2``), streams multiplexed over pooled connections.
 
     >>> async with H2Transport("api", UpstreamConfig(url="http://127.0.0.1:50051", protocol="h2c")) as transport:
@@ -113,29 +111,12 @@ class H2Transport:
     def __repr__(self) -> str:
         return f"<H2Transport {self.pool!r}>"
 
-    async def __aenter__(self) -> H2Transport:
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._sweeper, name=f"fastgate h2 sweeper {self.name}")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.pool.aclose()
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-            await self._task_group.__aexit__(None, None, None)
-            self._task_group = None
-
-    async def _sweeper(self) -> None:
+    def sweep_interval(self) -> float:
+        """Often enough for the keep-alive PINGs too."""
         interval = sweep_interval(self.config)
         if self.config.http2.keepalive_interval:
             interval = min(interval, max(0.005, self.config.http2.keepalive_interval / 10))
-        loop = asyncio.get_running_loop()
-        while True:
-            await anyio.sleep(interval)
-            self.pool.sweep(loop.time())
+        return interval
 
     async def send(self, request: UpstreamRequest, body: AsyncIterator[bytes] | None) -> UpstreamResponse:
         headers = request_headers(
