@@ -44,6 +44,9 @@ async def grpc_server() -> AsyncIterator[int]:
         yield port
     finally:
         await server.stop(grace=None)
+        # grpc.aio delivers late completion events to the loop a call ran on: wait for them on this test's loop,
+        # or one lands on a closed loop during the next test (tests/grpc_peers.py says the same).
+        await server.wait_for_termination(10)
 
 
 def grpc_post(path: bytes, message: bytes) -> bytes:
