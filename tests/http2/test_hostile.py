@@ -940,8 +940,8 @@ async def test_zero_window_stall_is_reset_after_send_timeout_and_the_upstream_re
 async def test_streams_past_max_concurrent_streams_are_refused_and_never_forwarded(
     recorder: Recorder, report: list[Row]
 ) -> None:
-    # Five streams wait on a slow upstream; the sixth is refused (RFC 9113 §5.1.2: a stream error of type
-    # PROTOCOL_ERROR or REFUSED_STREAM, which §5.4.1 lets a server treat as a connection error).
+    # Five streams wait on a slow upstream; the sixth is refused alone (RFC 9113 §5.1.2: REFUSED_STREAM, as nginx
+    # does), and the five in flight go on: no GOAWAY, the connection serves on.
     limit = 5
     async with run_server(UpstreamApp(recorder)) as upstream:
         async with h2_gateway(upstream.url, http2={"max_concurrent_streams": limit}) as gw:
@@ -953,11 +953,14 @@ async def test_streams_past_max_concurrent_streams_are_refused_and_never_forward
                 excess = ids[-1] + 2
                 await client.send(client.headers(excess, attack_request(b"/attack/excess")))
                 got = outcome(await client.response(excess))
+                kept = client.goaway_code() is None and not client.closed
             after = await canary(gw.port)
     paths = [r["raw_path"] for r in recorder.requests]
     problems = []
-    if got not in ("RST_STREAM REFUSED_STREAM", RST_PE, GOAWAY_PE):
+    if got != "RST_STREAM REFUSED_STREAM":
         problems.append(f"answered {got}")
+    if not kept:
+        problems.append("the connection was closed with the excess stream: the five in flight were cut")
     if "/attack/excess" in paths:
         problems.append("the excess stream reached the upstream")
     if paths.count("/slow") != limit:
@@ -967,9 +970,50 @@ async def test_streams_past_max_concurrent_streams_are_refused_and_never_forward
     record(
         report,
         f"streams-past-max-concurrent-streams ({limit})",
-        "REFUSED_STREAM or PROTOCOL_ERROR (stream or connection); never forwarded",
-        f"{got}; upstream got {paths.count('/slow')} /slow, excess not forwarded"
-        + ("; the 5 in flight were cut with the connection" if got == GOAWAY_PE else ""),
+        "RST_STREAM REFUSED_STREAM for the excess alone; never forwarded; the connection serves on",
+        f"{got}; upstream got {paths.count('/slow')} /slow, excess not forwarded",
+        problems,
+    )
+
+
+async def test_streams_past_the_limit_again_and_again_are_told_enhance_your_calm(
+    recorder: Recorder, report: list[Row]
+) -> None:
+    # Each refusal is cheap but not free (a header block decoded, a RST_STREAM written): they count as resets for
+    # the rapid-reset guard, so a client that keeps opening streams past the limit is told ENHANCE_YOUR_CALM. (A
+    # burst past twice the limit in one read is a connection error at once: the codec's hard cap, PROTOCOL_ERROR.)
+    limit = 5
+    async with run_server(UpstreamApp(recorder)) as upstream:
+        async with h2_gateway(upstream.url, http2={"max_concurrent_streams": limit}) as gw:
+            async with RawH2.connect(gw.port) as client:
+                await client.until(lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags, limit=10)
+                ids = [1 + 2 * n for n in range(limit)]
+                await client.send(*(client.headers(i, attack_request(b"/slow?delay=10")) for i in ids))
+                await wait_until(lambda: len(recorder.requests) == limit, limit=10)
+                next_id = ids[-1] + 2
+                with anyio.fail_after(30):
+                    for _ in range(50):  # 50 x 4 = 200 streams at most, never more than twice the limit open
+                        batch = [client.headers(next_id + 2 * n, attack_request(b"/attack/excess")) for n in range(4)]
+                        next_id += 8
+                        if not await client.send(*batch) or client.goaway_code() is not None:
+                            break
+                        with anyio.move_on_after(0.01):
+                            await client.receive()
+                frame = await client.goaway()
+            after = await canary(gw.port)
+    paths = [r["raw_path"] for r in recorder.requests]
+    problems = []
+    if frame is None or frame.error_code != 0xB:
+        problems.append(f"answered {frame!r}")
+    if "/attack/excess" in paths:
+        problems.append("an excess stream reached the upstream")
+    if after != 200:
+        problems.append(f"a second client got {after}")
+    record(
+        report,
+        "streams-past-the-limit-in-a-loop",
+        "GOAWAY ENHANCE_YOUR_CALM once refusals pass the reset guard; never forwarded",
+        f"GOAWAY {frame.error_code if frame is not None else None}; excess not forwarded",
         problems,
     )
 

@@ -62,6 +62,7 @@ __all__ = [
     "client_connection",
     "drain_after_goaway",
     "graceful_goaway",
+    "refuse_streams_beyond",
     "server_connection",
 ]
 
@@ -108,6 +109,17 @@ def client_connection(*, initial_window: int, max_header_list: int = 65536) -> H
     """A client-side connection (upstream h2/h2c), push disabled."""
     values = {SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: initial_window}
     return _connection(True, values, max_header_list)
+
+
+def refuse_streams_beyond(conn: H2Connection, advertised: int) -> None:
+    """After ``initiate_connection`` has sent ``advertised`` as SETTINGS_MAX_CONCURRENT_STREAMS, let the codec take
+    up to twice as many streams without a connection error, so that the caller can refuse the excess one by one
+    with ``REFUSED_STREAM`` (as nginx does) instead of the whole connection going with GOAWAY PROTOCOL_ERROR, which
+    would also cut the streams in flight: a client may open streams before our SETTINGS reach it (RFC 9113 §6.5.3).
+    The settings object is replaced unsent; every other value stays as sent."""
+    values = {SettingCodes(code): conn.local_settings[code] for code in conn.local_settings}
+    values[SettingCodes.MAX_CONCURRENT_STREAMS] = min(2 * advertised, 2**31 - 1)
+    conn.local_settings = Settings(client=conn.config.client_side, initial_values=values)
 
 
 def graceful_goaway(last_stream_id: int) -> bytes:

@@ -64,6 +64,7 @@ from .codec import (
     WindowUpdated,
     drain_after_goaway,
     graceful_goaway,
+    refuse_streams_beyond,
     server_connection,
 )
 from .guard import EmptyFrameGuard, PriorityGuard, ResetGuard, TokenBucket
@@ -133,6 +134,7 @@ class H2Server(asyncio.Protocol):
         self.sweeper.add(self)
         conn = self.conn
         conn.initiate_connection()
+        refuse_streams_beyond(conn, self.limits.http2.max_concurrent_streams)
         extra = self.limits.http2.initial_connection_window - 65535
         if extra > 0:
             conn.increment_flow_control_window(extra)
@@ -157,6 +159,8 @@ class H2Server(asyncio.Protocol):
             return
         with_headers: object = None  # the PRIORITY that came in a request's HEADERS frame: not counted
         for event in events:
+            if self.closed:
+                return  # closed by an earlier event of this read (a guard's GOAWAY): the rest is not served
             if isinstance(event, DataReceived):
                 if self._empty.data(not event.data and event.stream_ended is None):
                     self._calm("empty DATA frames")
@@ -252,6 +256,14 @@ class H2Server(asyncio.Protocol):
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         self._resets.opened()
+        limit = self.limits.http2.max_concurrent_streams
+        if len(self.streams) >= limit and self._active() >= limit:  # (the length first: counting is rarely needed)
+            # Past the streams we advertised (a client that did not wait for our SETTINGS, or ignores them): this
+            # stream is refused, never forwarded; the others go on. Refusals count as resets for the flood guard.
+            self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            if self._resets.reset():
+                self._calm("streams past max_concurrent_streams, again and again")
+            return
         method = path = authority = b""
         headers: list[tuple[bytes, bytes]] = []
         cookies: list[bytes] = []
@@ -315,6 +327,11 @@ class H2Server(asyncio.Protocol):
         tasks = self.server_state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def _active(self) -> int:
+        """Streams whose response is not complete: what the client counts against our SETTINGS once it has read our
+        END_STREAM (a finished stream's task may still be running its last steps, its on_finish hooks say)."""
+        return sum(1 for stream in self.streams.values() if not stream.response_complete and not stream.reset)
 
     async def _run(self, stream: H2Stream) -> None:
         handler = self.handler
