@@ -159,7 +159,7 @@ class H2Server(asyncio.Protocol):
             return
         with_headers: object = None  # the PRIORITY that came in a request's HEADERS frame: not counted
         for event in events:
-            if self.closed:
+            if self.gone:
                 return  # closed by an earlier event of this read (a guard's GOAWAY): the rest is not served
             if isinstance(event, DataReceived):
                 if self._empty.data(not event.data and event.stream_ended is None):
@@ -217,6 +217,11 @@ class H2Server(asyncio.Protocol):
             elif isinstance(event, TrailersReceived):
                 with_headers = event.priority_updated  # not forwarded (an HTTP/1.1 upstream could not take them)
         self._flush_now()
+
+    @property
+    def gone(self) -> bool:
+        """``closed``, read through a call: the events of one read may close the connection as they are handled."""
+        return self.closed
 
     def eof_received(self) -> bool | None:
         return None
