@@ -936,21 +936,28 @@ async def test_zero_window_stall_is_reset_after_send_timeout_and_the_upstream_re
 
 # --- more streams than max_concurrent_streams ------------------------------------------------------------------------
 
+STREAM_LIMIT = 5
+
+
+async def fill_the_stream_limit(client: RawH2, recorder: Recorder) -> int:
+    """``STREAM_LIMIT`` streams waiting on a slow upstream, every one forwarded; the next stream id."""
+    await client.until(lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags, limit=10)
+    ids = [1 + 2 * n for n in range(STREAM_LIMIT)]
+    await client.send(*(client.headers(i, attack_request(b"/slow?delay=10")) for i in ids))
+    await wait_until(lambda: len(recorder.requests) == STREAM_LIMIT, limit=10)
+    return ids[-1] + 2
+
 
 async def test_streams_past_max_concurrent_streams_are_refused_and_never_forwarded(
     recorder: Recorder, report: list[Row]
 ) -> None:
     # Five streams wait on a slow upstream; the sixth is refused alone (RFC 9113 §5.1.2: REFUSED_STREAM, as nginx
     # does), and the five in flight go on: no GOAWAY, the connection serves on.
-    limit = 5
+    limit = STREAM_LIMIT
     async with run_server(UpstreamApp(recorder)) as upstream:
         async with h2_gateway(upstream.url, http2={"max_concurrent_streams": limit}) as gw:
             async with RawH2.connect(gw.port) as client:
-                await client.until(lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags, limit=10)
-                ids = [1 + 2 * n for n in range(limit)]
-                await client.send(*(client.headers(i, attack_request(b"/slow?delay=10")) for i in ids))
-                await wait_until(lambda: len(recorder.requests) == limit, limit=10)
-                excess = ids[-1] + 2
+                excess = await fill_the_stream_limit(client, recorder)
                 await client.send(client.headers(excess, attack_request(b"/attack/excess")))
                 got = outcome(await client.response(excess))
                 kept = client.goaway_code() is None and not client.closed
@@ -982,15 +989,10 @@ async def test_streams_past_the_limit_again_and_again_are_told_enhance_your_calm
     # Each refusal is cheap but not free (a header block decoded, a RST_STREAM written): they count as resets for
     # the rapid-reset guard, so a client that keeps opening streams past the limit is told ENHANCE_YOUR_CALM. (A
     # burst past twice the limit in one read is a connection error at once: the codec's hard cap, PROTOCOL_ERROR.)
-    limit = 5
     async with run_server(UpstreamApp(recorder)) as upstream:
-        async with h2_gateway(upstream.url, http2={"max_concurrent_streams": limit}) as gw:
+        async with h2_gateway(upstream.url, http2={"max_concurrent_streams": STREAM_LIMIT}) as gw:
             async with RawH2.connect(gw.port) as client:
-                await client.until(lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags, limit=10)
-                ids = [1 + 2 * n for n in range(limit)]
-                await client.send(*(client.headers(i, attack_request(b"/slow?delay=10")) for i in ids))
-                await wait_until(lambda: len(recorder.requests) == limit, limit=10)
-                next_id = ids[-1] + 2
+                next_id = await fill_the_stream_limit(client, recorder)
                 with anyio.fail_after(30):
                     for _ in range(50):  # 50 x 4 = 200 streams at most, never more than twice the limit open
                         batch = [client.headers(next_id + 2 * n, attack_request(b"/attack/excess")) for n in range(4)]
